@@ -1,0 +1,110 @@
+"""Photon-transfer formulas and small statistics used by the detector characterization."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.stats import sigma_clipped_stats
+
+__all__ = [
+    "LinearFit",
+    "clipped_stats",
+    "fit_line",
+    "pair_gain",
+    "pixel_gain_maps",
+]
+
+
+@dataclass(frozen=True)
+class LinearFit:
+    """Least-squares line ``y = slope x + intercept`` with its coefficient of determination ``r_squared``."""
+
+    slope: float
+    intercept: float
+    r_squared: float
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.slope * np.asarray(x, dtype=float) + self.intercept
+
+
+def fit_line(x: np.ndarray, y: np.ndarray) -> LinearFit:
+    """Fit a straight line to ``(x, y)`` (at least two distinct ``x``); ``r_squared`` is NaN if y is constant."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if x.shape != y.shape or len(np.unique(x)) < 2:
+        raise ValueError(f"fit_line needs x and y of one shape with two distinct x, got {x.shape}, {y.shape}")
+    slope, intercept = np.polyfit(x, y, 1)
+    residual = y - (slope * x + intercept)
+    total = np.sum((y - y.mean()) ** 2)
+    r2 = 1 - np.sum(residual**2) / total if total > 0 else float("nan")
+    return LinearFit(float(slope), float(intercept), float(r2))
+
+
+def clipped_stats(values: np.ndarray, sigma: float = 3.0) -> tuple[float, float, float]:
+    """Sigma-clipped ``(mean, median, std)`` of the finite values (astropy, 5 iterations at most)."""
+    data = np.asarray(values, dtype=float)
+    data = data[np.isfinite(data)]
+    mean, median, std = sigma_clipped_stats(data, sigma=sigma, maxiters=5)
+    return float(mean), float(median), float(std)
+
+
+def pair_gain(
+    flat1: np.ndarray, flat2: np.ndarray, bias1: np.ndarray, bias2: np.ndarray
+) -> tuple[float, float, float, float]:
+    """Conventional photon-transfer gain from two flats and two biases of one region.
+
+    ``g = ((<F1>-<B1>) + (<F2>-<B2>)) / (var(F1-F2) - var(B1-B2))``.
+
+    Parameters
+    ----------
+    flat1, flat2, bias1, bias2 : numpy.ndarray, shape (ny, nx)
+        The same region of two flats at one exposure and of two bias frames, adu.
+
+    Returns
+    -------
+    gain_e_per_adu : float
+        NaN when the flat-pair variance does not exceed the bias-pair variance.
+    read_noise_adu : float
+        ``sd(B1 - B2) / sqrt(2)``, adu.
+    signal_adu : float
+        Mean bias-subtracted signal of the two flats, adu.
+    signal_variance_adu2 : float
+        ``(var(F1-F2) - var(B1-B2)) / 2``: photon variance of one flat, adu^2.
+    """
+    f1, f2, b1, b2 = (np.asarray(a, dtype=np.float64) for a in (flat1, flat2, bias1, bias2))
+    signal_sum = (f1.mean() - b1.mean()) + (f2.mean() - b2.mean())
+    var_bias = np.var(b1 - b2, ddof=1)
+    var_diff = np.var(f1 - f2, ddof=1) - var_bias
+    gain = signal_sum / var_diff if var_diff > 0 else float("nan")
+    return float(gain), float(np.sqrt(var_bias / 2)), float(signal_sum / 2), float(var_diff / 2)
+
+
+def pixel_gain_maps(
+    mean_flat_adu: np.ndarray, var_flat_adu2: np.ndarray, mean_bias_adu: np.ndarray, var_bias_adu2: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-pixel gain and read noise: ``g = (<F>-<B>) / (var F - var B)``, ``r = g sd B``.
+
+    Parameters
+    ----------
+    mean_flat_adu, var_flat_adu2 : numpy.ndarray, shape (ny, nx)
+        Per-pixel mean (adu) and variance (adu^2) over many flats at one exposure.
+    mean_bias_adu, var_bias_adu2 : numpy.ndarray, shape (ny, nx)
+        Per-pixel mean (adu) and variance (adu^2) over the bias stack.
+
+    Returns
+    -------
+    gain_e_per_adu : numpy.ndarray, shape (ny, nx), float32
+        NaN where invalid.
+    read_noise_e : numpy.ndarray, shape (ny, nx), float32
+        NaN where invalid.
+    invalid : numpy.ndarray, shape (ny, nx), bool
+        Pixels where ``var F <= var B`` (or the signal is not positive): no gain can be measured.
+    """
+    signal = mean_flat_adu - mean_bias_adu
+    excess = var_flat_adu2 - var_bias_adu2
+    invalid = (excess <= 0) | (signal <= 0) | ~np.isfinite(excess)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gain = np.where(invalid, np.nan, signal / np.where(invalid, 1.0, excess))
+    read_noise = gain * np.sqrt(var_bias_adu2)
+    return gain.astype(np.float32), read_noise.astype(np.float32), invalid

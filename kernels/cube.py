@@ -1,0 +1,376 @@
+"""RTN calibration file ("cube"): the per-pixel RTN parameters, their FITS format, and the paper import.
+
+Format (docs/formats.md): primary HDU header only (format version, detector identifiers, GAIN in e-/ADU,
+provenance); image extensions MU (adu), DELTA (electron), SIGMA (electron), FRAC_C, FRAC_LO, FRAC_HI,
+LAMMAX (electron), each (ny, nx) float with NaN where a pixel has no RTN; MEANBIAS (adu) and READNOISE
+(electron) for every pixel; DQ (uint16 bit flags). Written with CHECKSUM/DATASUM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+
+from rtnstream.kernels.exceptions import CubeFormatError
+
+__all__ = [
+    "DQ_RTN",
+    "DQ_TWO_TRAP",
+    "DQ_ANOMALOUS_MEAN",
+    "DQ_ANOMALOUS_STD",
+    "DQ_HOT",
+    "RTNCube",
+    "read_cube",
+    "write_cube",
+    "import_paper",
+    "model_mean_and_std",
+]
+
+CUBE_FORMAT_VERSION = 1
+
+DQ_RTN = 1
+DQ_TWO_TRAP = 2
+DQ_ANOMALOUS_MEAN = 4
+DQ_ANOMALOUS_STD = 8
+DQ_HOT = 16
+
+# extension name -> (attribute, BUNIT, required for RTN pixels only)
+_PLANES: dict[str, tuple[str, str, bool]] = {
+    "MU": ("mu_adu", "adu", True),
+    "DELTA": ("delta_e", "electron", True),
+    "SIGMA": ("sigma_e", "electron", True),
+    "FRAC_C": ("frac_c", "", True),
+    "FRAC_LO": ("frac_lo", "", True),
+    "FRAC_HI": ("frac_hi", "", True),
+    "LAMMAX": ("lammax_e", "electron", True),
+    "MEANBIAS": ("meanbias_adu", "adu", False),
+    "READNOISE": ("readnoise_e", "electron", False),
+}
+_UNIT_ALIASES = {"adu": {"adu"}, "electron": {"electron", "electrons", "e-"}, "": {""}}
+
+# header keyword -> meta key (strings / numbers passed through)
+_META_KEYS = {
+    "CAMERA": "camera",
+    "DETECTOR": "detector",
+    "READMODE": "readout_mode",
+    "GAINSET": "gain_setting",
+    "OFFSET": "offset",
+    "CCD-TEMP": "temperature_c",
+    "NBIAS": "n_bias_frames",
+    "DATE-BEG": "bias_date_begin",
+    "DATE-END": "bias_date_end",
+    "RTNALPHA": "alpha",
+    "SWVERSN": "software_version",
+    "MBIASSRC": "meanbias_source",
+    "RNSRC": "readnoise_source",
+}
+
+
+@dataclass(eq=False)
+class RTNCube:
+    """Per-pixel RTN parameters of one sensor at one camera setting.
+
+    Attributes
+    ----------
+    mu_adu : numpy.ndarray, shape (ny, nx), float64, adu
+        Central bias level; NaN where the pixel has no (correctable) RTN.
+    delta_e, sigma_e : numpy.ndarray, shape (ny, nx), float64, electron
+        Jump size and RTN-free read noise; NaN where no RTN.
+    frac_c, frac_lo, frac_hi : numpy.ndarray, shape (ny, nx), float64 in [0, 1]
+        Fractions of frames in the central, low and high state; NaN where no RTN.
+    lammax_e : numpy.ndarray, shape (ny, nx), float64, electron
+        Largest expected signal at which positive jumps are resolvable; NaN where no RTN.
+    meanbias_adu : numpy.ndarray, shape (ny, nx), float64, adu
+        Mean bias of every pixel (mixture mean for RTN pixels).
+    readnoise_e : numpy.ndarray, shape (ny, nx), float64, electron
+        Total read noise of every pixel (RTN included).
+    dq : numpy.ndarray, shape (ny, nx), uint16
+        Bit flags ``DQ_RTN``, ``DQ_TWO_TRAP``, ``DQ_ANOMALOUS_MEAN``, ``DQ_ANOMALOUS_STD``, ``DQ_HOT``.
+    gain_e_per_adu : float
+        Conversion gain (FITS ``GAIN`` convention).
+    meta : dict
+        Detector identifiers and provenance (see ``_META_KEYS``).
+    """
+
+    mu_adu: np.ndarray
+    delta_e: np.ndarray
+    sigma_e: np.ndarray
+    frac_c: np.ndarray
+    frac_lo: np.ndarray
+    frac_hi: np.ndarray
+    lammax_e: np.ndarray
+    meanbias_adu: np.ndarray
+    readnoise_e: np.ndarray
+    dq: np.ndarray
+    gain_e_per_adu: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, (attr, _unit, _rtn_only) in _PLANES.items():
+            setattr(self, attr, np.asarray(getattr(self, attr), dtype=np.float64))
+        self.dq = np.asarray(self.dq, dtype=np.uint16)
+        _validate(self, source="cube")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(ny, nx) of the sensor."""
+        return tuple(self.mu_adu.shape)  # type: ignore[return-value]
+
+    @property
+    def rtn_mask(self) -> np.ndarray:
+        """(ny, nx) bool: pixels whose RTN the engine corrects (finite MU)."""
+        return np.isfinite(self.mu_adu)
+
+    @property
+    def n_rtn(self) -> int:
+        """Number of RTN pixels."""
+        return int(np.count_nonzero(self.rtn_mask))
+
+    @property
+    def cube_id(self) -> str:
+        """Content hash (16 hex digits) of the planes and the gain: the cube's identity everywhere."""
+        h = hashlib.sha256()
+        h.update(np.float64(self.gain_e_per_adu).tobytes())
+        h.update(np.asarray(self.shape, dtype=np.int64).tobytes())
+        for attr, _unit, _rtn in _PLANES.values():
+            h.update(np.ascontiguousarray(getattr(self, attr)).tobytes())
+        h.update(np.ascontiguousarray(self.dq).tobytes())
+        return h.hexdigest()[:16]
+
+
+def _validate(cube: RTNCube, source: str) -> None:
+    g = cube.gain_e_per_adu
+    if not (isinstance(g, int | float | np.floating) and np.isfinite(g) and g > 0):
+        raise CubeFormatError(f"{source}: GAIN must be a finite positive number in e-/ADU, got {g!r}")
+    shape = cube.mu_adu.shape
+    if len(shape) != 2:
+        raise CubeFormatError(f"{source}: MU must be a 2-D (ny, nx) plane, got shape {shape}")
+    for name, (attr, _unit, _rtn) in _PLANES.items():
+        plane = getattr(cube, attr)
+        if plane.shape != shape:
+            raise CubeFormatError(f"{source}: {name} has shape {plane.shape}, MU has {shape}")
+    if cube.dq.shape != shape:
+        raise CubeFormatError(f"{source}: DQ has shape {cube.dq.shape}, MU has {shape}")
+    rtn = np.isfinite(cube.mu_adu)
+    for name, (attr, _unit, rtn_only) in _PLANES.items():
+        plane = getattr(cube, attr)
+        where = rtn if rtn_only else np.ones(shape, bool)
+        bad = int(np.count_nonzero(where & ~np.isfinite(plane)))
+        if bad:
+            scope = "RTN pixels (finite MU)" if rtn_only else "pixels"
+            raise CubeFormatError(f"{source}: {name} is NaN or infinite at {bad} {scope}; a value is required")
+    checks = (
+        ("DELTA", cube.delta_e, "> 0", lambda a: a > 0),
+        ("SIGMA", cube.sigma_e, "> 0", lambda a: a > 0),
+        ("LAMMAX", cube.lammax_e, ">= 0", lambda a: a >= 0),
+        ("FRAC_C", cube.frac_c, "in [0, 1]", lambda a: (a >= 0) & (a <= 1)),
+        ("FRAC_LO", cube.frac_lo, "in [0, 1]", lambda a: (a >= 0) & (a <= 1)),
+        ("FRAC_HI", cube.frac_hi, "in [0, 1]", lambda a: (a >= 0) & (a <= 1)),
+    )
+    for name, plane, rule, ok in checks:
+        bad = int(np.count_nonzero(~ok(plane[rtn])))
+        if bad:
+            raise CubeFormatError(f"{source}: {name} must be {rule} at RTN pixels; {bad} pixels are not")
+    total = cube.frac_c[rtn] + cube.frac_lo[rtn] + cube.frac_hi[rtn]
+    bad = int(np.count_nonzero(np.abs(total - 1.0) > 1e-3))
+    if bad:
+        raise CubeFormatError(f"{source}: FRAC_C + FRAC_LO + FRAC_HI differs from 1 at {bad} RTN pixels")
+    bad = int(np.count_nonzero(cube.readnoise_e < 0))
+    if bad:
+        raise CubeFormatError(f"{source}: READNOISE is negative at {bad} pixels")
+
+
+def write_cube(cube: RTNCube, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write ``cube`` as a multi-extension FITS file with CHECKSUM/DATASUM.
+
+    Returns
+    -------
+    pathlib.Path
+        The file written.
+    """
+    from rtnstream import __version__
+
+    path = Path(path)
+    primary = fits.PrimaryHDU()
+    hdr = primary.header
+    hdr["RTNFMT"] = (CUBE_FORMAT_VERSION, "rtnstream RTN calibration file format version")
+    hdr["GAIN"] = (float(cube.gain_e_per_adu), "[e-/ADU] conversion gain")
+    hdr["CUBEID"] = (cube.cube_id, "content hash of the planes")
+    hdr["NRTN"] = (cube.n_rtn, "number of RTN pixels")
+    meta = dict(cube.meta)
+    meta.setdefault("software_version", __version__)
+    for key, name in _META_KEYS.items():
+        value = meta.get(name)
+        if value is not None:
+            hdr[key] = value.item() if isinstance(value, np.generic) else value
+    hdus: list[fits.hdu.base.ExtensionHDU] = []
+    for name, (attr, unit, _rtn) in _PLANES.items():
+        hdu = fits.ImageHDU(getattr(cube, attr).astype(np.float32 if name.startswith("FRAC") else np.float64),
+                            name=name)
+        hdu.header["BUNIT"] = unit
+        hdus.append(hdu)
+    dq = fits.ImageHDU(cube.dq, name="DQ")
+    dq.header["BUNIT"] = ""
+    for bit, label in ((DQ_RTN, "RTN"), (DQ_TWO_TRAP, "TWO_TRAP"), (DQ_ANOMALOUS_MEAN, "ANOM_MEAN"),
+                       (DQ_ANOMALOUS_STD, "ANOM_STD"), (DQ_HOT, "HOT")):
+        dq.header[f"DQ_{label}"[:8]] = (bit, f"bit value of {label} flag")
+    hdus.append(dq)
+    fits.HDUList([primary, *hdus]).writeto(path, overwrite=overwrite, checksum=True)
+    return path
+
+
+def _unit_ok(found: str, expected: str) -> bool:
+    return found.strip().lower() in _UNIT_ALIASES[expected]
+
+
+def read_cube(path: str | os.PathLike) -> RTNCube:
+    """Read and validate an RTN calibration file.
+
+    Raises
+    ------
+    CubeFormatError
+        Unreadable or corrupt FITS, failed checksum, missing extension, shape mismatch, wrong BUNIT,
+        NaN where a value is required, out-of-range values. The message names the file and the part.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", fits.verify.VerifyWarning)
+            hdul = fits.open(path, memmap=False, checksum=True)
+    except FileNotFoundError:
+        raise CubeFormatError(f"{path}: no such RTN calibration file") from None
+    except (OSError, ValueError, TypeError, fits.verify.VerifyWarning) as exc:
+        raise CubeFormatError(f"{path}: not a readable FITS file ({exc})") from exc
+    with hdul:
+        try:
+            names = {hdu.name.upper(): hdu for hdu in hdul[1:]}
+            required = [*_PLANES, "DQ"]
+            missing = [n for n in required if n not in names]
+            if missing:
+                raise CubeFormatError(f"{path}: missing extension(s) {', '.join(missing)}")
+            planes: dict[str, Any] = {}
+            for name in required:
+                hdu = names[name]
+                if hdu.data is None:
+                    raise CubeFormatError(f"{path}: extension {name} has no data")
+                if name == "DQ":
+                    planes["dq"] = np.asarray(hdu.data)
+                    continue
+                attr, unit, _rtn = _PLANES[name]
+                found = str(hdu.header.get("BUNIT", ""))
+                if not _unit_ok(found, unit):
+                    raise CubeFormatError(f"{path}: extension {name} has BUNIT {found!r}, expected {unit!r}")
+                planes[attr] = np.asarray(hdu.data, dtype=np.float64)
+            hdr = hdul[0].header
+            if "GAIN" not in hdr:
+                raise CubeFormatError(f"{path}: primary header has no GAIN (e-/ADU)")
+            meta = {name: hdr[key] for key, name in _META_KEYS.items() if key in hdr}
+            return RTNCube(gain_e_per_adu=float(hdr["GAIN"]), meta=meta, **planes)
+        except CubeFormatError as exc:
+            if str(exc).startswith("cube:"):
+                raise CubeFormatError(f"{path}:{str(exc)[5:]}") from None
+            raise
+        except (OSError, ValueError, TypeError) as exc:
+            raise CubeFormatError(f"{path}: corrupt data ({exc})") from exc
+
+
+def model_mean_and_std(
+    mu_adu: np.ndarray, delta_e: np.ndarray, sigma_e: np.ndarray, frac_lo: np.ndarray, frac_hi: np.ndarray,
+    gain_e_per_adu: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (adu) and standard deviation (electron) of the three-level model of ALGORITHM.md section 1.
+
+    ``mean = mu + D (b_hi - b_lo) / g``; ``var = sigma^2 + D^2 (b_lo + b_hi) - (D (b_hi - b_lo))^2``.
+    """
+    shift_e = delta_e * (frac_hi - frac_lo)
+    var_e = sigma_e**2 + delta_e**2 * (frac_lo + frac_hi) - shift_e**2
+    return mu_adu + shift_e / gain_e_per_adu, np.sqrt(var_e)
+
+
+def _read_plane(path: Path, what: str, shape: tuple[int, int]) -> np.ndarray:
+    try:
+        data = fits.getdata(path)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CubeFormatError(f"{what} {path}: not a readable FITS image ({exc})") from exc
+    data = np.asarray(data, dtype=np.float64)
+    if data.shape != shape:
+        raise CubeFormatError(f"{what} {path}: shape {data.shape} differs from the parameters' {shape}")
+    if not np.all(np.isfinite(data)):
+        raise CubeFormatError(f"{what} {path}: holds NaN or infinite values")
+    return data
+
+
+def import_paper(
+    params_path: str | os.PathLike,
+    gain_adu_per_e: float,
+    mean_bias_path: str | os.PathLike | None = None,
+    read_noise_path: str | os.PathLike | None = None,
+) -> RTNCube:
+    """Convert the RTN paper's parameter file into an :class:`RTNCube`.
+
+    Parameters
+    ----------
+    params_path : path
+        One primary HDU of 6 planes (6, ny, nx): mu (electron), A, B_low, Delta (electron),
+        sigma (electron), lambda_max (electron); NaN where a pixel has no RTN.
+    gain_adu_per_e : float
+        The paper's gain convention (ADU per electron), e.g. 3.26 for a QHY600M in high-gain mode.
+    mean_bias_path : path, optional
+        (ny, nx) mean bias in adu. Without it MEANBIAS is the model's mean for RTN pixels and the median
+        of those elsewhere (fine for the temporal references; the spatial reference wants a real map).
+    read_noise_path : path, optional
+        (ny, nx) read noise in electron. Without it READNOISE is the model's standard deviation for RTN
+        pixels and the median RTN-free sigma elsewhere.
+    """
+    params_path = Path(params_path)
+    g_adu = float(gain_adu_per_e)
+    if not (np.isfinite(g_adu) and g_adu > 0):
+        raise CubeFormatError(f"gain_adu_per_e must be a finite positive number, got {gain_adu_per_e!r}")
+    gain = 1.0 / g_adu
+    try:
+        with fits.open(params_path, memmap=False) as hdul:
+            data = np.asarray(hdul[0].data, dtype=np.float64) if hdul[0].data is not None else None
+    except (OSError, ValueError, TypeError) as exc:
+        raise CubeFormatError(f"{params_path}: not a readable FITS file ({exc})") from exc
+    if data is None or data.ndim != 3 or data.shape[0] != 6:
+        shape = None if data is None else data.shape
+        raise CubeFormatError(f"{params_path}: expected a primary HDU of 6 planes (6, ny, nx), got {shape}")
+    mu_e, a, b_lo, delta_e, sigma_e, lammax = data
+    rtn = np.all(np.isfinite(data), axis=0) & (delta_e > 0) & (sigma_e > 0)
+    nan = np.full(mu_e.shape, np.nan)
+
+    def keep(plane: np.ndarray) -> np.ndarray:
+        return np.where(rtn, plane, nan)
+
+    b_hi = 1.0 - a - b_lo
+    mu_adu = keep(mu_e * g_adu)
+    model_mean, model_std = model_mean_and_std(mu_adu, keep(delta_e), keep(sigma_e), keep(b_lo), keep(b_hi),
+                                               gain)
+    meta: dict[str, Any] = {}
+    if mean_bias_path is not None:
+        meanbias = _read_plane(Path(mean_bias_path), "mean bias", mu_e.shape)
+        meta["meanbias_source"] = "file"
+    else:
+        fill = float(np.median(model_mean[rtn])) if rtn.any() else 0.0
+        meanbias = np.where(rtn, model_mean, fill)
+        meta["meanbias_source"] = "model"
+    if read_noise_path is not None:
+        readnoise = _read_plane(Path(read_noise_path), "read noise", mu_e.shape)
+        meta["readnoise_source"] = "file"
+    else:
+        fill = float(np.median(sigma_e[rtn])) if rtn.any() else 0.0
+        readnoise = np.where(rtn, model_std, fill)
+        meta["readnoise_source"] = "model"
+    dq = np.where(rtn, DQ_RTN, 0).astype(np.uint16)
+    return RTNCube(
+        mu_adu=mu_adu, delta_e=keep(delta_e), sigma_e=keep(sigma_e), frac_c=keep(a), frac_lo=keep(b_lo),
+        frac_hi=keep(b_hi), lammax_e=keep(lammax), meanbias_adu=meanbias, readnoise_e=readnoise, dq=dq,
+        gain_e_per_adu=gain, meta=meta,
+    )

@@ -1,0 +1,322 @@
+"""The correction engine: frames in (in time order), corrected frames out, for one series at a time.
+
+This is where a frame is corrected. :class:`RTNEngine` owns the series bookkeeping that every backend
+shares: frame validation, the ring-buffer slots, which frames form each frame's reference window
+(ALGORITHM.md section 2, with the sliding rule at the series edges), when a frame can be emitted, the
+series counters and the bias offset map (section 5). The per-frame arithmetic is the backend's
+(``numpy``: :mod:`rtnstream.kernels.numpy_backend`; ``cupy``: :mod:`rtnstream.kernels.cupy_backend`).
+
+Typical use::
+
+    engine = RTNEngine(cube, EngineSettings(reference="temporal", window=10))
+    engine.start_series()
+    for frame in frames:
+        for out in engine.push(frame):
+            write(out.data)
+    for out in engine.finish():
+        write(out.data)
+    offset_adu = engine.bias_offset_map()
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from rtnstream.kernels.cube import RTNCube
+from rtnstream.kernels.exceptions import BackendUnavailableError, FrameError, SeriesError
+from rtnstream.kernels.lut import ThresholdTable, get_table
+from rtnstream.kernels.numpy_backend import FrameCounts, NumpyBackend
+from rtnstream.kernels.pixels import PixelParams
+
+__all__ = [
+    "SUPPORTED_DTYPES",
+    "EngineSettings",
+    "CorrectedFrame",
+    "RTNEngine",
+    "check_frame",
+    "window_start",
+]
+
+SUPPORTED_DTYPES = tuple(np.dtype(t) for t in ("uint8", "uint16", "int16", "uint32", "int32", "float32",
+                                                 "float64"))
+Reference = Literal["temporal", "causal", "spatial"]
+BackendName = Literal["auto", "numpy", "cupy"]
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How frames are corrected.
+
+    Attributes
+    ----------
+    reference : {'temporal', 'causal', 'spatial'}
+        Centred temporal median, causal temporal median (past frames only), or spatial median.
+    window : int, even, >= 4
+        Temporal window W (frames, the frame itself excluded).
+    spatial_size : int, odd, >= 3
+        Side k of the spatial neighbourhood (pixels).
+    alpha : float in (0, 0.5)
+        Significance of the jump test.
+    k_var : float > 0
+        Variability veto factor (temporal references).
+    """
+
+    reference: Reference = "temporal"
+    window: int = 10
+    spatial_size: int = 5
+    alpha: float = 0.003
+    k_var: float = 1.5
+
+    def __post_init__(self) -> None:
+        if self.reference not in ("temporal", "causal", "spatial"):
+            raise ValueError(f"reference must be 'temporal', 'causal' or 'spatial', got {self.reference!r}")
+        if not isinstance(self.window, int | np.integer) or self.window < 4 or self.window % 2:
+            raise ValueError(f"window must be an even integer >= 4, got {self.window!r}")
+        if not isinstance(self.spatial_size, int | np.integer) or self.spatial_size < 3 or self.spatial_size % 2 == 0:
+            raise ValueError(f"spatial_size must be an odd integer >= 3, got {self.spatial_size!r}")
+        if not (np.isfinite(self.alpha) and 0 < self.alpha < 0.5):
+            raise ValueError(f"alpha must be in (0, 0.5), got {self.alpha!r}")
+        if not (np.isfinite(self.k_var) and self.k_var > 0):
+            raise ValueError(f"k_var must be a finite number > 0, got {self.k_var!r}")
+
+    @property
+    def temporal(self) -> bool:
+        """True for the two temporal references."""
+        return self.reference != "spatial"
+
+    @property
+    def latency_frames(self) -> int:
+        """Frames that must arrive after frame t before t can be emitted (in steady state)."""
+        return self.window // 2 if self.reference == "temporal" else 0
+
+
+@dataclass
+class CorrectedFrame:
+    """One frame out of the engine.
+
+    Attributes
+    ----------
+    index : int
+        Position of the frame in its series (0-based).
+    data : numpy.ndarray, shape (ny, nx), input dtype
+        The corrected frame (a new array; the input is never modified).
+    counts : FrameCounts
+        Corrections and vetoes made in this frame.
+    corrected : bool
+        False when the frame went out unchanged because the series was shorter than W + 1 frames.
+    tag : Any
+        Whatever the caller passed to :meth:`RTNEngine.push` with the frame (headers, timestamps).
+    """
+
+    index: int
+    data: np.ndarray
+    counts: FrameCounts
+    corrected: bool = True
+    tag: Any = None
+
+
+def check_frame(frame: Any, shape: tuple[int, int], name: str = "frame") -> np.ndarray:
+    """Validate a frame against the sensor shape and the supported dtypes; returns it in native byte order.
+
+    Raises
+    ------
+    FrameError
+        Not an array, not 2-D, shape differing from the cube's, or unsupported dtype.
+    """
+    if not isinstance(frame, np.ndarray):
+        raise FrameError(f"{name} must be a numpy array, got {type(frame).__name__}")
+    if frame.ndim != 2 or tuple(frame.shape) != tuple(shape):
+        raise FrameError(f"{name} has shape {frame.shape}, the RTN cube has {tuple(shape)}")
+    native = frame.dtype.newbyteorder("=")
+    if native not in SUPPORTED_DTYPES:
+        supported = ", ".join(str(d) for d in SUPPORTED_DTYPES)
+        raise FrameError(f"{name} has unsupported dtype {frame.dtype}; supported: {supported}")
+    if frame.dtype != native:
+        frame = frame.astype(native)
+    return frame
+
+
+def window_start(t: int, n_frames: int | None, window: int, reference: Reference) -> int:
+    """First frame of frame ``t``'s reference window (frames ``start .. start+W`` without ``t``).
+
+    ``start = clamp(t - W/2, 0, N-1-W)`` for the centred median, ``clamp(t - W, 0, N-1-W)`` for the causal
+    one (ALGORITHM.md section 2). ``n_frames=None`` while the series is still open: the upper clamp is
+    then not known, and the caller only asks for frames whose window no longer depends on it.
+    """
+    offset = window // 2 if reference == "temporal" else window
+    start = max(t - offset, 0)
+    if n_frames is not None:
+        start = min(start, n_frames - 1 - window)
+    return start
+
+
+def make_backend(name: BackendName, params: PixelParams, table: ThresholdTable, settings: EngineSettings):
+    """Instantiate the backend called ``name`` ('auto' picks CuPy when a CUDA device is usable)."""
+    n_slots = settings.window + 1 if settings.temporal else 0
+    if name not in ("auto", "numpy", "cupy"):
+        raise ValueError(f"backend must be 'auto', 'numpy' or 'cupy', got {name!r}")
+    if name in ("auto", "cupy"):
+        try:
+            from rtnstream.kernels import cupy_backend
+        except ImportError as exc:  # the CuPy backend module itself is not part of this build
+            if name == "cupy":
+                raise BackendUnavailableError(f"the cupy backend is not available: {exc}") from exc
+        else:
+            if name == "cupy" or cupy_backend.gpu_available():
+                return cupy_backend.CupyBackend(params, table, settings.k_var, settings.spatial_size, n_slots)
+    return NumpyBackend(params, table, settings.k_var, settings.spatial_size, n_slots)
+
+
+@dataclass
+class _Pending:
+    index: int
+    frame: np.ndarray
+    tag: Any
+
+
+@dataclass
+class _Series:
+    dtype: np.dtype | None = None
+    n_in: int = 0
+    pending: list[_Pending] = field(default_factory=list)
+
+
+class RTNEngine:
+    """Correct the RTN pixels of a series of frames.
+
+    Parameters
+    ----------
+    cube : RTNCube
+        RTN parameters of the sensor.
+    settings : EngineSettings, optional
+    backend : {'auto', 'numpy', 'cupy'}
+    table : ThresholdTable, optional
+        Threshold table for ``settings.alpha`` (default: the cached default-grid table).
+    """
+
+    def __init__(self, cube: RTNCube, settings: EngineSettings | None = None, backend: BackendName = "numpy",
+                 table: ThresholdTable | None = None) -> None:
+        self.settings = settings or EngineSettings()
+        self.table = table if table is not None else get_table(self.settings.alpha)
+        if self.table.alpha != self.settings.alpha:
+            raise ValueError(f"table alpha {self.table.alpha} differs from settings alpha {self.settings.alpha}")
+        self.cube_id = cube.cube_id
+        self.params = PixelParams.from_cube(cube, self.table)
+        self.backend = make_backend(backend, self.params, self.table, self.settings)
+        self._series: _Series | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(ny, nx) of the frames this engine accepts."""
+        return self.params.shape
+
+    @property
+    def n_rtn(self) -> int:
+        """Number of RTN pixels corrected."""
+        return self.params.n
+
+    @property
+    def frames_in(self) -> int:
+        """Frames pushed in the current series."""
+        return self._series.n_in if self._series else 0
+
+    def start_series(self) -> None:
+        """Open a new series (frames pending from an unfinished series are discarded: call finish first)."""
+        self._series = _Series()
+
+    def push(self, frame: np.ndarray, tag: Any = None) -> list[CorrectedFrame]:
+        """Add the next frame of the series; returns the frames that became ready (possibly none).
+
+        Raises
+        ------
+        FrameError
+            Wrong shape or unsupported dtype, or a dtype differing from the series' first frame. The
+            frame is not added and the series goes on.
+        """
+        if self._series is None:
+            self.start_series()
+        series = self._series
+        frame = check_frame(frame, self.shape)
+        if series.dtype is None:
+            series.dtype = frame.dtype
+            self.backend.reset(frame.dtype)
+        elif frame.dtype != series.dtype:
+            raise FrameError(f"frame has dtype {frame.dtype}, this series started with {series.dtype}")
+        t = series.n_in
+        series.n_in += 1
+        if not self.settings.temporal:
+            data, counts = self.backend.correct_spatial(frame)
+            return [CorrectedFrame(t, data, counts, True, tag)]
+        self.backend.store(t % (self.settings.window + 1), frame)
+        series.pending.append(_Pending(t, frame, tag))
+        return self._emit(lambda p: self._ready(p.index, series.n_in - 1), n_frames=None)
+
+    def finish(self) -> list[CorrectedFrame]:
+        """End the series: correct every frame still pending (sliding window at the end) and return them.
+
+        A series shorter than W + 1 frames cannot be corrected with the temporal references: its frames
+        are returned unchanged with ``corrected=False``, none is lost.
+        """
+        series = self._series
+        if series is None or not series.pending:
+            return []
+        n = series.n_in
+        if n < self.settings.window + 1:
+            out = [CorrectedFrame(p.index, p.frame.copy(), FrameCounts(), False, p.tag) for p in series.pending]
+            series.pending.clear()
+            return out
+        return self._emit(lambda p: True, n_frames=n)
+
+    def _ready(self, t: int, newest: int) -> bool:
+        w = self.settings.window
+        return newest >= w and newest >= window_start(t, None, w, self.settings.reference) + w
+
+    def _emit(self, ready, n_frames: int | None) -> list[CorrectedFrame]:
+        series = self._series
+        w = self.settings.window
+        slots = w + 1
+        out: list[CorrectedFrame] = []
+        while series.pending and ready(series.pending[0]):
+            p = series.pending.pop(0)
+            start = window_start(p.index, n_frames, w, self.settings.reference)
+            window = [(start + k) % slots for k in range(w + 1) if start + k != p.index]
+            data, counts = self.backend.correct_temporal(p.frame, p.index % slots, window)
+            out.append(CorrectedFrame(p.index, data, counts, True, p.tag))
+        return out
+
+    def check_series_length(self, n_frames: int) -> None:
+        """Raise :class:`SeriesError` if a series of ``n_frames`` is too short for the temporal window."""
+        if self.settings.temporal and n_frames < self.settings.window + 1:
+            raise SeriesError(f"window {self.settings.window} needs a series of at least "
+                              f"{self.settings.window + 1} frames, got {n_frames}")
+
+    def bias_offset_map(self) -> np.ndarray:
+        """Bias offset map of the current series, ``O = D_adu (n_lo - n_hi) / n_frames`` (ALGORITHM.md s. 5).
+
+        Returns
+        -------
+        numpy.ndarray, shape (ny, nx), float64, adu
+            Zero outside RTN pixels and before any frame was corrected.
+        """
+        c = self.backend.counters
+        dtype = self._series.dtype if self._series else None
+        integer = dtype is None or np.issubdtype(dtype, np.integer)
+        d_adu = self.params.delta_adu_int if integer else self.params.delta_adu_float
+        out = np.zeros(self.shape[0] * self.shape[1])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            offset = d_adu * (c.n_lo - c.n_hi) / c.n_frames
+        out[self.params.index] = np.where(c.n_frames > 0, offset, 0.0)
+        return out.reshape(self.shape)
+
+    def pixel_counters(self) -> dict[str, np.ndarray]:
+        """Per-pixel counters of the current series as (ny, nx) int64 maps: n_lo, n_hi, n_veto, n_frames."""
+        c = self.backend.counters
+        maps = {}
+        for name in ("n_lo", "n_hi", "n_veto", "n_frames"):
+            m = np.zeros(self.shape[0] * self.shape[1], dtype=np.int64)
+            m[self.params.index] = getattr(c, name)
+            maps[name] = m.reshape(self.shape)
+        return maps

@@ -1,0 +1,227 @@
+"""NumPy backend of the correction engine: the specification every other backend is checked against.
+
+Each step is written as the fixed sequence of float64 operations the CUDA kernels repeat (sequential sums in
+window order, median as ``(a + b) * 0.5`` of the two middle values, no fused multiply-add), so integer
+output is bit-identical across backends. The decision (ALGORITHM.md sections 2-3) lives in
+:func:`decide`; the temporal and spatial references in :meth:`NumpyBackend.correct_temporal` and
+:meth:`NumpyBackend.correct_spatial`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from rtnstream.kernels.lut import ThresholdTable
+from rtnstream.kernels.pixels import PixelParams, neighbour_indices
+
+__all__ = [
+    "STATE_NONE",
+    "STATE_LOW",
+    "STATE_HIGH",
+    "STATE_VETO",
+    "STATE_OUT_OF_TABLE",
+    "FrameCounts",
+    "PixelCounters",
+    "NumpyBackend",
+    "decide",
+    "apply_corrections",
+]
+
+STATE_NONE = 0  # left unchanged: no significant jump, or not resolvable
+STATE_LOW = 1  # negative jump: x' = x + D_adu
+STATE_HIGH = 2  # positive jump: x' = x - D_adu
+STATE_VETO = 3  # variable source (temporal references): left unchanged
+STATE_OUT_OF_TABLE = 4  # lambda or sigma outside the threshold table: left unchanged
+
+
+@dataclass(frozen=True)
+class FrameCounts:
+    """What the engine did to one frame (numbers of RTN pixels)."""
+
+    low: int = 0
+    high: int = 0
+    vetoed: int = 0
+    out_of_table: int = 0
+
+    @classmethod
+    def from_states(cls, state: np.ndarray) -> FrameCounts:
+        """Count each decision code in ``state`` (shape (n,), uint8)."""
+        counts = np.bincount(state, minlength=5)
+        return cls(low=int(counts[STATE_LOW]), high=int(counts[STATE_HIGH]), vetoed=int(counts[STATE_VETO]),
+                   out_of_table=int(counts[STATE_OUT_OF_TABLE]))
+
+
+@dataclass
+class PixelCounters:
+    """Per-RTN-pixel counts over a series (ALGORITHM.md section 5); arrays of shape (n,), int64."""
+
+    n_lo: np.ndarray
+    n_hi: np.ndarray
+    n_veto: np.ndarray
+    n_frames: np.ndarray
+
+    @classmethod
+    def zeros(cls, n: int) -> PixelCounters:
+        return cls(*(np.zeros(n, dtype=np.int64) for _ in range(4)))
+
+
+def decide(
+    x_adu: np.ndarray, lam_e: np.ndarray, params: PixelParams, table: ThresholdTable
+) -> np.ndarray:
+    """Jump decision of ALGORITHM.md section 3 for every RTN pixel.
+
+    Parameters
+    ----------
+    x_adu : numpy.ndarray, shape (n,), float64, adu
+        Pixel values in this frame.
+    lam_e : numpy.ndarray, shape (n,), float64, electron, >= 0
+        Expected photo-electrons from the reference.
+    params : PixelParams
+    table : ThresholdTable
+
+    Returns
+    -------
+    numpy.ndarray, shape (n,), uint8
+        ``STATE_NONE``, ``STATE_LOW``, ``STATE_HIGH`` or ``STATE_OUT_OF_TABLE``.
+    """
+    s = (x_adu - params.mu_adu) * params.gain_e_per_adu
+    q_lo, q_hi, in_table = table.lookup(lam_e, params.sigma_j, params.sigma_w)
+    d = params.delta_e
+    low = (q_lo - d < s) & (s < np.minimum(q_lo, q_hi - d)) & (lam_e - q_lo < d)
+    high = (np.maximum(q_hi, q_lo + d) < s) & (s < q_hi + d) & (q_hi - lam_e < d)
+    state = np.where(low, STATE_LOW, np.where(high, STATE_HIGH, STATE_NONE)).astype(np.uint8)
+    state[~(in_table & params.sigma_ok)] = STATE_OUT_OF_TABLE
+    return state
+
+
+def apply_corrections(
+    frame: np.ndarray, x_native: np.ndarray, state: np.ndarray, params: PixelParams
+) -> np.ndarray:
+    """Return a corrected copy of ``frame``: low-state pixels up by D_adu, high-state down; saturating.
+
+    Parameters
+    ----------
+    frame : numpy.ndarray, shape (ny, nx)
+        The input frame (not modified).
+    x_native : numpy.ndarray, shape (n,), frame dtype
+        The RTN pixels' values in ``frame``.
+    state : numpy.ndarray, shape (n,), uint8
+    params : PixelParams
+
+    Returns
+    -------
+    numpy.ndarray, shape (ny, nx), frame dtype
+    """
+    out = frame.copy()
+    changed = np.flatnonzero((state == STATE_LOW) | (state == STATE_HIGH))
+    if changed.size == 0:
+        return out
+    sign = np.where(state[changed] == STATE_LOW, 1, -1)
+    if np.issubdtype(frame.dtype, np.integer):
+        info = np.iinfo(frame.dtype)
+        new = x_native[changed].astype(np.int64) + sign * params.delta_adu_int[changed]
+        new = np.clip(new, info.min, info.max)
+    else:
+        new = x_native[changed].astype(np.float64) + sign * params.delta_adu_float[changed]
+    out.reshape(-1)[params.index[changed]] = new.astype(frame.dtype)
+    return out
+
+
+class NumpyBackend:
+    """Ring buffer of the RTN pixels and the per-frame correction, on the host.
+
+    Parameters
+    ----------
+    params : PixelParams
+    table : ThresholdTable
+    k_var : float
+        Variability-veto factor (temporal references).
+    spatial_size : int
+        Neighbourhood size of the spatial reference.
+    n_slots : int
+        Ring-buffer slots (W + 1 for the temporal references, 0 for spatial).
+    """
+
+    name = "numpy"
+    device = "cpu"
+
+    def __init__(self, params: PixelParams, table: ThresholdTable, k_var: float, spatial_size: int,
+                 n_slots: int) -> None:
+        self.params = params
+        self.table = table
+        self.k_var = float(k_var)
+        self.n_slots = n_slots
+        self._neighbours = neighbour_indices(params.shape, params.index, spatial_size) if n_slots == 0 else None
+        self._ring: np.ndarray | None = None
+        self.counters = PixelCounters.zeros(params.n)
+
+    def reset(self, dtype: np.dtype) -> None:
+        """Start a series of frames of ``dtype``: empty ring, zero per-pixel counters."""
+        if self.n_slots:
+            self._ring = np.zeros((self.n_slots, self.params.n), dtype=dtype)
+        self.counters = PixelCounters.zeros(self.params.n)
+
+    def store(self, slot: int, frame: np.ndarray) -> None:
+        """Gather the RTN pixels of ``frame`` (shape (ny, nx)) into ring slot ``slot``."""
+        np.take(frame.reshape(-1), self.params.index, out=self._ring[slot])
+
+    def correct_temporal(self, frame: np.ndarray, slot: int, window_slots: Sequence[int]
+                         ) -> tuple[np.ndarray, FrameCounts]:
+        """Correct ``frame`` (stored in ``slot``) against the median of ``window_slots``.
+
+        ``window_slots`` are the W ring slots of the reference frames in time order (the order of the
+        sums of the variability veto).
+        """
+        p = self.params
+        ring = self._ring
+        w = len(window_slots)
+        vals = ring[list(window_slots)]
+        part = np.partition(vals, (w // 2 - 1, w // 2), axis=0)
+        ref = (part[w // 2 - 1].astype(np.float64) + part[w // 2].astype(np.float64)) * 0.5
+        lam = np.maximum((ref - p.mu_adu) * p.gain_e_per_adu, 0.0)
+        acc = vals[0].astype(np.float64)
+        for r in range(1, w):
+            acc = acc + vals[r]
+        mean = acc / w
+        dev = vals[0] - mean
+        acc = dev * dev
+        for r in range(1, w):
+            dev = vals[r] - mean
+            acc = acc + dev * dev
+        spread_e = np.sqrt(acc / w) * p.gain_e_per_adu
+        veto = spread_e > self.k_var * np.sqrt(lam + p.rn2_e2)
+        x = ring[slot]
+        state = decide(x.astype(np.float64), lam, p, self.table)
+        state[veto] = STATE_VETO
+        return self._finish(frame, x, state)
+
+    def correct_spatial(self, frame: np.ndarray, chunk: int = 1 << 18) -> tuple[np.ndarray, FrameCounts]:
+        """Correct ``frame`` against the median of each RTN pixel's bias-subtracted neighbours."""
+        p = self.params
+        flat = frame.reshape(-1)
+        x = flat[p.index]
+        lam = np.empty(p.n)
+        for a in range(0, p.n, chunk):
+            nb = self._neighbours[a : a + chunk]
+            inside = nb >= 0
+            safe = np.where(inside, nb, 0)
+            vals = np.where(inside, flat[safe].astype(np.float64) - p.meanbias_adu[safe], np.nan)
+            vals.sort(axis=1)  # NaN (outside the frame) sort last
+            count = inside.sum(axis=1)
+            rows = np.arange(nb.shape[0])
+            upper = vals[rows, count // 2]
+            lower = vals[rows, (count - 1) // 2]
+            lam[a : a + chunk] = np.maximum(((lower + upper) * 0.5) * p.gain_e_per_adu, 0.0)
+        state = decide(x.astype(np.float64), lam, p, self.table)
+        return self._finish(frame, x, state)
+
+    def _finish(self, frame: np.ndarray, x: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, FrameCounts]:
+        c = self.counters
+        c.n_lo += state == STATE_LOW
+        c.n_hi += state == STATE_HIGH
+        c.n_veto += state == STATE_VETO
+        c.n_frames += 1
+        return apply_corrections(frame, x, state, self.params), FrameCounts.from_states(state)

@@ -1,0 +1,113 @@
+"""Per-pixel parameters of the RTN pixels, prepared once per job and shared by every backend.
+
+Everything here is computed on the host with NumPy, so both backends start from the same bits: the flat
+indices of the RTN pixels, their model parameters in float64, the integer jump size ``D_adu``, the sigma
+coordinates in the threshold table, and (spatial reference) the flat indices of each pixel's neighbours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rtnstream.kernels.cube import RTNCube
+from rtnstream.kernels.lut import ThresholdTable
+
+__all__ = ["PixelParams", "neighbour_indices"]
+
+
+@dataclass(frozen=True, eq=False)
+class PixelParams:
+    """Parameters of the n RTN pixels of a sensor (flat C-order indices, ascending).
+
+    Attributes
+    ----------
+    shape : tuple of int
+        (ny, nx) of the sensor.
+    index : numpy.ndarray, shape (n,), int64
+        Flat indices of the RTN pixels.
+    gain_e_per_adu : float
+    mu_adu : numpy.ndarray, shape (n,), float64, adu
+    delta_e : numpy.ndarray, shape (n,), float64, electron
+    delta_adu_int : numpy.ndarray, shape (n,), int64, adu
+        ``rint(delta_e / gain)``: the correction applied to integer frames.
+    delta_adu_float : numpy.ndarray, shape (n,), float64, adu
+        ``delta_e / gain``: the correction applied to float frames.
+    rn2_e2 : numpy.ndarray, shape (n,), float64, electron^2
+        Square of the total read noise (variability veto).
+    sigma_j : numpy.ndarray, shape (n,), int32
+    sigma_w : numpy.ndarray, shape (n,), float64
+    sigma_ok : numpy.ndarray, shape (n,), bool
+        Sigma coordinates in the table (:meth:`ThresholdTable.sigma_coords`).
+    meanbias_adu : numpy.ndarray, shape (ny * nx,), float64, adu
+        Mean bias of every pixel (spatial reference).
+    """
+
+    shape: tuple[int, int]
+    index: np.ndarray
+    gain_e_per_adu: float
+    mu_adu: np.ndarray
+    delta_e: np.ndarray
+    delta_adu_int: np.ndarray
+    delta_adu_float: np.ndarray
+    rn2_e2: np.ndarray
+    sigma_j: np.ndarray
+    sigma_w: np.ndarray
+    sigma_ok: np.ndarray
+    meanbias_adu: np.ndarray
+
+    @property
+    def n(self) -> int:
+        """Number of RTN pixels."""
+        return int(self.index.size)
+
+    @classmethod
+    def from_cube(cls, cube: RTNCube, table: ThresholdTable) -> PixelParams:
+        """Gather the RTN pixels' parameters of ``cube`` and their coordinates in ``table``."""
+        mask = cube.rtn_mask.ravel()
+        index = np.flatnonzero(mask).astype(np.int64)
+        g = float(cube.gain_e_per_adu)
+        delta_e = cube.delta_e.ravel()[index]
+        j, w, ok = table.sigma_coords(cube.sigma_e.ravel()[index])
+        return cls(
+            shape=cube.shape,
+            index=index,
+            gain_e_per_adu=g,
+            mu_adu=cube.mu_adu.ravel()[index].copy(),
+            delta_e=delta_e.copy(),
+            delta_adu_int=np.rint(delta_e / g).astype(np.int64),
+            delta_adu_float=delta_e / g,
+            rn2_e2=cube.readnoise_e.ravel()[index] ** 2,
+            sigma_j=j,
+            sigma_w=w,
+            sigma_ok=ok,
+            meanbias_adu=np.ascontiguousarray(cube.meanbias_adu, dtype=np.float64).ravel(),
+        )
+
+
+def neighbour_indices(shape: tuple[int, int], index: np.ndarray, size: int) -> np.ndarray:
+    """Flat indices of the ``size x size`` neighbourhood of each pixel, centre excluded, -1 outside.
+
+    Parameters
+    ----------
+    shape : (ny, nx)
+    index : numpy.ndarray, shape (n,), int64
+        Flat indices of the centre pixels.
+    size : int, odd, >= 3
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, size*size - 1), int64
+        Row-major order over the neighbourhood (dy outer, dx inner), skipping the centre.
+    """
+    ny, nx = shape
+    half = size // 2
+    y, x = np.divmod(index, nx)
+    offsets = [(dy, dx) for dy in range(-half, half + 1) for dx in range(-half, half + 1) if (dy, dx) != (0, 0)]
+    out = np.empty((index.size, len(offsets)), dtype=np.int64)
+    for k, (dy, dx) in enumerate(offsets):
+        yy, xx = y + dy, x + dx
+        inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
+        out[:, k] = np.where(inside, yy * nx + xx, -1)
+    return out

@@ -1,0 +1,5 @@
+"""``python -m rtnstream``: the command-line entry point."""
+
+from rtnstream.cli import main
+
+raise SystemExit(main())
