@@ -113,7 +113,7 @@ class RTNCube:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name, (attr, _unit, _rtn_only) in _PLANES.items():
+        for attr, _unit, _rtn_only in _PLANES.values():
             setattr(self, attr, np.asarray(getattr(self, attr), dtype=np.float64))
         self.dq = np.asarray(self.dq, dtype=np.uint16)
         _validate(self, source="cube")
@@ -212,8 +212,7 @@ def write_cube(cube: RTNCube, path: str | os.PathLike, overwrite: bool = False) 
             hdr[key] = value.item() if isinstance(value, np.generic) else value
     hdus: list[fits.hdu.base.ExtensionHDU] = []
     for name, (attr, unit, _rtn) in _PLANES.items():
-        hdu = fits.ImageHDU(getattr(cube, attr).astype(np.float32 if name.startswith("FRAC") else np.float64),
-                            name=name)
+        hdu = fits.ImageHDU(getattr(cube, attr), name=name)  # float64: read back bit for bit (cube_id)
         hdu.header["BUNIT"] = unit
         hdus.append(hdu)
     dq = fits.ImageHDU(cube.dq, name="DQ")
@@ -230,6 +229,17 @@ def _unit_ok(found: str, expected: str) -> bool:
     return found.strip().lower() in _UNIT_ALIASES[expected]
 
 
+def _verify_checksums(path: Path, hdul: fits.HDUList) -> None:
+    """Raise if an HDU carries CHECKSUM / DATASUM and it does not match (absent keywords are accepted)."""
+    for k, hdu in enumerate(hdul):
+        name = hdu.name or f"HDU {k}"
+        # verify_*: 1 = matches, 0 = fails, 2 = keyword absent
+        if "DATASUM" in hdu.header and hdu.verify_datasum() == 0:
+            raise CubeFormatError(f"{path}: extension {name} fails its DATASUM check (data corrupted)")
+        if "CHECKSUM" in hdu.header and hdu.verify_checksum() == 0:
+            raise CubeFormatError(f"{path}: extension {name} fails its CHECKSUM check (file corrupted)")
+
+
 def read_cube(path: str | os.PathLike) -> RTNCube:
     """Read and validate an RTN calibration file.
 
@@ -243,13 +253,15 @@ def read_cube(path: str | os.PathLike) -> RTNCube:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", fits.verify.VerifyWarning)
-            hdul = fits.open(path, memmap=False, checksum=True)
+            hdul = fits.open(path, memmap=False)
+            hdul.readall()  # every header now, so a truncated or malformed file fails here, by name
     except FileNotFoundError:
         raise CubeFormatError(f"{path}: no such RTN calibration file") from None
     except (OSError, ValueError, TypeError, fits.verify.VerifyWarning) as exc:
         raise CubeFormatError(f"{path}: not a readable FITS file ({exc})") from exc
     with hdul:
         try:
+            _verify_checksums(path, hdul)
             names = {hdu.name.upper(): hdu for hdu in hdul[1:]}
             required = [*_PLANES, "DQ"]
             missing = [n for n in required if n not in names]
@@ -350,6 +362,13 @@ def import_paper(
         return np.where(rtn, plane, nan)
 
     b_hi = 1.0 - a - b_lo
+    # A one-sided pixel stored with A + B_low = 1 gives b_hi of a few -1e-17 by rounding: that is 0.
+    b_hi = np.where((b_hi < 0) & (b_hi > -1e-9), 0.0, b_hi)
+    with np.errstate(invalid="ignore"):
+        bad = int(np.count_nonzero(rtn & ~((a >= 0) & (b_lo >= 0) & (b_hi >= 0))))
+    if bad:
+        raise CubeFormatError(f"{params_path}: A and B_low must be >= 0 with A + B_low <= 1; {bad} RTN "
+                              "pixels are not")
     mu_adu = keep(mu_e * g_adu)
     model_mean, model_std = model_mean_and_std(mu_adu, keep(delta_e), keep(sigma_e), keep(b_lo), keep(b_hi),
                                                gain)
@@ -369,8 +388,11 @@ def import_paper(
         readnoise = np.where(rtn, model_std, fill)
         meta["readnoise_source"] = "model"
     dq = np.where(rtn, DQ_RTN, 0).astype(np.uint16)
-    return RTNCube(
-        mu_adu=mu_adu, delta_e=keep(delta_e), sigma_e=keep(sigma_e), frac_c=keep(a), frac_lo=keep(b_lo),
-        frac_hi=keep(b_hi), lammax_e=keep(lammax), meanbias_adu=meanbias, readnoise_e=readnoise, dq=dq,
-        gain_e_per_adu=gain, meta=meta,
-    )
+    try:
+        return RTNCube(
+            mu_adu=mu_adu, delta_e=keep(delta_e), sigma_e=keep(sigma_e), frac_c=keep(a), frac_lo=keep(b_lo),
+            frac_hi=keep(b_hi), lammax_e=keep(lammax), meanbias_adu=meanbias, readnoise_e=readnoise, dq=dq,
+            gain_e_per_adu=gain, meta=meta,
+        )
+    except CubeFormatError as exc:  # name the paper's file, not "cube"
+        raise CubeFormatError(f"{params_path}: {str(exc).removeprefix('cube: ')}") from None

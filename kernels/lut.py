@@ -21,6 +21,7 @@ import functools
 import hashlib
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,7 @@ TABLE_FORMAT_VERSION = 1
 LAMBDA_TOP_E = 100.0
 SIGMA_MIN_E = 0.2
 SIGMA_MAX_E = 20.0
+_GUIDE_BUCKETS = 1 << 14
 
 
 def default_lambda_nodes(lambda_top_e: float = LAMBDA_TOP_E) -> np.ndarray:
@@ -242,6 +244,39 @@ class ThresholdTable:
         w = np.where(valid, (s - nodes[j]) / (nodes[j + 1] - nodes[j]), 0.0)
         return j.astype(np.int32), w, valid
 
+    @functools.cached_property
+    def _lambda_guide(self) -> np.ndarray:
+        """Interval of the lambda grid at the start of each of 2^14 buckets uniform in sqrt(lambda)."""
+        start = (np.arange(_GUIDE_BUCKETS) / _GUIDE_BUCKETS) ** 2 * self.lambda_top_e
+        return np.clip(np.searchsorted(self.lambda_nodes, start, side="right") - 1, 0,
+                       self.lambda_nodes.size - 2)
+
+    def lambda_interval(self, lam_e: np.ndarray) -> np.ndarray:
+        """Index i of the lambda interval holding each value: ``nodes[i] <= lam < nodes[i+1]``.
+
+        Exactly ``searchsorted(nodes, lam, side='right') - 1`` clamped to ``[0, n_lam - 2]`` (the CUDA
+        kernel does a binary search and gets the same i), found faster: a guess from a bucket table
+        uniform in sqrt(lambda), corrected by comparisons with the nodes until it is exact.
+
+        Parameters
+        ----------
+        lam_e : numpy.ndarray, shape (n,), float64, electron, >= 0
+
+        Returns
+        -------
+        numpy.ndarray, shape (n,), int64
+        """
+        nodes = self.lambda_nodes
+        last = nodes.size - 2
+        u = np.sqrt(np.minimum(lam_e, self.lambda_top_e) / self.lambda_top_e) * _GUIDE_BUCKETS
+        i = self._lambda_guide[np.minimum(u.astype(np.int64), _GUIDE_BUCKETS - 1)]
+        while True:
+            up = (i < last) & (nodes[np.minimum(i + 1, last + 1)] <= lam_e)
+            down = nodes[i] > lam_e
+            if not (up.any() or down.any()):
+                return i
+            i = i + up - (down & (i > 0))
+
     def lookup(
         self, lam_e: np.ndarray, j: np.ndarray, w: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -261,14 +296,16 @@ class ThresholdTable:
         """
         nodes = self.lambda_nodes
         in_table = lam_e <= nodes[-1]
-        i = np.clip(np.searchsorted(nodes, lam_e, side="right") - 1, 0, nodes.size - 2)
+        i = self.lambda_interval(lam_e)
         f = (lam_e - nodes[i]) / (nodes[i + 1] - nodes[i])
         one_f = 1.0 - f
         one_w = 1.0 - w
+        n_sig = self.sigma_nodes.size
+        base = i * n_sig + j  # flat index of node (i, j); (i, j+1), (i+1, j), (i+1, j+1) follow
         out = []
-        for t in (self.q_lo, self.q_hi):
-            r0 = t[i, j] * one_w + t[i, j + 1] * w
-            r1 = t[i + 1, j] * one_w + t[i + 1, j + 1] * w
+        for t in (self.q_lo.ravel(), self.q_hi.ravel()):
+            r0 = t.take(base) * one_w + t.take(base + 1) * w
+            r1 = t.take(base + n_sig) * one_w + t.take(base + n_sig + 1) * w
             out.append(r0 * one_f + r1 * f)
         return out[0], out[1], in_table
 
@@ -282,19 +319,20 @@ class ThresholdTable:
         ok = inside & in_table
         return (np.where(ok, q_lo, np.nan).reshape(lam.shape), np.where(ok, q_hi, np.nan).reshape(lam.shape))
 
-    def lambda_max(self, delta_e: np.ndarray, sigma_e: np.ndarray, chunk: int = 16384) -> np.ndarray:
+    def lambda_max(self, delta_e: np.ndarray, sigma_e: np.ndarray, chunk: int = 8192) -> np.ndarray:
         """Largest lambda at which positive jumps of size ``delta_e`` stay resolvable (ALGORITHM.md s. 4).
 
-        The first root of ``q_hi(lambda, sigma) - lambda = delta`` on the interpolated table (which is
-        piecewise linear in lambda at fixed sigma, so the root is exact on the table); ``lambda_top_e``
-        where there is none; 0 where even ``lambda = 0`` is unresolvable; NaN where an input is NaN or
-        sigma is outside the table.
+        The first root of ``q_hi(lambda, sigma) - lambda = delta`` on the interpolated table, which is
+        piecewise linear in lambda at fixed sigma, so the root is exact on the table: a binary search over
+        the lambda nodes where both sigma columns of the pixel make ``q_hi - lambda`` increasing (sigma
+        above about 0.4 e-), a scan of every node elsewhere. ``lambda_top_e`` where there is no root;
+        0 where even ``lambda = 0`` is unresolvable; NaN where an input is NaN or sigma is off the table.
 
         Parameters
         ----------
         delta_e, sigma_e : numpy.ndarray, shape (n,), float64, electron
         chunk : int
-            Pixels processed at once (bounds memory to ``chunk * n_lam`` floats).
+            Pixels scanned at once where a scan is needed (bounds memory to ``chunk * n_lam`` floats).
 
         Returns
         -------
@@ -308,23 +346,38 @@ class ThresholdTable:
         j, w, valid = self.sigma_coords(np.nan_to_num(sigma, nan=-1.0))
         good = np.flatnonzero(valid & np.isfinite(delta))
         nodes = self.lambda_nodes
-        for start in range(0, good.size, chunk):
-            sel = good[start : start + chunk]
-            jj, ww = j[sel, None], w[sel, None]
-            # margin(lambda) = q_hi - lambda - delta at every lambda node, for each pixel of the chunk
-            margin = self.q_hi[:, jj.ravel()].T * (1.0 - ww) + self.q_hi[:, jj.ravel() + 1].T * ww
-            margin = margin - nodes - delta[sel, None]
-            reached = margin >= 0
-            first = np.argmax(reached, axis=1)
-            res = np.full(sel.size, self.lambda_top_e)
-            has = reached[np.arange(sel.size), first]
-            at_zero = has & (first == 0)
-            res[at_zero] = 0.0
-            k = np.flatnonzero(has & (first > 0))
-            i1 = first[k]
-            m0, m1 = margin[k, i1 - 1], margin[k, i1]
-            res[k] = nodes[i1 - 1] + (nodes[i1] - nodes[i1 - 1]) * (-m0) / (m1 - m0)
-            out[sel] = res
+        n_lam = nodes.size
+        head = self.q_hi - nodes[:, None]  # q_hi - lambda at every node, (n_lam, n_sig)
+        increasing = np.all(np.diff(head, axis=0) > 0, axis=0)
+
+        def margin(i: np.ndarray, sel: np.ndarray) -> np.ndarray:
+            """q_hi - lambda - delta at lambda node(s) ``i`` for pixels ``sel``, interpolated in sigma."""
+            jj, ww = j[sel], w[sel]
+            return head[i, jj] * (1.0 - ww) + head[i, jj + 1] * ww - delta[sel]
+
+        lo = np.zeros(good.size, dtype=np.int64)  # node below the root (margin < 0)
+        hi = np.full(good.size, n_lam - 1)  # node at or above it (margin >= 0)
+        top = margin(hi, good) < 0
+        zero = margin(lo, good) >= 0
+        search = np.flatnonzero(~top & ~zero & increasing[j[good]] & increasing[j[good] + 1])
+        while search.size:
+            mid = (lo[search] + hi[search]) // 2
+            up = margin(mid, good[search]) >= 0
+            hi[search[up]] = mid[up]
+            lo[search[~up]] = mid[~up]
+            search = search[hi[search] - lo[search] > 1]
+        scan = np.flatnonzero(~top & ~zero & ~(increasing[j[good]] & increasing[j[good] + 1]))
+        for a in range(0, scan.size, chunk):
+            part = scan[a : a + chunk]
+            m = margin(np.arange(n_lam)[:, None], good[part][None, :])  # (n_lam, len(part))
+            hi[part] = np.argmax(m >= 0, axis=0)
+            lo[part] = hi[part] - 1
+        res = np.full(good.size, self.lambda_top_e)
+        res[zero] = 0.0
+        k = np.flatnonzero(~top & ~zero)
+        m0, m1 = margin(lo[k], good[k]), margin(hi[k], good[k])
+        res[k] = nodes[lo[k]] + (nodes[hi[k]] - nodes[lo[k]]) * (-m0) / (m1 - m0)
+        out[good] = res
         return out
 
     # ---- storage ---------------------------------------------------------------------------------
@@ -343,19 +396,31 @@ class ThresholdTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ThresholdTable:
-        """Read a table written by :meth:`save`; refuses pickled content and other format versions."""
-        with np.load(path, allow_pickle=False) as z:
-            version = int(z["format_version"])
-            if version != TABLE_FORMAT_VERSION:
-                raise ValueError(f"threshold table {path}: format version {version}, expected "
-                                 f"{TABLE_FORMAT_VERSION}")
-            return cls(
-                alpha=float(z["alpha"]),
-                lambda_nodes=z["lambda_nodes"],
-                sigma_nodes=z["sigma_nodes"],
-                q_lo=z["q_lo"],
-                q_hi=z["q_hi"],
-            )
+        """Read a table written by :meth:`save`; refuses pickled content and other format versions.
+
+        Raises
+        ------
+        ValueError
+            Not a readable ``.npz`` (truncated, garbage, pickled objects), a missing array, or another
+            format version; the message names the file.
+        """
+        names = ("format_version", "alpha", "lambda_nodes", "sigma_nodes", "q_lo", "q_hi")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {name: z[name] for name in names}
+        except (zipfile.BadZipFile, EOFError, KeyError, ValueError) as exc:
+            raise ValueError(f"threshold table {path}: not a readable table .npz ({exc})") from exc
+        version = int(arrays["format_version"])
+        if version != TABLE_FORMAT_VERSION:
+            raise ValueError(f"threshold table {path}: format version {version}, expected "
+                             f"{TABLE_FORMAT_VERSION}")
+        return cls(
+            alpha=float(arrays["alpha"]),
+            lambda_nodes=arrays["lambda_nodes"],
+            sigma_nodes=arrays["sigma_nodes"],
+            q_lo=arrays["q_lo"],
+            q_hi=arrays["q_hi"],
+        )
 
 
 def _check_alpha(alpha: float) -> float:

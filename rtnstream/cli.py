@@ -22,26 +22,39 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("simulate", "simulate a sensor with RTN pixels: bias / illuminated stacks, truth, cube"),
     "correct": ("correct", "correct FITS frames offline with an RTN calibration cube"),
     "cube": ("cube", "RTN calibration cubes: import the RTN paper's output, inspect"),
+    "characterize": ("characterize", "characterize a CMOS camera from bias, dark and flat stacks"),
+    "simulate-camera": ("simulate_camera", "simulate bias, dark and flat frames of a CMOS camera with truth"),
+    "serve": ("serve", "run the live correction service (HTTP control plane, ZeroMQ pipelines)"),
+    "camera": ("camera", "simulated camera: push frames of a simulated sensor to a job's ingest"),
+    "replay": ("replay", "publish FITS frames to a job's ingest as a live series"),
+    "sink": ("sink", "subscribe to a job's output and write the frames as FITS"),
+    "status": ("status", "jobs of a running service and their counters"),
+    "demo": ("demo", "the live service end to end with a simulated camera: throughput, latency, noise"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the top-level parser with every sub-command's options."""
-    parser = argparse.ArgumentParser(prog="rtnstream", description=__doc__.splitlines()[0])
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Build the top-level parser; with ``only``, import and configure just that sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="rtnstream", description="rtnstream: live correction of random telegraph noise in CMOS cameras"
+    )
     parser.add_argument("--version", action="version", version=f"rtnstream {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in _COMMANDS.items():
-        cmd = importlib.import_module(f"rtnstream.commands.{module}")
         p = sub.add_parser(name, help=help_text, description=help_text)
-        cmd.configure(p)
-        p.set_defaults(_run=cmd.run)
+        if only in (None, name):
+            cmd = importlib.import_module(f"rtnstream.commands.{module}")
+            cmd.configure(p)
+            p.set_defaults(_run=cmd.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the process exit status."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in _COMMANDS else None).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,0 +1,44 @@
+"""``rtnstream cube``: RTN calibration cubes: import the RTN paper's output, show a summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from rtnstream.kernels.cube import import_paper, read_cube, write_cube
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="cube_command", metavar="ACTION", required=True)
+    imp = sub.add_parser("import-paper", help="convert the RTN paper's 6-plane parameter file")
+    imp.add_argument("params", metavar="PARAMS.fits", help="6 planes: mu e-, A, B_low, Delta e-, sigma e-, "
+                                                           "lambda_max")
+    imp.add_argument("--gain-adu-per-e", type=float, required=True, help="the paper's gain, ADU per electron")
+    imp.add_argument("--mean-bias", help="mean bias map (adu), FITS")
+    imp.add_argument("--read-noise", help="read noise map (electron), FITS")
+    imp.add_argument("-o", "--output", required=True, help="cube file to write")
+    imp.add_argument("--overwrite", action="store_true")
+    info = sub.add_parser("info", help="validate a cube and print its summary as JSON")
+    info.add_argument("cube", metavar="CUBE.fits")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.cube_command == "import-paper":
+        cube = import_paper(args.params, args.gain_adu_per_e, args.mean_bias, args.read_noise)
+        write_cube(cube, args.output, overwrite=args.overwrite)
+    else:
+        cube = read_cube(args.cube)
+    rtn = cube.rtn_mask
+    print(json.dumps({
+        "id": cube.cube_id,
+        "shape": list(cube.shape),
+        "n_rtn": cube.n_rtn,
+        "rtn_fraction": cube.n_rtn / rtn.size,
+        "gain_e_per_adu": cube.gain_e_per_adu,
+        "median_delta_e": float(np.median(cube.delta_e[rtn])) if cube.n_rtn else None,
+        "median_sigma_e": float(np.median(cube.sigma_e[rtn])) if cube.n_rtn else None,
+        "meta": {k: str(v) for k, v in cube.meta.items()},
+    }, indent=2))
+    return 0

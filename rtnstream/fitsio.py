@@ -1,0 +1,205 @@
+"""FITS frames in and out, one frame at a time: stacks larger than memory stream through.
+
+:class:`FrameSource` opens a FITS file holding one 2-D frame or one 3-D stack (the first HDU with image
+data) and reads frame ``i`` through astropy's ``section`` (only that plane is read, BZERO/BSCALE applied,
+so unsigned integers come back as ``uint16`` / ``uint32``). :class:`FrameSink` writes frames one at a time
+with the on-disk conventions of FITS (BZERO for unsigned integers) and lets a few header values be
+filled in once the data are written (counts known only at the end).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from rtnstream.kernels.exceptions import FrameError
+
+__all__ = ["FrameSource", "FrameSink"]
+
+# numpy dtype -> (BITPIX, BZERO, on-disk big-endian dtype)
+_DISK = {
+    np.dtype("uint8"): (8, None, ">u1"),
+    np.dtype("int16"): (16, None, ">i2"),
+    np.dtype("uint16"): (16, 32768, ">i2"),
+    np.dtype("int32"): (32, None, ">i4"),
+    np.dtype("uint32"): (32, 2147483648, ">i4"),
+    np.dtype("float32"): (-32, None, ">f4"),
+    np.dtype("float64"): (-64, None, ">f8"),
+}
+_STRUCTURAL = {"SIMPLE", "XTENSION", "BITPIX", "NAXIS", "EXTEND", "PCOUNT", "GCOUNT", "BZERO", "BSCALE",
+               "CHECKSUM", "DATASUM", "EXTNAME", "END"}
+
+
+class FrameSource:
+    """Frames of one FITS file (a 2-D frame or a 3-D stack), read lazily.
+
+    Parameters
+    ----------
+    path : path-like
+
+    Attributes
+    ----------
+    path : pathlib.Path
+    n_frames : int
+    shape : (ny, nx)
+    dtype : numpy.dtype
+        Dtype of the frames as read (BZERO applied: unsigned integers for BZERO-shifted data).
+    header : astropy.io.fits.Header
+        Primary header merged with the image HDU's (non-structural cards).
+
+    Raises
+    ------
+    FrameError
+        Not a FITS file, no image data, or an image that is not 2-D or 3-D.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        try:
+            self._hdul = fits.open(self.path, memmap=False, lazy_load_hdus=False)
+        except FileNotFoundError:
+            raise FrameError(f"{self.path}: no such file") from None
+        except (OSError, ValueError, TypeError) as exc:
+            raise FrameError(f"{self.path}: not a readable FITS file ({exc})") from exc
+        try:
+            self._hdu = next((h for h in self._hdul if h.is_image and h.header.get("NAXIS", 0) > 0), None)
+            if self._hdu is None:
+                raise FrameError(f"{self.path}: no image data in any HDU")
+            naxis = [self._hdu.header[f"NAXIS{k}"] for k in range(self._hdu.header["NAXIS"], 0, -1)]
+            if len(naxis) not in (2, 3):
+                raise FrameError(f"{self.path}: image has {len(naxis)} axes; expected a 2-D frame or 3-D stack")
+            self.shape: tuple[int, int] = (int(naxis[-2]), int(naxis[-1]))
+            self.n_frames = int(naxis[0]) if len(naxis) == 3 else 1
+            self.is_stack = len(naxis) == 3
+            self.dtype = np.dtype(self._read(0).dtype).newbyteorder("=")
+            self.header = self._merged_header()
+        except FrameError:
+            self._hdul.close()
+            raise
+        except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
+            self._hdul.close()
+            raise FrameError(f"{self.path}: corrupt FITS data ({exc})") from exc
+
+    def _merged_header(self) -> fits.Header:
+        merged = fits.Header()
+        for hdr in {id(h.header): h.header for h in (self._hdul[0], self._hdu)}.values():
+            for card in hdr.cards:
+                if card.keyword not in _STRUCTURAL and not card.keyword.startswith("NAXIS"):
+                    merged.append(card, end=True)
+        return merged
+
+    def _read(self, i: int) -> np.ndarray:
+        return self._hdu.section[i] if self.is_stack else self._hdu.section[:, :]
+
+    def read(self, i: int) -> np.ndarray:
+        """Frame ``i`` as a (ny, nx) array in native byte order.
+
+        Raises
+        ------
+        FrameError
+            The file is truncated or unreadable at that frame.
+        """
+        if not 0 <= i < self.n_frames:
+            raise IndexError(f"{self.path}: frame {i} out of range 0..{self.n_frames - 1}")
+        try:
+            frame = np.asarray(self._read(i))
+        except (OSError, ValueError, TypeError) as exc:
+            raise FrameError(f"{self.path}: cannot read frame {i} ({exc})") from exc
+        if frame.shape != self.shape:
+            raise FrameError(f"{self.path}: frame {i} truncated (got shape {frame.shape})")
+        return frame.astype(frame.dtype.newbyteorder("="), copy=False)
+
+    def close(self) -> None:
+        self._hdul.close()
+
+    def __enter__(self) -> FrameSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class FrameSink:
+    """Write ``n_frames`` frames of one shape and dtype to a new FITS file, one at a time.
+
+    Parameters
+    ----------
+    path : path-like
+        Output file (overwritten).
+    shape : (ny, nx)
+    dtype : numpy.dtype
+        One of uint8, int16, uint16, int32, uint32, float32, float64.
+    n_frames : int
+        1 writes a 2-D image, more a 3-D stack (n_frames, ny, nx).
+    header : astropy.io.fits.Header, optional
+        Non-structural cards to copy (plus the RTN keys, which can be updated by :meth:`update_cards`).
+    """
+
+    def __init__(self, path: str | os.PathLike, shape: tuple[int, int], dtype: np.dtype, n_frames: int,
+                 header: fits.Header | None = None, stack: bool | None = None) -> None:
+        dtype = np.dtype(dtype).newbyteorder("=")
+        if dtype not in _DISK:
+            raise FrameError(f"cannot write dtype {dtype} to FITS")
+        self.path = Path(path)
+        self.dtype = dtype
+        self.n_frames = n_frames
+        self.shape = tuple(shape)
+        bitpix, bzero, self._disk = _DISK[dtype]
+        hdr = fits.Header()
+        hdr["SIMPLE"] = True
+        hdr["BITPIX"] = bitpix
+        stack = n_frames > 1 if stack is None else stack
+        dims = [shape[1], shape[0]] + ([n_frames] if stack else [])
+        hdr["NAXIS"] = len(dims)
+        for k, n in enumerate(dims, start=1):
+            hdr[f"NAXIS{k}"] = n
+        if bzero is not None:
+            hdr["BZERO"] = bzero
+            hdr["BSCALE"] = 1
+        for card in (header or fits.Header()).cards:
+            if card.keyword not in _STRUCTURAL and not card.keyword.startswith("NAXIS"):
+                hdr.append(card, end=True)
+        self._header = hdr
+        self.path.unlink(missing_ok=True)  # StreamingHDU would append to an existing file
+        self._hdu = fits.StreamingHDU(self.path, hdr)
+        self.written = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append one (ny, nx) frame of the sink's dtype."""
+        if frame.shape != self.shape or frame.dtype.newbyteorder("=") != self.dtype:
+            raise FrameError(f"{self.path}: frame {frame.shape} {frame.dtype} does not fit "
+                             f"{self.shape} {self.dtype}")
+        if self.dtype == np.uint16:
+            disk = (frame ^ np.uint16(0x8000)).view(np.int16)
+        elif self.dtype == np.uint32:
+            disk = (frame ^ np.uint32(0x80000000)).view(np.int32)
+        else:
+            disk = frame
+        self._hdu.write(np.ascontiguousarray(disk, dtype=self._disk))
+        self.written += 1
+
+    def close(self) -> None:
+        """Close the file (it must hold all ``n_frames`` frames)."""
+        self._hdu.close()
+        if self.written != self.n_frames:
+            raise FrameError(f"{self.path}: closed after {self.written} of {self.n_frames} frames")
+
+    def update_cards(self, values: dict[str, object]) -> None:
+        """Overwrite header cards already present (same keyword) in place, after the data are written.
+
+        Each card keeps its 80-character slot, so the data do not move.
+        """
+        with open(self.path, "r+b") as fh:
+            head = fh.read(2880 * max(1, (len(self._header) * 80 + 80 + 2879) // 2880))
+            for key, value in values.items():
+                old = self._header.cards[key]
+                new = fits.Card(key, value, old.comment).image
+                pos = head.find(old.image.encode("ascii"))
+                if pos < 0 or pos % 80:
+                    raise KeyError(f"{self.path}: header card {key} not found for update")
+                fh.seek(pos)
+                fh.write(new.encode("ascii"))
+                self._header[key] = value

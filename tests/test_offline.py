@@ -1,0 +1,194 @@
+"""``rtnstream correct``: FITS in, corrected FITS out, identical to the engine run in memory."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from rtnstream.cli import main
+from rtnstream.fitsio import FrameSink, FrameSource
+from rtnstream.kernels.cube import write_cube
+from rtnstream.kernels.engine import EngineSettings, RTNEngine
+from rtnstream.kernels.exceptions import FrameError, SeriesError
+from rtnstream.kernels.simulate import Scene, SensorModel
+from rtnstream.offline import correct_files
+
+SHAPE = (40, 48)
+N_FRAMES = 24
+
+
+@pytest.fixture(scope="module")
+def sensor() -> SensorModel:
+    return SensorModel.random(SHAPE, rtn_fraction=0.08, seed=11)
+
+
+@pytest.fixture(scope="module")
+def frames(sensor) -> np.ndarray:
+    data, _states, _clean = sensor.stack(N_FRAMES, Scene.make("stars", SHAPE, n_stars=4, seed=2), seed=5)
+    return data
+
+
+@pytest.fixture(scope="module")
+def cube_path(sensor, tmp_path_factory):
+    path = tmp_path_factory.mktemp("cube") / "cube.fits"
+    write_cube(sensor.true_cube(), path)
+    return path
+
+
+def write_inputs(folder, frames) -> list:
+    """A mix of 3-D stacks and 2-D frames: 10-frame stack, 3 single frames, the rest as a stack."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    hdu = fits.PrimaryHDU(frames[:10])
+    hdu.header["OBSERVER"] = "test"
+    paths.append(folder / "a_stack.fits")
+    hdu.writeto(paths[-1])
+    for k in range(10, 13):
+        paths.append(folder / f"b_frame{k}.fits")
+        fits.PrimaryHDU(frames[k]).writeto(paths[-1])
+    paths.append(folder / "c_stack.fits")
+    fits.PrimaryHDU(frames[13:]).writeto(paths[-1])
+    return paths
+
+
+def engine_output(sensor, frames, settings) -> np.ndarray:
+    engine = RTNEngine(sensor.true_cube(), settings)
+    engine.start_series()
+    out = [o for f in frames for o in engine.push(f)] + engine.finish()
+    return np.stack([o.data for o in out])
+
+
+@pytest.mark.parametrize("reference", ["temporal", "causal", "spatial"])
+def test_cli_output_matches_engine(sensor, frames, cube_path, tmp_path, reference, capsys):
+    inputs = write_inputs(tmp_path / "in", frames)
+    outdir = tmp_path / "out"
+    rc = main(["correct", "--cube", str(cube_path), *map(str, inputs), "-o", str(outdir),
+               "--reference", reference, "--window", "6", "--backend", "numpy", "--no-progress"])
+    assert rc == 0
+    expected = engine_output(sensor, frames, EngineSettings(reference=reference, window=6))
+    got = []
+    summary = json.loads((outdir / "summary.json").read_text())
+    total_low = 0
+    for path, entry in zip(inputs, summary["files"], strict=True):
+        out = outdir / path.name
+        with fits.open(path) as src, fits.open(out) as dst:
+            assert dst[0].data.shape == src[0].data.shape
+            assert dst[0].data.dtype == src[0].data.dtype == np.uint16
+            hdr = dst[0].header
+            assert hdr["RTNREF"] == reference
+            assert hdr["RTNCORR"] is True
+            assert hdr["RTNCUBE"] == sensor.true_cube().cube_id
+            assert hdr["RTNALPHA"] == 0.003
+            assert hdr["RTNNLO"] == entry["corrections"]["low"]
+            assert hdr["RTNNHI"] == entry["corrections"]["high"]
+            total_low += hdr["RTNNLO"]
+            if path.name == "a_stack.fits":
+                assert hdr["OBSERVER"] == "test"
+            data = dst[0].data
+            got.extend(data if data.ndim == 3 else [data])
+    np.testing.assert_array_equal(np.stack(got), expected)
+    assert summary["frames"] == N_FRAMES
+    assert summary["corrections"]["low"] == total_low > 0
+    offset = fits.getdata(outdir / "bias_offset.fits")
+    assert offset.shape == SHAPE
+    assert np.count_nonzero(offset[~sensor.true_cube().rtn_mask]) == 0
+
+
+def test_float_frames_stay_float(sensor, frames, cube_path, tmp_path):
+    path = tmp_path / "float.fits"
+    fits.PrimaryHDU(frames.astype(np.float32)).writeto(path)
+    correct_files(sensor.true_cube(), [path], tmp_path / "out", EngineSettings(), backend="numpy",
+                  progress=False)
+    out = fits.getdata(tmp_path / "out" / "float.fits")
+    assert out.dtype == np.dtype(">f4")
+    changed = out != frames
+    assert changed.any()
+    # float corrections move a pixel by Delta/g exactly (up to float32 rounding)
+    idx = np.flatnonzero(changed[5])
+    step = np.abs(out[5].ravel()[idx].astype(np.float64) - frames[5].ravel()[idx])
+    d_adu = (sensor.true_cube().delta_e / sensor.gain_e_per_adu).ravel()[idx]
+    np.testing.assert_allclose(step, d_adu, rtol=1e-6)
+
+
+def test_streaming_keeps_memory_bounded(tmp_path):
+    """A stack many times larger than the engine's working set is corrected with bounded memory."""
+    shape, n = (128, 128), 160
+    sensor = SensorModel.random(shape, seed=3)
+    path = tmp_path / "big.fits"
+    sink = FrameSink(path, shape, np.uint16, n)
+    for f in sensor.frames(n, seed=4):
+        sink.write(f.data)
+    sink.close()
+    stack_bytes = n * shape[0] * shape[1] * 2
+    cube = sensor.true_cube()
+    tracemalloc.start()
+    correct_files(cube, [path], tmp_path / "out", EngineSettings(window=10), backend="numpy", progress=False)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # the engine holds W/2 + 1 pending frames plus the ring of RTN pixels: about 12 frames of 160
+    assert peak < 0.35 * stack_bytes, f"peak {peak} bytes for a {stack_bytes}-byte stack"
+    with FrameSource(tmp_path / "out" / "big.fits") as out:
+        assert out.n_frames == n and out.dtype == np.uint16
+
+
+def test_shape_mismatch_is_a_clear_error(sensor, tmp_path, cube_path, capsys):
+    path = tmp_path / "wrong.fits"
+    fits.PrimaryHDU(np.zeros((12, 30, 30), np.uint16)).writeto(path)
+    rc = main(["correct", "--cube", str(cube_path), str(path), "-o", str(tmp_path / "out"), "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "wrong.fits" in err and "(30, 30)" in err and str(SHAPE) in err
+
+
+def test_window_longer_than_series(sensor, frames, tmp_path):
+    path = tmp_path / "short.fits"
+    fits.PrimaryHDU(frames[:8]).writeto(path)
+    with pytest.raises(SeriesError, match="window 10 needs a series of at least 11 frames, got 8"):
+        correct_files(sensor.true_cube(), [path], tmp_path / "out", EngineSettings(window=10), backend="numpy")
+
+
+def test_unsupported_dtype(sensor, tmp_path):
+    path = tmp_path / "int64.fits"
+    fits.PrimaryHDU(np.zeros((12, *SHAPE), np.int64)).writeto(path)
+    with pytest.raises(FrameError, match="unsupported dtype int64"):
+        correct_files(sensor.true_cube(), [path], tmp_path / "out", EngineSettings(), backend="numpy",
+                      progress=False)
+
+
+@pytest.mark.filterwarnings("ignore:File may have been truncated")
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_fits(sensor, frames, tmp_path, cube_path, capsys, damage):
+    path = tmp_path / "bad.fits"
+    if damage == "garbage":
+        path.write_bytes(b"this is not FITS" * 300)
+    else:
+        fits.PrimaryHDU(frames).writeto(path)
+        raw = path.read_bytes()
+        path.write_bytes(raw[: len(raw) // 2])
+    rc = main(["correct", "--cube", str(cube_path), str(path), "-o", str(tmp_path / "out"), "--no-progress"])
+    assert rc == 2
+    assert "bad.fits" in capsys.readouterr().err
+
+
+def test_nan_in_cube_is_refused(sensor, frames, tmp_path, capsys):
+    path = tmp_path / "cube.fits"
+    # damage a valid file, as a bad fit or a bad copy would
+    with fits.open(write_cube(sensor.true_cube(), path), mode="update") as hdul:
+        hdul["DELTA"].data[np.unravel_index(sensor.rtn_index[0], SHAPE)] = np.nan
+    data = tmp_path / "frames.fits"
+    fits.PrimaryHDU(frames).writeto(data)
+    rc = main(["correct", "--cube", str(path), str(data), "-o", str(tmp_path / "out"), "--no-progress"])
+    assert rc == 2
+    assert "DELTA is NaN" in capsys.readouterr().err
+
+
+def test_output_never_overwrites_input(sensor, frames, tmp_path):
+    path = tmp_path / "frames.fits"
+    fits.PrimaryHDU(frames).writeto(path)
+    with pytest.raises(FrameError, match="overwrite the input"):
+        correct_files(sensor.true_cube(), [path], tmp_path, EngineSettings(), backend="numpy")
+    np.testing.assert_array_equal(fits.getdata(path), frames)
