@@ -29,7 +29,7 @@ class LinearFit:
 
 
 def fit_line(x: np.ndarray, y: np.ndarray) -> LinearFit:
-    """Fit a straight line to ``(x, y)`` (at least two distinct ``x``); ``r_squared`` is NaN if y is constant."""
+    """Fit a straight line to ``(x, y)`` (two distinct ``x`` at least); ``r_squared`` NaN for constant y."""
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     if x.shape != y.shape or len(np.unique(x)) < 2:

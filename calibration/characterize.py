@@ -18,6 +18,9 @@ from rtnstream import __version__
 from rtnstream.calibration._ptc import clipped_stats, fit_line, pair_gain, pixel_gain_maps
 from rtnstream.calibration.stacks import DEFAULT_MAX_BYTES, FitsStack, inspect_fits
 
+# DQ bits shared with the RTN calibration file (bits 1 and 2 are the RTN fitter's), re-exported here.
+from rtnstream.kernels.cube import DQ_ANOMALOUS_MEAN, DQ_ANOMALOUS_STD, DQ_HOT
+
 __all__ = [
     "DQ_ANOMALOUS_MEAN",
     "DQ_ANOMALOUS_STD",
@@ -28,13 +31,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: DQ bit of pixels whose mean bias lies outside mean +- 5 sigma of the mean map (bits 1 and 2 are the
-#: RTN fitter's RTN and two-trap flags; the same uint16 plane as the RTN calibration file's DQ).
-DQ_ANOMALOUS_MEAN = 4
-#: DQ bit of pixels whose bias standard deviation exceeds mean + 5 sigma of the std map.
-DQ_ANOMALOUS_STD = 8
-#: DQ bit of hot pixels (dark signal of the longest dark beyond 5 sigma of the dark map).
-DQ_HOT = 16
 
 _SIGMA_ANOMALOUS = 5.0
 _DENSITY_CELL_PX = 20
@@ -284,7 +280,8 @@ def _measure_flats(
             "max_abs_nonlinearity_pct": float(np.max(np.abs(nonlin))),
         }
     else:
-        notes.skip("linearity", f"needs unsaturated flats at 3 or more exposure times, got {t_lin.tolist()} s")
+        notes.skip("linearity",
+                   f"needs unsaturated flats at 3 or more exposure times, got {t_lin.tolist()} s")
 
     # Photon transfer over exposures: one flat pair per exposure time with two or more flats.
     n_bias_pairs = bias.n_frames // 2
@@ -407,7 +404,8 @@ def _measure_darks(
 
     t_long = float(t[-1])
     idx = groups[t_long]
-    mean_d, _ = _mean_var_maps(dark.subset(idx), opts["max_bytes"], opts["progress"], f"darks at {t_long:g} s")
+    mean_d, _ = _mean_var_maps(dark.subset(idx), opts["max_bytes"], opts["progress"],
+                               f"darks at {t_long:g} s")
     signal_map = mean_d - master_bias
     maps["dark_signal_adu"] = signal_map.astype(np.float32)
     d_mean, d_median, d_sigma = clipped_stats(signal_map)
@@ -517,8 +515,8 @@ def characterize(
     report["region_px"] = {"rows": list(rows), "cols": list(cols)}
     if b is None or b.n_frames < 2:
         reason = "needs 2 or more bias frames"
-        for what in ("bias stability and maps", "dark current", "linearity", "conventional gain and read noise",
-                     "pixel-level gain and read noise"):
+        for what in ("bias stability and maps", "dark current", "linearity",
+                     "conventional gain and read noise", "pixel-level gain and read noise"):
             notes.skip(what, reason)
         return _finish(report, maps, notes)
 
@@ -541,8 +539,8 @@ def characterize(
     report["gain_source"] = gain_source
     d = stacks.get("dark")
     if d is not None:
-        report["dark"] = _measure_darks(d, times["dark"], master_bias, bias_std, gain, rows, cols, opts, notes,
-                                        maps)
+        report["dark"] = _measure_darks(d, times["dark"], master_bias, bias_std, gain, rows, cols, opts,
+                                        notes, maps)
     else:
         notes.skip("dark current", "no usable dark frames")
     return _finish(report, maps, notes)

@@ -143,7 +143,8 @@ class CameraSimulator:
         self.bias_map = m.bias_level_adu + m.bias_dsnu_adu * rng.standard_normal(n)
         signs = rng.choice([-1.0, 1.0], size=int(self.anomalous_mean.sum()))
         self.bias_map[self.anomalous_mean] += signs * m.anomalous_mean_offset_adu
-        self.dark_map = m.dark_current_e_per_s * np.clip(1 + m.dark_spread_frac * rng.standard_normal(n), 0, None)
+        spread = np.clip(1 + m.dark_spread_frac * rng.standard_normal(n), 0, None)
+        self.dark_map = m.dark_current_e_per_s * spread
         self.dark_map[self.hot] = m.hot_dark_current_e_per_s
         self.qe_map = 1 + m.prnu_frac * rng.standard_normal(n)
         for name in ("anomalous_mean", "noisy", "hot", "gain_map", "read_noise_map", "bias_map", "dark_map",

@@ -1,4 +1,4 @@
-"""Write a characterization as report.json, FITS maps, PNG plots (the paper's figures 1-10) and report.html."""
+"""Write a characterization as report.json, FITS maps, PNG plots (the paper's figures) and report.html."""
 
 from __future__ import annotations
 
@@ -18,7 +18,12 @@ from astropy.io import fits  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
 from rtnstream import __version__  # noqa: E402
-from rtnstream.calibration.characterize import CharacterizationResult  # noqa: E402
+from rtnstream.calibration.characterize import (  # noqa: E402
+    DQ_ANOMALOUS_MEAN,
+    DQ_ANOMALOUS_STD,
+    DQ_HOT,
+    CharacterizationResult,
+)
 
 __all__ = ["write_report", "FITS_MAPS"]
 
@@ -55,9 +60,10 @@ def _write_fits(path: Path, name: str, data: np.ndarray, bunit: str, what: str, 
     header["CONTENT"] = (name, what[:60])
     header["ORIGIN"] = (f"rtnstream {__version__}", "software")
     if name == "dq":
-        for bit_name, bit in report.get("dq_bits", {}).items():
-            header[f"DQ_{bit_name[:5]}{bit}"[:8]] = (bit, f"DQ bit {bit_name}")
-        header["DQBITS"] = ("1=RTN 2=TWO_TRAP 4=ANOM_MEAN 8=ANOM_STD 16=HOT", "DQ bit meanings")
+        header["DQ_AMEAN"] = (DQ_ANOMALOUS_MEAN, "DQ bit: mean outside +-5 sigma of the mean map")
+        header["DQ_ASTD"] = (DQ_ANOMALOUS_STD, "DQ bit: std above +5 sigma of the std map")
+        header["DQ_HOT"] = (DQ_HOT, "DQ bit: hot pixel")
+        header["COMMENT"] = "DQ bits 1 (RTN) and 2 (two-trap) are set by the RTN fitter"
     if name == "anomalous_density":
         header["CELLPX"] = (report["bias"]["density_cell_px"], "cell side, pixels")
     fits.PrimaryHDU(data, header=header).writeto(path, overwrite=True, checksum=True)
@@ -196,7 +202,8 @@ def _fig_dark_hist(r: dict, m: dict) -> plt.Figure:
     d = r["dark"]["longest"]
     values = _finite(m["dark_signal_adu"])
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.hist(values, bins=300, range=(float(values.min()), float(values.max())), log=True, color="tab:blue")
+    ax.hist(values, bins=300, range=(float(values.min()), float(values.max())), log=True, color="tab:blue",
+            histtype="stepfilled")
     ax.axvline(d["mean_adu"], color="red", linestyle="--", label=f"mean {d['mean_adu']:.3g} adu")
     ax.set_xlabel(f"bias-subtracted dark signal at {d['exptime_s']:g} s (adu)")
     ax.set_ylabel("pixels (log)")
@@ -272,7 +279,8 @@ def _fig_pixel_maps(r: dict, m: dict) -> plt.Figure:
 _PLOTS: list[tuple[str, str, tuple[str, ...], tuple[str, ...], Callable[[dict, dict], plt.Figure]]] = [
     ("fig01_bias_stability", "Bias stability (paper figure 1)", ("bias",), (), _fig_bias_stability),
     ("fig02_master_bias", "Master bias (figure 2)", ("bias",), ("master_bias_adu",), _fig_master_bias),
-    ("fig03_bias_mean_hist", "Per-pixel bias mean (figure 3)", ("bias",), ("master_bias_adu",), _fig_mean_hist),
+    ("fig03_bias_mean_hist", "Per-pixel bias mean (figure 3)", ("bias",), ("master_bias_adu",),
+     _fig_mean_hist),
     ("fig04_bias_std_hist", "Per-pixel bias standard deviation (figure 4)", ("bias",), ("bias_std_adu",),
      _fig_std_hist),
     ("fig05_anomalous_density", "Anomalous-pixel density (figure 5)", ("bias",), ("anomalous_density",),
@@ -280,7 +288,8 @@ _PLOTS: list[tuple[str, str, tuple[str, ...], tuple[str, ...], Callable[[dict, d
     ("fig06_mean_vs_std", "Mean versus standard deviation (figure 6)", ("bias",),
      ("master_bias_adu", "bias_std_adu"), _fig_mean_std),
     ("fig07_dark_current", "Dark current (figure 7)", ("dark",), (), _fig_dark_current),
-    ("fig08_dark_histogram", "Dark signal histogram (figure 8)", ("dark",), ("dark_signal_adu",), _fig_dark_hist),
+    ("fig08_dark_histogram", "Dark signal histogram (figure 8)", ("dark",), ("dark_signal_adu",),
+     _fig_dark_hist),
     ("fig09_linearity", "Linearity (figure 9)", ("flat", "linearity"), (), _fig_linearity),
     ("fig10_pixel_gain_read_noise", "Pixel-level gain and read noise (figure 10)", ("flat", "pixel_level"),
      ("gain_e_per_adu", "read_noise_e"), _fig_pixel_gain),
@@ -310,7 +319,7 @@ def _fmt(value: object) -> str:
 _SUMMARY_ROWS = [
     ("Bias: clipped mean of frame means", ("bias", "stability", "clipped_mean_adu"), "adu"),
     ("Bias: largest deviation of a frame mean", ("bias", "stability", "max_abs_deviation_adu"), "adu"),
-    ("Pixels with anomalous mean (outside +-5 sigma)", ("bias", "mean_map", "anomalous_fraction"), "fraction"),
+    ("Pixels with anomalous mean (beyond +-5 sigma)", ("bias", "mean_map", "anomalous_fraction"), "fraction"),
     ("Pixels with anomalous std (above +5 sigma)", ("bias", "std_map", "anomalous_fraction"), "fraction"),
     ("Median per-pixel bias std", ("bias", "std_map", "median_adu"), "adu"),
     ("Dark current (clipped, typical pixel)", ("dark", "dark_current_e_per_pix_s"), "e-/pixel/s"),
@@ -348,7 +357,8 @@ def _html(report: dict, plots: list[tuple[str, str]], fits_files: list[tuple[str
         f"{_fmt(report.get('frame_shape_px'))}; central region rows {_fmt(report['region_px']['rows'])}, "
         f"columns {_fmt(report['region_px']['cols'])}; exposure time from header keyword "
         f"{html.escape(report.get('exptime_key', ''))}.</p>",
-        "<h2>Inputs</h2><table><tr><th>set</th><th>files</th><th>frames</th><th>frames per exposure time (s)</th></tr>",
+        "<h2>Inputs</h2><table><tr><th>set</th><th>files</th><th>frames</th>"
+        "<th>frames per exposure time (s)</th></tr>",
     ]
     for name in ("bias", "dark", "flat"):
         info = report["inputs"].get(name)

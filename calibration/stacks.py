@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,8 +12,9 @@ from typing import NamedTuple
 import numpy as np
 from astropy.io import fits
 from numpy.typing import DTypeLike
-from rtnstream.kernels.exceptions import FrameError
 from tqdm import tqdm
+
+from rtnstream.kernels.exceptions import FrameError
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -120,7 +122,9 @@ def inspect_fits(path: str | os.PathLike, hdu: int | None = None) -> FitsFileInf
     """
     path = Path(path)
     try:
-        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+        with warnings.catch_warnings(record=True) as caught, \
+                fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            warnings.simplefilter("always")
             if hdu is None:
                 index = next((i for i, h in enumerate(hdul) if _image_ndim(h) in (2, 3)), None)
                 if index is None:
@@ -133,6 +137,9 @@ def inspect_fits(path: str | os.PathLike, hdu: int | None = None) -> FitsFileInf
             shape = tuple(int(n) for n in image.shape)
             probe = image.section[(0,) * (len(shape) - 2) + (slice(0, 1), slice(0, 1))]
             header = _merged_header(hdul, index)
+            truncated = [w for w in caught if "truncated" in str(w.message)]
+            if truncated:
+                raise FrameError(f"{path}: FITS file is truncated ({truncated[0].message})")
     except FrameError:
         raise
     except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
@@ -372,6 +379,7 @@ class FitsStack:
         dtype: DTypeLike | None = np.float64,
         progress: bool = False,
         desc: str | None = None,
+        max_open_files: int = 256,
     ) -> Iterator[Band]:
         """Yield row bands of every frame, top to bottom.
 
@@ -388,6 +396,9 @@ class FitsStack:
             Show a tqdm progress bar (on stderr).
         desc : str, optional
             Label of the progress bar.
+        max_open_files : int
+            Stacks of at most this many files keep them open for the whole pass; larger stacks open and
+            close each file once per band.
 
         Yields
         ------
@@ -401,15 +412,27 @@ class FitsStack:
         by_path: dict[Path, list[tuple[int, FrameSource]]] = {}
         for i, source in enumerate(self._sources):
             by_path.setdefault(source.path, []).append((i, source))
-        starts = range(y_start, y_stop, step)
-        for y0 in tqdm(starts, desc=desc, disable=not progress, unit="band"):
-            y1 = min(y0 + step, y_stop)
-            data = np.empty((self.n_frames, y1 - y0, x1 - x0), dtype=out_dtype)
-            for path, members in by_path.items():
-                with self._open(path) as hdul:
-                    for i, source in members:
-                        data[i] = _read_region(hdul, source, (y0, y1), (x0, x1))
-            yield Band(y0, y1, data)
+        # Keep the files open for the whole pass when there are few of them, else open them per band.
+        keep_open = len(by_path) <= max_open_files
+        handles: dict[Path, fits.HDUList] = {}
+        try:
+            for y0 in tqdm(range(y_start, y_stop, step), desc=desc, disable=not progress, unit="band"):
+                y1 = min(y0 + step, y_stop)
+                data = np.empty((self.n_frames, y1 - y0, x1 - x0), dtype=out_dtype)
+                for path, members in by_path.items():
+                    hdul = handles.get(path) or self._open(path)
+                    try:
+                        for i, source in members:
+                            data[i] = _read_region(hdul, source, (y0, y1), (x0, x1))
+                    finally:
+                        if keep_open:
+                            handles[path] = hdul
+                        else:
+                            hdul.close()
+                yield Band(y0, y1, data)
+        finally:
+            for hdul in handles.values():
+                hdul.close()
 
     @staticmethod
     def _open(path: Path) -> fits.HDUList:

@@ -192,3 +192,23 @@ def test_output_never_overwrites_input(sensor, frames, tmp_path):
     with pytest.raises(FrameError, match="overwrite the input"):
         correct_files(sensor.true_cube(), [path], tmp_path, EngineSettings(), backend="numpy")
     np.testing.assert_array_equal(fits.getdata(path), frames)
+
+
+def test_simulate_then_correct_from_the_command_line(tmp_path, capsys):
+    """``rtnstream simulate`` writes frames, truth and cube that ``rtnstream correct`` takes as they are."""
+    sim = tmp_path / "sim"
+    assert main(["simulate", "-o", str(sim), "--shape", "32", "40", "--frames", "15", "--frames-per-file", "4",
+                 "--scene", "flat", "--sky-e", "5", "--seed", "3"]) == 0
+    info = json.loads((sim / "truth.json").read_text())
+    assert info["files"] == [f"flat_{k:05d}.fits" for k in range(4)]
+    truth = np.load(sim / "truth.npz")
+    assert truth["states"].shape == (15, info["n_rtn"])
+    frames = np.concatenate([fits.getdata(sim / name) for name in info["files"]])
+    assert frames.shape == (15, 32, 40) and frames.dtype == np.uint16
+    # the frames hold the recorded jumps: high-state pixels read higher than low-state ones on average
+    vals = frames.reshape(15, -1)[:, truth["rtn_index"]].astype(float)
+    assert vals[truth["states"] == 1].mean() > vals[truth["states"] == -1].mean()
+    assert main(["correct", "--cube", str(sim / "cube.fits"), *[str(sim / n) for n in info["files"]],
+                 "-o", str(tmp_path / "out"), "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["frames"] == 15 and summary["corrections"]["low"] > 0

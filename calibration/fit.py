@@ -1,0 +1,676 @@
+"""Fit RTN parameter cubes from bias stacks (ALGORITHM.md section 6): three passes over row bands.
+
+1. **Moments** (all N frames): per-pixel mean (adu) and standard deviation, from exact integer sums
+   (float64 sums for float data) of values shifted by the first frame; ``RN = std g`` (electron).
+2. **Candidates** (first ``min(400, N)`` frames): clipped, dithered Anderson-Darling statistic
+   (:mod:`rtnstream.calibration._anderson`); a candidate has ``A^2 > 1.092`` and ``RN > median(RN)``.
+3. **Fit** (all N frames, candidates only): the three-level model fitted to all candidates of a band at
+   once by EM on their distinct values, standard errors from the observed information
+   (:mod:`rtnstream.calibration._em`), then the acceptance rules and ``lambda_max`` from the threshold table.
+
+Each pass maps a pure tile function (``moments_band``, ``anderson_darling_band``, ``fit_band``) over row
+bands; a band is read by the task that processes it, so the same functions can be mapped on a process pool
+(``workers``) or, later, on a Dask cluster. Memory: the bands and the work arrays of the passes stay under
+``memory_limit_bytes`` (split between the workers); the per-pixel result maps (about
+``MAP_BYTES_PER_PIXEL`` bytes a pixel) come on top.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from astropy.time import Time
+from rtnstream.calibration._anderson import A2_CRITICAL_1PC, anderson_darling_band
+from rtnstream.calibration._em import PARAM_NAMES, compress_values, fit_three_level
+from rtnstream.calibration.stacks import FitsStack
+from rtnstream.kernels.cube import DQ_RTN, RTNCube
+from rtnstream.kernels.lut import get_table
+from tqdm import tqdm
+
+from rtnstream import __version__
+
+__all__ = [
+    "FitSettings",
+    "FitResult",
+    "BandPlan",
+    "REJECTION_RULES",
+    "MAP_BYTES_PER_PIXEL",
+    "MIN_FRAMES",
+    "plan_bands",
+    "moments_band",
+    "fit_band",
+    "acceptance",
+    "predicted_read_noise",
+    "fit_bias_stack",
+]
+
+log = logging.getLogger(__name__)
+
+#: Fewest bias frames a fit accepts (ALGORITHM.md recommends >= 1000).
+MIN_FRAMES = 50
+#: Bytes per pixel of the whole-sensor maps kept during a fit (moments, A^2, masks, the cube's planes).
+MAP_BYTES_PER_PIXEL = 160
+#: Acceptance rules, in the order they are checked; a candidate is rejected by every rule it fails.
+REJECTION_RULES = (
+    "not_converged",  # EM did not converge, or the observed information is singular
+    "large_stderr",  # a relative standard error above max_rel_stderr (side fractions < 0.03 exempt)
+    "side_above_centre",  # b_lo > a or b_hi > a
+    "frac_c_above_max",  # a > 0.95: jumps too rare to be RTN rather than outliers
+    "delta_below_min",  # Delta < 3 sigma: not correctable
+    "sigma_outside_table",  # sigma outside the threshold table: no lambda_max
+)
+_FIT_FIELDS = ("mu_adu", "delta_adu", "sigma_adu", "frac_c", "frac_lo", "frac_hi", "converged", "n_iter",
+               "n_used")
+_FIT_WORK_BYTES_PER_VALUE = 80  # compress + EM work arrays per candidate value, bytes
+_MOMENT_WORK_BYTES_PER_VALUE = 24  # int64 shifted values and their squares
+# Largest work group of a tile function: bigger groups only add cache misses (measured, bench/fit.py).
+_MOMENT_GROUP_BYTES = 16 * 1024**2
+_FIT_GROUP_BYTES = 64 * 1024**2
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Parameters of an RTN fit (defaults: ALGORITHM.md section 6).
+
+    Attributes
+    ----------
+    alpha : float in (0, 0.5)
+        Significance of the jump test; selects the threshold table used for ``lambda_max``.
+    ad_frames : int
+        Frames (the first ones) used for the Anderson-Darling candidate test.
+    a2_critical : float
+        Candidate threshold on the modified A^2 (1.092: 1 % level).
+    clip_sigma : float
+        Clipping threshold of the candidate test, standard deviations.
+    clip_iterations : int
+        Most clipping iterations of the candidate test.
+    dither_seed : int
+        Seed of the candidate test's dither.
+    max_rel_stderr : float
+        Largest relative standard error of an accepted parameter.
+    one_sided_frac : float
+        Side fractions below this are exempt from ``max_rel_stderr`` (one-sided RTN).
+    max_frac_c : float
+        Largest central fraction ``a`` of an accepted pixel.
+    min_delta_over_sigma : float
+        Smallest ``Delta / sigma`` of an accepted pixel.
+    max_iter : int
+        Most EM iterations.
+    tol : float
+        EM convergence tolerance (see :func:`rtnstream.calibration._em.fit_three_level`).
+    """
+
+    alpha: float = 0.003
+    ad_frames: int = 400
+    a2_critical: float = A2_CRITICAL_1PC
+    clip_sigma: float = 5.0
+    clip_iterations: int = 3
+    dither_seed: int = 0
+    max_rel_stderr: float = 1.0 / 3.0
+    one_sided_frac: float = 0.03
+    max_frac_c: float = 0.95
+    min_delta_over_sigma: float = 3.0
+    max_iter: int = 400
+    tol: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha < 0.5:
+            raise ValueError(f"alpha must be in (0, 0.5), got {self.alpha!r}")
+        if self.ad_frames < 8:
+            raise ValueError(f"ad_frames must be >= 8, got {self.ad_frames!r}")
+        for name in ("a2_critical", "clip_sigma", "max_rel_stderr", "min_delta_over_sigma", "tol"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not 0.0 < self.max_frac_c <= 1.0:
+            raise ValueError(f"max_frac_c must be in (0, 1], got {self.max_frac_c!r}")
+        if self.max_iter < 1 or self.clip_iterations < 0:
+            raise ValueError("max_iter must be >= 1 and clip_iterations >= 0")
+
+
+@dataclass(frozen=True)
+class BandPlan:
+    """Rows per band of each pass and the memory they were sized for.
+
+    Attributes
+    ----------
+    moments_rows, anderson_rows, fit_rows : int
+        Rows per band of passes 1, 2, 3.
+    band_bytes : int
+        Budget of one band's raw pixels (per worker), bytes.
+    work_bytes : int
+        Budget of the work arrays of one band (per worker), bytes.
+    """
+
+    moments_rows: int
+    anderson_rows: int
+    fit_rows: int
+    band_bytes: int
+    work_bytes: int
+
+
+@dataclass
+class FitResult:
+    """Everything a fit produced.
+
+    Attributes
+    ----------
+    cube : RTNCube
+        The RTN calibration cube (accepted pixels only carry RTN parameters).
+    report : dict
+        JSON-ready summary: counts, rejections by rule, read noise before and predicted after, timing.
+    maps : dict of str to numpy.ndarray
+        ``(ny, nx)`` maps: ``mean_adu``, ``std_adu``, ``read_noise_e``, ``a2`` (modified A^2),
+        ``candidate`` and ``accepted`` (bool).
+    candidates : dict of str to numpy.ndarray
+        One entry per candidate, shape (n_candidates,): ``index`` (flat pixel index), ``mu_adu``,
+        ``delta_e``, ``sigma_e``, ``frac_c``, ``frac_lo``, ``frac_hi``, ``rel_stderr`` (n_candidates, 6),
+        ``accepted`` (bool), ``n_iter``, and one bool array per rule of :data:`REJECTION_RULES`.
+    """
+
+    cube: RTNCube
+    report: dict
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    candidates: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------
+# Tile functions: pure, one row band in, per-pixel results out
+# --------------------------------------------------------------------------------------------------
+
+
+def moments_band(data: np.ndarray, max_bytes: int = 64 * 1024**2) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel mean and standard deviation (ddof = 1) of a band.
+
+    Integer data are summed exactly in int64 after subtracting the first frame (so the sum of squares
+    cannot overflow for any realistic stack and the variance suffers no cancellation); float data the
+    same way in float64.
+
+    Parameters
+    ----------
+    data : numpy.ndarray, shape (n_frames, n_rows, n_cols), adu
+        n_frames >= 2.
+    max_bytes : int
+        Working memory; frames are summed in groups that fit.
+
+    Returns
+    -------
+    mean_adu, std_adu : numpy.ndarray, shape (n_rows, n_cols), float64, adu
+    """
+    if data.ndim != 3 or data.shape[0] < 2:
+        raise ValueError(f"data must have shape (n_frames >= 2, n_rows, n_cols), got {data.shape}")
+    n = data.shape[0]
+    acc = np.int64 if np.issubdtype(data.dtype, np.integer) else np.float64
+    ref = data[0].astype(acc)
+    s1 = np.zeros(ref.shape, dtype=acc)
+    s2 = np.zeros(ref.shape, dtype=acc)
+    budget = min(int(max_bytes), _MOMENT_GROUP_BYTES)
+    group = max(1, budget // (_MOMENT_WORK_BYTES_PER_VALUE * max(1, ref.size)))
+    for f0 in range(1, n, group):
+        d = data[f0 : f0 + group].astype(acc)
+        d -= ref
+        s1 += d.sum(axis=0)
+        d *= d
+        s2 += d.sum(axis=0)
+    s1f = s1.astype(np.float64)
+    mean = ref + s1f / n
+    var = (s2.astype(np.float64) - s1f * s1f / n) / (n - 1)
+    return mean, np.sqrt(np.maximum(var, 0.0))
+
+
+def fit_band(
+    data: np.ndarray, mask: np.ndarray, std_adu: np.ndarray, settings: FitSettings = FitSettings(),
+    max_bytes: int = 64 * 1024**2,
+) -> dict[str, np.ndarray]:
+    """Fit the three-level model to the masked pixels of a band.
+
+    Parameters
+    ----------
+    data : numpy.ndarray, shape (n_frames, n_rows, n_cols), adu
+    mask : numpy.ndarray, shape (n_rows, n_cols), bool
+        Pixels to fit (the candidates).
+    std_adu : numpy.ndarray, shape (n_rows, n_cols), float64, adu
+        Standard deviation of each pixel (pass 1); sets the bin width of float data (``min(1, std/16)``).
+    settings : FitSettings
+    max_bytes : int
+        Working memory; candidates are fitted in groups that fit.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray, each shape (n_masked,) in row-major order of ``mask``
+        ``mu_adu``, ``delta_adu``, ``sigma_adu`` (adu), ``frac_c``, ``frac_lo``, ``frac_hi``,
+        ``rel_stderr`` (n_masked, 6; order ``mu, delta, sigma, frac_c, frac_lo, frac_hi``, ``mu``'s
+        relative to its absolute level), ``converged`` (bool), ``n_iter``, ``n_used``.
+    """
+    if mask.shape != data.shape[1:] or std_adu.shape != mask.shape:
+        raise ValueError(f"mask {mask.shape} and std_adu {std_adu.shape} must match the band {data.shape[1:]}")
+    rows, cols = np.nonzero(mask)
+    n = data.shape[0]
+    integer = np.issubdtype(data.dtype, np.integer)
+    group = max(1, min(int(max_bytes), _FIT_GROUP_BYTES) // (_FIT_WORK_BYTES_PER_VALUE * n))
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in (*_FIT_FIELDS, "rel_stderr")}
+    for p0 in range(0, rows.size, group):
+        r, c = rows[p0 : p0 + group], cols[p0 : p0 + group]
+        values = data[:, r, c].T
+        width = None if integer else np.minimum(1.0, std_adu[r, c] / 16.0)
+        y, counts, origin, used_width = compress_values(values, width)
+        fit = fit_three_level(y, counts, used_width, max_iter=settings.max_iter, tol=settings.tol)
+        mu = fit.mu + origin
+        rel = fit.relative_stderr()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel[:, 0] = fit.stderr[:, 0] / np.abs(mu)
+        got = {"mu_adu": mu, "delta_adu": fit.delta, "sigma_adu": fit.sigma, "frac_c": fit.frac_c,
+               "frac_lo": fit.frac_lo, "frac_hi": fit.frac_hi, "converged": fit.converged,
+               "n_iter": fit.n_iter, "n_used": fit.n_used, "rel_stderr": np.nan_to_num(rel, nan=np.inf)}
+        for k, v in got.items():
+            parts[k].append(v)
+    if rows.size == 0:
+        return _empty_fit()
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _empty_fit() -> dict[str, np.ndarray]:
+    empty = {k: np.zeros(0) for k in _FIT_FIELDS}
+    empty["converged"] = np.zeros(0, dtype=bool)
+    empty["rel_stderr"] = np.zeros((0, len(PARAM_NAMES)))
+    return empty
+
+
+def acceptance(fit: dict[str, np.ndarray], gain_e_per_adu: float, settings: FitSettings = FitSettings(),
+               sigma_range_e: tuple[float, float] = (0.0, np.inf)) -> dict[str, np.ndarray]:
+    """Apply the acceptance rules of ALGORITHM.md section 6.3 to fitted candidates.
+
+    Parameters
+    ----------
+    fit : dict
+        Output of :func:`fit_band` (concatenated over bands), arrays of shape (n,).
+    gain_e_per_adu : float
+    settings : FitSettings
+    sigma_range_e : (float, float), electron
+        Sigma range of the threshold table (outside it ``lambda_max`` is undefined).
+
+    Returns
+    -------
+    dict of str to numpy.ndarray (n,), bool
+        One entry per rule of :data:`REJECTION_RULES` (True where the candidate fails it) and
+        ``accepted`` (True where it fails none).
+    """
+    rel = fit["rel_stderr"]
+    exempt = np.zeros(rel.shape, dtype=bool)
+    exempt[:, 4] = fit["frac_lo"] < settings.one_sided_frac
+    exempt[:, 5] = fit["frac_hi"] < settings.one_sided_frac
+    sigma_e = fit["sigma_adu"] * gain_e_per_adu
+    failed = {
+        "not_converged": ~fit["converged"].astype(bool),
+        "large_stderr": np.any((rel > settings.max_rel_stderr) & ~exempt, axis=1),
+        "side_above_centre": (fit["frac_lo"] > fit["frac_c"]) | (fit["frac_hi"] > fit["frac_c"]),
+        "frac_c_above_max": fit["frac_c"] > settings.max_frac_c,
+        "delta_below_min": ~(fit["delta_adu"] >= settings.min_delta_over_sigma * fit["sigma_adu"]),
+        "sigma_outside_table": ~((sigma_e >= sigma_range_e[0]) & (sigma_e <= sigma_range_e[1])),
+    }
+    failed["accepted"] = ~np.logical_or.reduce([failed[k] for k in REJECTION_RULES])
+    return failed
+
+
+def predicted_read_noise(
+    read_noise_e: np.ndarray, sigma_e: np.ndarray, lammax_e: np.ndarray, flux_e: np.ndarray
+) -> np.ndarray:
+    """Effective read noise of correctable pixels versus flux (ALGORITHM.md section 6.5).
+
+    Moves linearly from ``sigma`` at zero flux to ``RN`` at ``lambda_max``, ``RN`` beyond.
+
+    Parameters
+    ----------
+    read_noise_e, sigma_e, lammax_e : numpy.ndarray, shape (n,), electron
+        Total read noise, RTN-free read noise and lambda_max of each pixel.
+    flux_e : numpy.ndarray, shape (m,), electron per pixel per frame, >= 0
+
+    Returns
+    -------
+    numpy.ndarray, shape (m, n), electron
+    """
+    flux = np.asarray(flux_e, dtype=np.float64)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(lammax_e > 0, np.clip(flux / lammax_e, 0.0, 1.0), 1.0)
+    return sigma_e + (read_noise_e - sigma_e) * t
+
+
+# --------------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------------
+
+
+def plan_bands(stack: FitsStack, n_frames: int, ad_frames: int, memory_limit_bytes: int, workers: int = 1
+               ) -> BandPlan:
+    """Band heights of the three passes so that each worker stays within its share of the memory limit.
+
+    Half of a worker's share holds the band's raw pixels (in the files' type), a quarter the work arrays;
+    the rest is margin for the band's results and the reader's buffers.
+
+    Raises
+    ------
+    ValueError
+        ``memory_limit_bytes`` cannot hold even one row of the stack per worker.
+    """
+    share = int(memory_limit_bytes) // max(1, workers)
+    band_bytes, work_bytes = share // 2, share // 4
+    nx = stack.shape[1]
+    itemsize = stack.dtype.itemsize
+    one_row = n_frames * nx * itemsize
+    if one_row > band_bytes:
+        raise ValueError(
+            f"memory_limit_bytes={memory_limit_bytes} is too small: one row of {n_frames} frames of width {nx} "
+            f"takes {one_row} bytes and must fit in half a worker's share; give at least "
+            f"{2 * one_row * max(1, workers)} bytes"
+        )
+    ny = stack.shape[0]
+    rows_all = min(ny, band_bytes // one_row)
+    rows_ad = min(ny, band_bytes // (ad_frames * nx * itemsize))
+    return BandPlan(moments_rows=rows_all, anderson_rows=rows_ad, fit_rows=rows_all, band_bytes=band_bytes,
+                    work_bytes=work_bytes)
+
+
+def _read_band(stack: FitsStack, y0: int, y1: int) -> np.ndarray:
+    """Rows ``y0 .. y1-1`` of every frame of ``stack`` in the files' type, shape (n, y1 - y0, nx)."""
+    one = stack.n_frames * stack.shape[1] * stack.dtype.itemsize * (y1 - y0)
+    return next(stack.iter_bands(one, rows=(y0, y1), dtype=None)).data
+
+
+def _moments_task(stack: FitsStack, y0: int, y1: int, work_bytes: int):
+    return moments_band(_read_band(stack, y0, y1), work_bytes)
+
+
+def _anderson_task(stack: FitsStack, y0: int, y1: int, work_bytes: int, settings: FitSettings):
+    return anderson_darling_band(_read_band(stack, y0, y1), y0, seed=settings.dither_seed,
+                                 clip_sigma=settings.clip_sigma, clip_iterations=settings.clip_iterations,
+                                 max_bytes=work_bytes)
+
+
+def _fit_task(stack: FitsStack, y0: int, y1: int, work_bytes: int, settings: FitSettings, mask: np.ndarray,
+              std_adu: np.ndarray):
+    return fit_band(_read_band(stack, y0, y1), mask, std_adu, settings, work_bytes)
+
+
+def _map_bands(
+    task: Callable[..., Any], stack: FitsStack, bands: Sequence[tuple[int, int]],
+    per_band: Callable[[int, int], tuple], pool: concurrent.futures.Executor | None, workers: int, desc: str,
+    progress: bool,
+) -> Iterator[tuple[int, int, Any]]:
+    """Run ``task(stack, y0, y1, *per_band(y0, y1))`` for every band, in this process or on ``pool``.
+
+    At most two tasks per worker are in flight, so results never pile up in memory.
+    """
+    with tqdm(total=len(bands), desc=desc, unit="band", disable=not progress) as bar:
+        if pool is None:
+            for y0, y1 in bands:
+                yield y0, y1, task(stack, y0, y1, *per_band(y0, y1))
+                bar.update()
+            return
+        pending: dict[concurrent.futures.Future, tuple[int, int]] = {}
+        queue = list(bands)[::-1]
+        while queue or pending:
+            while queue and len(pending) < 2 * workers:
+                y0, y1 = queue.pop()
+                pending[pool.submit(task, stack, y0, y1, *per_band(y0, y1))] = (y0, y1)
+            done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            for fut in done:
+                y0, y1 = pending.pop(fut)
+                yield y0, y1, fut.result()
+                bar.update()
+
+
+def _executor(workers: int) -> contextlib.AbstractContextManager[concurrent.futures.Executor | None]:
+    """A process pool of ``workers`` (spawned: no fork of a threaded parent), or no pool for one worker."""
+    if workers <= 1:
+        return contextlib.nullcontext(None)
+    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _bands(ny: int, rows: int, workers: int) -> list[tuple[int, int]]:
+    """Bands of at most ``rows`` rows; at least ``workers`` of them so every worker has one."""
+    rows = max(1, min(rows, -(-ny // max(1, workers))))
+    return [(y0, min(y0 + rows, ny)) for y0 in range(0, ny, rows)]
+
+
+def _header_meta(stack: FitsStack) -> dict[str, Any]:
+    """Provenance from the frames' headers: date range of DATE-OBS, and identifiers common to all frames."""
+    meta: dict[str, Any] = {}
+    dates = []
+    for value in stack.header_values("DATE-OBS"):
+        if value is None:
+            continue
+        try:
+            dates.append(Time(str(value), format="isot", scale="utc"))
+        except ValueError:
+            log.warning("DATE-OBS %r is not an ISO 8601 date; left out of the date range", value)
+    if dates:
+        stamps = Time(dates)
+        meta["bias_date_begin"] = stamps.min().isot
+        meta["bias_date_end"] = stamps.max().isot
+    for key, name in (("INSTRUME", "camera"), ("DETECTOR", "detector"), ("READMODE", "readout_mode"),
+                      ("GAINSET", "gain_setting"), ("OFFSET", "offset")):
+        values = {v for v in stack.header_values(key) if v is not None}
+        if len(values) == 1:
+            meta[name] = values.pop()
+    temps = [float(v) for v in stack.header_values("CCD-TEMP") if isinstance(v, int | float)]
+    if temps:
+        meta["temperature_c"] = float(np.median(temps))
+    return meta
+
+
+def _check_inputs(stack: FitsStack, gain_e_per_adu: float, n_frames: int | None, memory_limit_bytes: int,
+                  workers: int) -> int:
+    if not (np.isfinite(gain_e_per_adu) and gain_e_per_adu > 0):
+        raise ValueError(f"gain_e_per_adu must be a finite positive number (e-/ADU), got {gain_e_per_adu!r}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers!r}")
+    if memory_limit_bytes < 1:
+        raise ValueError(f"memory_limit_bytes must be positive, got {memory_limit_bytes!r}")
+    n = stack.n_frames if n_frames is None else int(n_frames)
+    if n_frames is not None and not 1 <= n <= stack.n_frames:
+        raise ValueError(f"n_frames must be in [1, {stack.n_frames}] (frames in the stack), got {n_frames!r}")
+    if n < MIN_FRAMES:
+        raise ValueError(f"an RTN fit needs at least {MIN_FRAMES} bias frames (1000 or more recommended), "
+                         f"got {n}")
+    if not np.issubdtype(stack.dtype, np.number) or np.issubdtype(stack.dtype, np.complexfloating):
+        raise ValueError(f"bias frames must hold real numbers, got dtype {stack.dtype}")
+    return n
+
+
+def fit_bias_stack(
+    files: Sequence[str | os.PathLike] | FitsStack,
+    gain_e_per_adu: float,
+    *,
+    n_frames: int | None = None,
+    settings: FitSettings = FitSettings(),
+    memory_limit_bytes: int = 1024**3,
+    workers: int = 1,
+    progress: bool = False,
+) -> FitResult:
+    """Fit the RTN parameters of every pixel of a bias stack.
+
+    Parameters
+    ----------
+    files : sequence of path, or FitsStack
+        Bias FITS files (2D frames or 3D cubes in any mix), in time order.
+    gain_e_per_adu : float
+        Conversion gain, e-/ADU.
+    n_frames : int, optional
+        Use only the first ``n_frames`` frames (default: all).
+    settings : FitSettings
+    memory_limit_bytes : int
+        Memory of the bands and work arrays of all workers together, bytes (see the module docstring).
+    workers : int
+        Processes; 1 runs everything in this process.
+    progress : bool
+        A tqdm progress bar per pass (on stderr).
+
+    Returns
+    -------
+    FitResult
+
+    Raises
+    ------
+    ValueError
+        Bad gain, frame count, worker count or memory limit (the message names the parameter).
+    rtnstream.kernels.exceptions.FrameError
+        A file cannot be read or its frame shape differs from the others'.
+    """
+    stack = files if isinstance(files, FitsStack) else FitsStack(list(files))
+    n = _check_inputs(stack, gain_e_per_adu, n_frames, memory_limit_bytes, workers)
+    if n < stack.n_frames:
+        stack = stack.subset(range(n))
+    if n < 1000:
+        log.warning("fitting RTN from %d bias frames; 1000 or more are recommended", n)
+    table = get_table(settings.alpha)
+    n_ad = min(settings.ad_frames, n)
+    plan = plan_bands(stack, n, n_ad, memory_limit_bytes, workers)
+    ny, nx = stack.shape
+    g = float(gain_e_per_adu)
+    timing: dict[str, float] = {}
+
+    with _executor(workers) as pool:
+        t0 = time.perf_counter()
+        mean = np.empty((ny, nx))
+        std = np.empty((ny, nx))
+        for y0, y1, (m, s) in _map_bands(_moments_task, stack, _bands(ny, plan.moments_rows, workers),
+                                         lambda a, b: (plan.work_bytes,), pool, workers, "pass 1/3 moments",
+                                         progress):
+            mean[y0:y1], std[y0:y1] = m, s
+        read_noise = std * g
+        timing["pass1_moments_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        ad_stack = stack.subset(range(n_ad))
+        a2 = np.empty((ny, nx))
+        for y0, y1, res in _map_bands(_anderson_task, ad_stack, _bands(ny, plan.anderson_rows, workers),
+                                      lambda a, b: (plan.work_bytes, settings), pool, workers,
+                                      "pass 2/3 candidates", progress):
+            a2[y0:y1] = res
+        rn_median = float(np.nanmedian(read_noise))
+        non_normal = a2 > settings.a2_critical
+        candidate = non_normal & (read_noise > rn_median)
+        timing["pass2_candidates_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        fit_bands = [(y0, y1) for y0, y1 in _bands(ny, plan.fit_rows, workers) if candidate[y0:y1].any()]
+        parts: dict[int, dict[str, np.ndarray]] = {}
+        for y0, _y1, res in _map_bands(_fit_task, stack, fit_bands,
+                                       lambda a, b: (plan.work_bytes, settings, candidate[a:b], std[a:b]),
+                                       pool, workers, "pass 3/3 fit", progress):
+            parts[y0] = res
+        ordered = [parts[y0] for y0, _ in fit_bands]
+        keys = (*_FIT_FIELDS, "rel_stderr")
+        fit = {k: np.concatenate([p[k] for p in ordered]) for k in keys} if ordered else _empty_fit()
+        timing["pass3_fit_s"] = time.perf_counter() - t0
+
+    return _assemble(stack, g, settings, table, plan, mean, std, a2, non_normal, candidate, rn_median, fit,
+                     timing, memory_limit_bytes, workers)
+
+
+def _assemble(stack, g, settings, table, plan, mean, std, a2, non_normal, candidate, rn_median, fit, timing,
+              memory_limit_bytes, workers) -> FitResult:
+    """Acceptance, lambda_max, the cube, and the report."""
+    ny, nx = stack.shape
+    index = np.flatnonzero(candidate)  # row-major, the order fit_band returns the candidates in
+    rules = acceptance(fit, g, settings, (float(table.sigma_nodes[0]), float(table.sigma_nodes[-1])))
+    ok = rules["accepted"]
+    delta_e = fit["delta_adu"] * g
+    sigma_e = fit["sigma_adu"] * g
+    lammax = np.full(index.size, np.nan)
+    lammax[ok] = table.lambda_max(delta_e[ok], sigma_e[ok])
+
+    def plane(values: np.ndarray) -> np.ndarray:
+        out = np.full(ny * nx, np.nan)
+        out[index[ok]] = values[ok]
+        return out.reshape(ny, nx)
+
+    read_noise = std * g
+    accepted = np.zeros(ny * nx, dtype=bool)
+    accepted[index[ok]] = True
+    accepted = accepted.reshape(ny, nx)
+    dq = np.where(accepted, DQ_RTN, 0).astype(np.uint16)
+    meta = {"n_bias_frames": stack.n_frames, "alpha": settings.alpha, "software_version": __version__,
+            **_header_meta(stack)}
+    cube = RTNCube(
+        mu_adu=plane(fit["mu_adu"]), delta_e=plane(delta_e), sigma_e=plane(sigma_e), frac_c=plane(fit["frac_c"]),
+        frac_lo=plane(fit["frac_lo"]), frac_hi=plane(fit["frac_hi"]), lammax_e=plane(lammax),
+        meanbias_adu=mean, readnoise_e=read_noise, dq=dq, gain_e_per_adu=g, meta=meta,
+    )
+    after = np.where(accepted, cube.sigma_e, read_noise)
+    finite = np.isfinite(read_noise)
+    flux = np.concatenate([[0.0], np.geomspace(0.1, max(1.0, table.lambda_top_e), 48)])
+    rn_acc, sig_acc, lm_acc = read_noise[accepted], cube.sigma_e[accepted], cube.lammax_e[accepted]
+    eff = predicted_read_noise(rn_acc, sig_acc, lm_acc, flux)  # (m, n_accepted)
+    rest_sq = np.sum(read_noise[finite & ~accepted] ** 2)
+    n_fin = max(1, int(finite.sum()))
+    rms_before = float(np.sqrt(np.mean(read_noise[finite] ** 2))) if finite.any() else float("nan")
+    rms_eff = np.sqrt((rest_sq + np.sum(eff**2, axis=1)) / n_fin)
+    with np.errstate(invalid="ignore"):
+        snr_pixels = np.sqrt(flux[:, None] + rn_acc**2) / np.sqrt(flux[:, None] + eff**2)
+    n_pix = ny * nx
+    counts = {
+        "pixels": n_pix,
+        "non_normal": int(non_normal.sum()),
+        "candidates": int(candidate.sum()),
+        "accepted": int(accepted.sum()),
+        "rejected": int(candidate.sum() - accepted.sum()),
+        "rejected_by_rule": {k: int(rules[k].sum()) for k in REJECTION_RULES},
+        "one_sided": int(np.sum(ok & ((fit["frac_lo"] < settings.one_sided_frac)
+                                      | (fit["frac_hi"] < settings.one_sided_frac)))),
+    }
+    report = {
+        "software_version": __version__,
+        "n_frames": stack.n_frames,
+        "n_frames_anderson": min(settings.ad_frames, stack.n_frames),
+        "shape_px": [ny, nx],
+        "gain_e_per_adu": g,
+        "settings": asdict(settings),
+        "counts": counts,
+        "rtn_fraction": counts["accepted"] / n_pix,
+        "read_noise_e": {
+            "median_before": float(np.nanmedian(read_noise)),
+            "rms_before": rms_before,
+            "median_after_predicted": float(np.nanmedian(after)),
+            "rms_after_predicted": float(np.sqrt(np.nanmean(after**2))),
+            "candidate_threshold_median": rn_median,
+        },
+        "accepted_median": {
+            "delta_e": _median(delta_e[ok]), "sigma_e": _median(sigma_e[ok]),
+            "delta_over_sigma": _median(delta_e[ok] / sigma_e[ok]), "frac_c": _median(fit["frac_c"][ok]),
+            "lambda_max_e": _median(lammax[ok]), "em_iterations": _median(fit["n_iter"][ok]),
+        },
+        "flux_curve": {
+            "flux_e": flux.tolist(),
+            "rms_read_noise_e": rms_eff.tolist(),
+            "snr_gain_sensor": (np.sqrt(flux + rms_before**2) / np.sqrt(flux + rms_eff**2)).tolist(),
+            "snr_gain_rtn_median": (np.median(snr_pixels, axis=1).tolist() if rn_acc.size
+                                    else [1.0] * flux.size),
+        },
+        "memory": {"limit_bytes": int(memory_limit_bytes), "workers": workers, **asdict(plan)},
+        "timing_s": timing,
+        "meta": {k: v for k, v in cube.meta.items()},
+        "cube_id": cube.cube_id,
+    }
+    maps = {"mean_adu": mean, "std_adu": std, "read_noise_e": read_noise, "a2": a2, "candidate": candidate,
+            "accepted": accepted}
+    cands = {"index": index, "mu_adu": fit["mu_adu"], "delta_e": delta_e, "sigma_e": sigma_e,
+             "frac_c": fit["frac_c"], "frac_lo": fit["frac_lo"], "frac_hi": fit["frac_hi"],
+             "rel_stderr": fit["rel_stderr"], "n_iter": fit["n_iter"], "lammax_e": lammax,
+             **{k: rules[k] for k in (*REJECTION_RULES, "accepted")}}
+    log.info("RTN fit: %d candidates, %d accepted (%.2f %% of pixels); RMS read noise %.3f e- -> %.3f e-",
+             counts["candidates"], counts["accepted"], 100 * report["rtn_fraction"], rms_before,
+             report["read_noise_e"]["rms_after_predicted"])
+    return FitResult(cube=cube, report=report, maps=maps, candidates=cands)
+
+
+def _median(values: np.ndarray) -> float | None:
+    return float(np.median(values)) if values.size else None
