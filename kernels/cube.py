@@ -41,6 +41,15 @@ DQ_ANOMALOUS_MEAN = 4
 DQ_ANOMALOUS_STD = 8
 DQ_HOT = 16
 
+# DQ header keyword (8 characters at most, distinct) -> (bit, meaning)
+_DQ_KEYS = {
+    "DQ_RTN": (DQ_RTN, "RTN (corrected pixel)"),
+    "DQ_2TRAP": (DQ_TWO_TRAP, "two-trap"),
+    "DQ_AMEAN": (DQ_ANOMALOUS_MEAN, "anomalous mean"),
+    "DQ_ASTD": (DQ_ANOMALOUS_STD, "anomalous std"),
+    "DQ_HOT": (DQ_HOT, "hot pixel"),
+}
+
 # extension name -> (attribute, BUNIT, required for RTN pixels only)
 _PLANES: dict[str, tuple[str, str, bool]] = {
     "MU": ("mu_adu", "adu", True),
@@ -217,9 +226,8 @@ def write_cube(cube: RTNCube, path: str | os.PathLike, overwrite: bool = False) 
         hdus.append(hdu)
     dq = fits.ImageHDU(cube.dq, name="DQ")
     dq.header["BUNIT"] = ""
-    for bit, label in ((DQ_RTN, "RTN"), (DQ_TWO_TRAP, "TWO_TRAP"), (DQ_ANOMALOUS_MEAN, "ANOM_MEAN"),
-                       (DQ_ANOMALOUS_STD, "ANOM_STD"), (DQ_HOT, "HOT")):
-        dq.header[f"DQ_{label}"[:8]] = (bit, f"bit value of {label} flag")
+    for key, (bit, label) in _DQ_KEYS.items():
+        dq.header[key] = (bit, f"bit value of the {label} flag")
     hdus.append(dq)
     fits.HDUList([primary, *hdus]).writeto(path, overwrite=overwrite, checksum=True)
     return path

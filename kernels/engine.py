@@ -20,6 +20,7 @@ Typical use::
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -42,6 +43,8 @@ __all__ = [
 
 SUPPORTED_DTYPES = tuple(np.dtype(t) for t in ("uint8", "uint16", "int16", "uint32", "int32", "float32",
                                                  "float64"))
+log = logging.getLogger(__name__)
+
 Reference = Literal["temporal", "causal", "spatial"]
 BackendName = Literal["auto", "numpy", "cupy"]
 
@@ -165,8 +168,13 @@ def make_backend(name: BackendName, params: PixelParams, table: ThresholdTable, 
             if name == "cupy":
                 raise BackendUnavailableError(f"the cupy backend is not available: {exc}") from exc
         else:
-            if name == "cupy" or cupy_backend.gpu_available():
+            if name == "cupy":
                 return cupy_backend.CupyBackend(params, table, settings.k_var, settings.spatial_size, n_slots)
+            if cupy_backend.gpu_available():
+                try:
+                    return cupy_backend.CupyBackend(params, table, settings.k_var, settings.spatial_size, n_slots)
+                except ValueError as exc:  # settings beyond the kernels' limits: the NumPy backend takes them
+                    log.info("cupy backend declined (%s); using numpy", exc)
     return NumpyBackend(params, table, settings.k_var, settings.spatial_size, n_slots)
 
 

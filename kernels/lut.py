@@ -268,7 +268,7 @@ class ThresholdTable:
         """
         nodes = self.lambda_nodes
         last = nodes.size - 2
-        u = np.sqrt(np.minimum(lam_e, self.lambda_top_e) / self.lambda_top_e) * _GUIDE_BUCKETS
+        u = np.sqrt(np.fmin(lam_e, self.lambda_top_e) / self.lambda_top_e) * _GUIDE_BUCKETS  # NaN -> top
         i = self._lambda_guide[np.minimum(u.astype(np.int64), _GUIDE_BUCKETS - 1)]
         while True:
             up = (i < last) & (nodes[np.minimum(i + 1, last + 1)] <= lam_e)

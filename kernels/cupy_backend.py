@@ -1,0 +1,466 @@
+"""CuPy backend of the correction engine: the CUDA kernels of ``rtn_correct.cu`` driven from the host.
+
+A drop-in twin of :class:`~rtnstream.kernels.numpy_backend.NumpyBackend` (same constructor, methods and
+bit-identical output, docs/cuda.md). Per frame, only the RTN pixels travel to the device (gathered on the
+host into pinned memory, copied asynchronously into the device ring buffer of W + 1 slots); one fused
+kernel computes the reference, veto, decision and correction and writes the corrected pixels compacted; the
+host copies the input frame while the device works, then scatters the few corrected pixels into the copy.
+The spatial reference needs every neighbour, so there the whole frame goes to the device. The threshold
+table and the per-pixel parameters stay on the device for the life of the backend.
+
+This is the only module that uses CuPy, and it imports it lazily: importing it (or ``rtnstream.kernels``)
+never imports CuPy. :class:`KernelBackend` holds the host-side logic every executor of the kernels shares;
+:class:`CupyBackend` runs it on a CUDA device, and the tests run the same logic on the host build of the
+same CUDA source.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from rtnstream.kernels import _cuda
+from rtnstream.kernels.exceptions import BackendUnavailableError, FrameError
+from rtnstream.kernels.lut import ThresholdTable
+from rtnstream.kernels.numpy_backend import (
+    STATE_HIGH,
+    STATE_LOW,
+    STATE_OUT_OF_TABLE,
+    STATE_VETO,
+    FrameCounts,
+    PixelCounters,
+)
+from rtnstream.kernels.pixels import PixelParams
+
+__all__ = ["INSTALL_HINT", "KernelBackend", "CupyBackend", "StageTimer", "gpu_available"]
+
+INSTALL_HINT = ("install CuPy with `pip install 'rtnstream[gpu]'` on a machine with an NVIDIA GPU and a "
+                "CUDA 12 (or newer) driver")
+BLOCK_THREADS = 256  # threads per block (a multiple of the warp size, as rtn_correct.cu requires)
+MAX_SPATIAL_SIZE = 9  # (9 x 9 - 1) neighbours = _cuda.MAX_VALUES
+_COUNTER_NAMES = ("n_lo", "n_hi", "n_veto", "n_frames")
+
+
+def _import_cupy():
+    """Import CuPy and check that a CUDA device is usable; raise BackendUnavailableError saying why not."""
+    try:
+        import cupy
+    except Exception as exc:  # ImportError, or CuPy failing to load its CUDA libraries
+        raise BackendUnavailableError(f"the cupy backend needs CuPy, which cannot be imported ({exc}); "
+                                      f"{INSTALL_HINT}") from exc
+    try:
+        n_devices = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # cupy.cuda.runtime.CUDARuntimeError: no driver, no device
+        raise BackendUnavailableError(f"the cupy backend found no usable CUDA device ({exc}); "
+                                      f"{INSTALL_HINT}") from exc
+    if n_devices < 1:
+        raise BackendUnavailableError(f"the cupy backend found no CUDA device; {INSTALL_HINT}")
+    return cupy
+
+
+def gpu_available() -> bool:
+    """True when CuPy imports and a CUDA device is usable (never raises)."""
+    try:
+        _import_cupy()
+    except BackendUnavailableError:
+        return False
+    return True
+
+
+def _check_window_slots(slot: int, window_slots: Sequence[int], n_slots: int) -> np.ndarray:
+    """The W reference slots as int32, checked: distinct ring slots other than ``slot``."""
+    window = np.asarray(window_slots, dtype=np.int64)
+    if window.shape != (n_slots - 1,):
+        raise ValueError(f"window_slots must hold {n_slots - 1} ring slots, got shape {window.shape}")
+    if np.any((window < 0) | (window >= n_slots)) or np.unique(window).size != window.size or slot in window:
+        raise ValueError(f"window_slots must be distinct slots in [0, {n_slots}) other than slot {slot}, "
+                         f"got {window.tolist()}")
+    return window.astype(np.int32)
+
+
+class KernelBackend:
+    """Host-side logic of the CUDA kernels, shared by every executor (a CUDA device, or the host build).
+
+    Subclasses provide memory, transfers and launches (the methods raising NotImplementedError); this
+    class checks every input before a kernel sees it, builds the kernels' arguments from their
+    :class:`~rtnstream.kernels._cuda.KernelSpec`, and turns their compacted output into corrected frames,
+    per-frame counts and per-pixel counters.
+
+    Parameters
+    ----------
+    params : PixelParams
+    table : ThresholdTable
+    k_var : float
+        Variability-veto factor (temporal references).
+    spatial_size : int, odd, in [3, 9]
+        Neighbourhood size of the spatial reference (checked only when ``n_slots`` is 0).
+    n_slots : int
+        Ring-buffer slots: W + 1 (W even, in [4, 80]) for the temporal references, 0 for spatial.
+
+    Raises
+    ------
+    ValueError
+        A size beyond what the kernels hold.
+    """
+
+    name = "kernels"
+    device = "unknown"
+
+    def __init__(self, params: PixelParams, table: ThresholdTable, k_var: float, spatial_size: int,
+                 n_slots: int) -> None:
+        window = n_slots - 1
+        if n_slots and not (4 <= window <= _cuda.MAX_VALUES and window % 2 == 0):
+            raise ValueError(f"window (n_slots - 1) must be even and in [4, {_cuda.MAX_VALUES}] for the CUDA "
+                             f"kernels, got {window}")
+        if not n_slots and not (3 <= spatial_size <= MAX_SPATIAL_SIZE and spatial_size % 2 == 1):
+            raise ValueError(f"spatial_size must be odd and in [3, {MAX_SPATIAL_SIZE}] for the CUDA kernels, "
+                             f"got {spatial_size}")
+        if params.n > np.iinfo(np.int32).max:
+            raise ValueError(f"the CUDA kernels handle at most {np.iinfo(np.int32).max} RTN pixels, got "
+                             f"{params.n}")
+        self.params = params
+        self.table = table
+        self.k_var = float(k_var)
+        self.n_slots = n_slots
+        self._dtype: np.dtype | None = None
+        ny, nx = params.shape
+        self._scalars = {"n": params.n, "gain": params.gain_e_per_adu, "k_var": self.k_var,
+                         "n_lambda": table.lambda_nodes.size, "n_sigma": table.sigma_nodes.size,
+                         "window": window, "ny": ny, "nx": nx, "size": spatial_size}
+        host = {
+            "index": (params.index, np.int64), "mu_adu": (params.mu_adu, np.float64),
+            "delta_e": (params.delta_e, np.float64), "delta_adu_int": (params.delta_adu_int, np.int64),
+            "delta_adu_float": (params.delta_adu_float, np.float64), "sigma_j": (params.sigma_j, np.int32),
+            "sigma_w": (params.sigma_w, np.float64), "sigma_ok": (params.sigma_ok, np.uint8),
+            "lambda_nodes": (table.lambda_nodes, np.float64), "q_lo": (table.q_lo, np.float64),
+            "q_hi": (table.q_hi, np.float64),
+        }
+        if n_slots:
+            host["rn2_e2"] = (params.rn2_e2, np.float64)
+            host["window_slots"] = (np.zeros(window), np.int32)
+        else:
+            host["meanbias_adu"] = (params.meanbias_adu, np.float64)
+        self._dev: dict[str, Any] = {
+            name: self._to_device(np.ascontiguousarray(array, dtype=dtype))
+            for name, (array, dtype) in host.items()
+        }
+        self._dev["changed_index"] = self._zeros((params.n,), np.int64)
+        self._dev["counts"] = self._zeros((_cuda.N_COUNTS,), np.uint32)
+        for name in _COUNTER_NAMES:
+            self._dev[name] = self._zeros((params.n,), np.int64)
+
+    # ---- what an executor provides -------------------------------------------------------------------
+
+    def _to_device(self, array: np.ndarray) -> Any:
+        """A device copy of ``array`` (kept for the life of the backend)."""
+        raise NotImplementedError
+
+    def _zeros(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        """A zeroed device array."""
+        raise NotImplementedError
+
+    def _prepare(self, kernel_name: str) -> None:
+        """Get kernel ``kernel_name`` ready to launch (compile, look up)."""
+        raise NotImplementedError
+
+    def _store(self, slot: int, frame: np.ndarray) -> None:
+        """Gather the RTN pixels of ``frame`` into device ring slot ``slot`` (may return before done)."""
+        raise NotImplementedError
+
+    def _upload(self, name: str, array: np.ndarray) -> None:
+        """Copy ``array`` into device buffer ``name`` of the same size (may return before done)."""
+        raise NotImplementedError
+
+    def _clear(self, name: str) -> None:
+        """Zero device buffer ``name`` (in order with the launches)."""
+        raise NotImplementedError
+
+    def _launch(self, kernel_name: str, args: tuple) -> None:
+        """Launch ``kernel_name`` over the RTN pixels (may return before done)."""
+        raise NotImplementedError
+
+    def _download(self, names: Sequence[str], count: int) -> list[np.ndarray]:
+        """The first ``count`` elements of device buffers ``names``, once every queued operation is done.
+
+        The arrays may be reused by the next call: read them before.
+        """
+        raise NotImplementedError
+
+    def _stage(self, label: str) -> contextlib.AbstractContextManager:
+        """Context around a host stage (timed by executors that time their stages)."""
+        return contextlib.nullcontext()
+
+    # ---- the backend interface (NumpyBackend's) --------------------------------------------------------
+
+    @property
+    def counters(self) -> PixelCounters:
+        """Per-RTN-pixel counts of the current series (a host copy), each of shape (n,), int64."""
+        return PixelCounters(*(a.copy() for a in self._download(_COUNTER_NAMES, self.params.n)))
+
+    def reset(self, dtype: Any) -> None:
+        """Start a series of frames of ``dtype``: empty ring, zero per-pixel counters.
+
+        Raises
+        ------
+        ValueError
+            ``dtype`` is not one of the supported frame dtypes.
+        """
+        spec = _cuda.TEMPORAL if self.n_slots else _cuda.SPATIAL
+        self._prepare(spec.kernel_name(dtype))
+        self._dtype = np.dtype(dtype)
+        n = self.params.n
+        self._dev["changed_value"] = self._zeros((n,), self._dtype)
+        if self.n_slots:
+            self._dev["ring"] = self._zeros((self.n_slots, n), self._dtype)
+        else:
+            self._dev["frame"] = self._zeros(self.params.shape, self._dtype)
+        for name in _COUNTER_NAMES:
+            self._clear(name)
+
+    def store(self, slot: int, frame: np.ndarray) -> None:
+        """Gather the RTN pixels of ``frame`` (shape (ny, nx)) into ring slot ``slot``."""
+        self._check_frame(frame)
+        if not 0 <= slot < self.n_slots:
+            raise ValueError(f"slot must be in [0, {self.n_slots}), got {slot}")
+        self._store(int(slot), frame)
+
+    def correct_temporal(self, frame: np.ndarray, slot: int, window_slots: Sequence[int]
+                         ) -> tuple[np.ndarray, FrameCounts]:
+        """Correct ``frame`` (stored in ``slot``) against the median of ``window_slots``.
+
+        ``window_slots`` are the W ring slots of the reference frames in time order.
+
+        Returns
+        -------
+        corrected : numpy.ndarray, shape (ny, nx), frame dtype
+            A new array.
+        counts : FrameCounts
+        """
+        self._check_frame(frame)
+        if not 0 <= slot < self.n_slots:
+            raise ValueError(f"slot must be in [0, {self.n_slots}), got {slot}")
+        self._upload("window_slots", _check_window_slots(slot, window_slots, self.n_slots))
+        return self._correct(frame, _cuda.TEMPORAL, slot=int(slot))
+
+    def correct_spatial(self, frame: np.ndarray) -> tuple[np.ndarray, FrameCounts]:
+        """Correct ``frame`` against the median of each RTN pixel's bias-subtracted neighbours.
+
+        Returns
+        -------
+        corrected : numpy.ndarray, shape (ny, nx), frame dtype
+            A new array.
+        counts : FrameCounts
+        """
+        self._check_frame(frame)
+        if self.n_slots:
+            raise ValueError("correct_spatial needs a backend built with n_slots=0")
+        self._upload("frame", frame)
+        return self._correct(frame, _cuda.SPATIAL)
+
+    # ---- shared steps ----------------------------------------------------------------------------------
+
+    def _check_frame(self, frame: np.ndarray) -> None:
+        if self._dtype is None:
+            raise RuntimeError("call reset(dtype) before passing frames")
+        if not isinstance(frame, np.ndarray):
+            raise FrameError(f"frame must be a numpy array, got {type(frame).__name__}")
+        if frame.dtype != self._dtype or frame.shape != tuple(self.params.shape):
+            raise FrameError(f"frame has dtype {frame.dtype} and shape {frame.shape}; this series takes "
+                             f"{self._dtype} frames of shape {tuple(self.params.shape)}")
+
+    def _correct(self, frame: np.ndarray, spec: _cuda.KernelSpec, **scalars: Any
+                 ) -> tuple[np.ndarray, FrameCounts]:
+        if self.params.n == 0:
+            return frame.copy(), FrameCounts()
+        args = spec.arguments({**self._dev, **self._scalars, **scalars}, self._dtype)
+        self._clear("counts")
+        self._launch(spec.kernel_name(self._dtype), args)
+        with self._stage("copy (host)"):  # overlaps the device's work
+            out = frame.copy()
+        counts = self._download(("counts",), _cuda.N_COUNTS)[0].astype(np.int64)
+        n_changed = int(counts[_cuda.COUNT_CHANGED])
+        if n_changed:
+            index, value = self._download(("changed_index", "changed_value"), n_changed)
+            with self._stage("scatter (host)"):
+                out.reshape(-1)[index] = value
+        return out, FrameCounts(low=int(counts[STATE_LOW]), high=int(counts[STATE_HIGH]),
+                                vetoed=int(counts[STATE_VETO]), out_of_table=int(counts[STATE_OUT_OF_TABLE]))
+
+
+class StageTimer:
+    """Time spent per stage by a :class:`CupyBackend` (benchmarks only).
+
+    Device stages (``H2D``, ``kernel``, ``D2H``) are timed with CUDA events on the backend's stream,
+    host stages (gather, copy, scatter) with the host clock. :meth:`collect` waits for the recorded events
+    and returns the totals so far, in milliseconds.
+    """
+
+    def __init__(self, cupy) -> None:
+        self._cupy = cupy
+        self._pending: list[tuple[str, Any, Any]] = []
+        self.totals_ms: dict[str, float] = defaultdict(float)
+
+    @contextlib.contextmanager
+    def device(self, label: str, stream) -> Iterator[None]:
+        start, end = self._cupy.cuda.Event(), self._cupy.cuda.Event()
+        start.record(stream)
+        yield
+        end.record(stream)
+        self._pending.append((label, start, end))
+
+    @contextlib.contextmanager
+    def host(self, label: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self.totals_ms[label] += (time.perf_counter() - t0) * 1e3
+
+    def collect(self) -> dict[str, float]:
+        """Totals per stage (ms) of everything timed so far."""
+        for label, start, end in self._pending:
+            end.synchronize()
+            self.totals_ms[label] += self._cupy.cuda.get_elapsed_time(start, end)
+        self._pending.clear()
+        return dict(self.totals_ms)
+
+
+class _PinnedBuffers:
+    """Pinned host buffers used in turn; one is reused only after the copies reading it have finished."""
+
+    def __init__(self, cupy, cupyx, nbytes: int, count: int) -> None:
+        self._buffers = [cupyx.empty_pinned((max(nbytes, 1),), np.uint8) for _ in range(count)]
+        self._events = [cupy.cuda.Event(disable_timing=True) for _ in range(count)]
+        self._turn = 0
+
+    def take(self, dtype: np.dtype, size: int) -> np.ndarray:
+        """The next buffer as ``size`` elements of ``dtype`` (waits until its previous copy is done)."""
+        self._events[self._turn].synchronize()
+        return self._buffers[self._turn][: size * dtype.itemsize].view(dtype)
+
+    def release(self, stream) -> None:
+        """Mark the buffer from :meth:`take` as read by the copies queued so far on ``stream``."""
+        self._events[self._turn].record(stream)
+        self._turn = (self._turn + 1) % len(self._buffers)
+
+
+class CupyBackend(KernelBackend):
+    """The correction engine's backend on a CUDA device (same interface and output as NumpyBackend).
+
+    Parameters
+    ----------
+    params : PixelParams
+    table : ThresholdTable
+    k_var : float
+    spatial_size : int, odd, in [3, 9]
+    n_slots : int
+        W + 1 (W even, in [4, 80]) for the temporal references, 0 for spatial.
+
+    Raises
+    ------
+    BackendUnavailableError
+        CuPy cannot be imported or no CUDA device is usable (the message says how to install).
+    """
+
+    name = "cupy"
+
+    def __init__(self, params: PixelParams, table: ThresholdTable, k_var: float, spatial_size: int,
+                 n_slots: int) -> None:
+        cupy = _import_cupy()
+        import cupyx
+
+        self._cupy, self._cupyx = cupy, cupyx
+        runtime = cupy.cuda.runtime
+        device_id = runtime.getDevice()
+        props = runtime.getDeviceProperties(device_id)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+        self.device = f"{name} (cuda:{device_id}, sm_{props['major']}{props['minor']})"
+        self._module = _cuda.load_module(_cuda.CUDA_SOURCES[0])
+        self._kernels: dict[str, Any] = {}
+        self._stream = cupy.cuda.Stream(non_blocking=True)
+        self.timer: StageTimer | None = None
+        with self._stream:
+            super().__init__(params, table, k_var, spatial_size, n_slots)
+        self._stream.synchronize()
+        # Ring stores alternate between two buffers (the host gathers frame t+1 while frame t is copied).
+        self._ring_stage = _PinnedBuffers(cupy, cupyx, params.n * 8, 2) if n_slots else None
+        self._upload_stage: dict[str, _PinnedBuffers] = {}
+        self._download_stage: dict[str, np.ndarray] = {}
+
+    def enable_timing(self) -> StageTimer:
+        """Time every stage from now on (benchmarks); returns the :class:`StageTimer` that collects."""
+        self.timer = StageTimer(self._cupy)
+        return self.timer
+
+    def _stage(self, label: str) -> contextlib.AbstractContextManager:
+        return self.timer.host(label) if self.timer else contextlib.nullcontext()
+
+    def _device_stage(self, label: str) -> contextlib.AbstractContextManager:
+        return self.timer.device(label, self._stream) if self.timer else contextlib.nullcontext()
+
+    def _to_device(self, array: np.ndarray) -> Any:
+        return self._cupy.asarray(array)
+
+    def _zeros(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        with self._stream:
+            return self._cupy.zeros(shape, dtype=dtype)
+
+    def _prepare(self, kernel_name: str) -> None:
+        if kernel_name not in self._kernels:
+            self._kernels[kernel_name] = self._module.get_function(kernel_name)
+
+    def _copy_in(self, device_array, host: np.ndarray) -> None:
+        runtime = self._cupy.cuda.runtime
+        if not host.nbytes:
+            return
+        with self._device_stage("H2D"):
+            runtime.memcpyAsync(device_array.data.ptr, host.ctypes.data, host.nbytes,
+                                runtime.memcpyHostToDevice, self._stream.ptr)
+
+    def _store(self, slot: int, frame: np.ndarray) -> None:
+        with self._stage("gather (host)"):
+            host = self._ring_stage.take(self._dtype, self.params.n)
+            np.take(frame.reshape(-1), self.params.index, out=host, mode="clip")  # indices valid: no clipping
+        self._copy_in(self._dev["ring"][slot], host)
+        self._ring_stage.release(self._stream)
+
+    def _upload(self, name: str, array: np.ndarray) -> None:
+        device_array = self._dev[name]
+        stage = self._upload_stage.get(name)
+        if stage is None:
+            stage = self._upload_stage[name] = _PinnedBuffers(self._cupy, self._cupyx, device_array.nbytes, 1)
+        with self._stage(f"stage {name} (host)"):
+            host = stage.take(device_array.dtype, device_array.size)
+            np.copyto(host, array.reshape(-1))
+        self._copy_in(device_array, host)
+        stage.release(self._stream)
+
+    def _clear(self, name: str) -> None:
+        array = self._dev[name]
+        if array.nbytes:
+            self._cupy.cuda.runtime.memsetAsync(array.data.ptr, 0, array.nbytes, self._stream.ptr)
+
+    def _launch(self, kernel_name: str, args: tuple) -> None:
+        blocks = -(-self.params.n // BLOCK_THREADS)
+        with self._device_stage("kernel"), self._stream:
+            self._kernels[kernel_name]((blocks,), (BLOCK_THREADS,), args)
+
+    def _download(self, names: Sequence[str], count: int) -> list[np.ndarray]:
+        runtime = self._cupy.cuda.runtime
+        out = []
+        with self._device_stage("D2H"):
+            for name in names:
+                device_array = self._dev[name]
+                host = self._download_stage.get(name)
+                if host is None or host.dtype != device_array.dtype:
+                    host = self._cupyx.empty_pinned((device_array.size,), device_array.dtype)
+                    self._download_stage[name] = host
+                if count:
+                    runtime.memcpyAsync(host.ctypes.data, device_array.data.ptr, count * host.itemsize,
+                                        runtime.memcpyDeviceToHost, self._stream.ptr)
+                out.append(host[:count])
+        self._stream.synchronize()
+        return out

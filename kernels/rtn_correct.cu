@@ -1,0 +1,321 @@
+// rtn_correct.cu: per-frame RTN correction of the gathered RTN pixels (ALGORITHM.md sections 2-3).
+//
+// The CUDA twin of rtnstream/kernels/numpy_backend.py, which is the specification: every step below is the
+// same fixed sequence of IEEE float64 operations (sequential sums in window order, the medians as
+// (a + b) * 0.5 of the two middle values, sorted as NumPy sorts them, the bilinear table lookup of
+// ThresholdTable.lookup, strict inequalities), so integer output is bit-identical to the NumPy backend.
+// Rules that keep it so (docs/cuda.md): compile with --fmad=false (no fused multiply-add contraction),
+// double precision throughout, no transcendental function (sqrt only, which IEEE rounds exactly), no
+// headers (NVRTC compiles this file as is; the host build force-includes cuda_host_shim.h).
+//
+// Two kernels, one template body each, exposed as extern "C" wrappers named by frame dtype
+// (rtn_temporal_u16, rtn_spatial_f32, ...), whose parameter lists are described once on the Python side
+// (rtnstream.kernels._cuda.TEMPORAL / SPATIAL):
+//   rtn_temporal_<dt>  ring buffer of gathered RTN pixels -> temporal median reference, variability veto,
+//                      decision, saturating correction, counters (one launch per frame, both temporal modes)
+//   rtn_spatial_<dt>   whole frame on the device -> median of the bias-subtracted k x k neighbours without
+//                      the centre, decision, correction, counters (one launch per frame)
+// Both write the corrected pixels compacted (flat index, new value; order not deterministic, indices unique)
+// for the host to scatter into its copy of the frame, the per-frame counts by decision code, and add to the
+// per-pixel counters n_lo, n_hi, n_veto, n_frames.
+//
+// Launch: 1-D grid, blockDim a multiple of 32. The grid-stride loop keeps every lane of a warp in the same
+// iteration (warp-uniform trip count), as the warp-aggregated atomics below require. The host shim runs the
+// same loop with one block of one thread: a warp of one lane.
+
+#define RTN_STATE_NONE 0          // left unchanged
+#define RTN_STATE_LOW 1           // negative jump: x' = x + D_adu
+#define RTN_STATE_HIGH 2          // positive jump: x' = x - D_adu
+#define RTN_STATE_VETO 3          // variable source (temporal references): left unchanged
+#define RTN_STATE_OUT_OF_TABLE 4  // lambda or sigma outside the threshold table: left unchanged
+#define RTN_COUNT_CHANGED 5       // counts[5]: number of corrected pixels (the compaction cursor)
+#define RTN_MAX_VALUES 80         // largest temporal window and spatial neighbourhood (9 x 9 - 1)
+#define RTN_FULL_MASK 0xffffffffu
+
+typedef long long rtn_i64;
+
+// ---- dtype traits: saturation range of the integer dtypes --------------------------------------------
+
+template <typename T> struct RtnRange { static constexpr bool integer = false; };
+template <> struct RtnRange<unsigned char> {
+    static constexpr bool integer = true; static constexpr rtn_i64 lo = 0, hi = 255; };
+template <> struct RtnRange<unsigned short> {
+    static constexpr bool integer = true; static constexpr rtn_i64 lo = 0, hi = 65535; };
+template <> struct RtnRange<short> {
+    static constexpr bool integer = true; static constexpr rtn_i64 lo = -32768, hi = 32767; };
+template <> struct RtnRange<unsigned int> {
+    static constexpr bool integer = true; static constexpr rtn_i64 lo = 0, hi = 4294967295LL; };
+template <> struct RtnRange<int> {
+    static constexpr bool integer = true; static constexpr rtn_i64 lo = -2147483648LL, hi = 2147483647LL; };
+
+// ---- small helpers -------------------------------------------------------------------------------------
+
+__device__ __forceinline__ unsigned rtn_lane() { return threadIdx.x & 31u; }
+
+// NumPy's sort order: NaN after every number.
+__device__ __forceinline__ bool rtn_nan_last_less(double a, double b) { return a < b || (b != b && a == a); }
+
+// np.maximum(v, 0.0): NaN propagates.
+__device__ __forceinline__ double rtn_clamp_lambda(double v) { return (v != v || v > 0.0) ? v : 0.0; }
+
+// np.minimum / np.maximum: a NaN operand is returned.
+__device__ __forceinline__ double rtn_np_min(double a, double b) { return a != a ? a : (b != b ? b : (b < a ? b : a)); }
+__device__ __forceinline__ double rtn_np_max(double a, double b) { return a != a ? a : (b != b ? b : (b > a ? b : a)); }
+
+// Temporal reference (numpy_backend._sorted_rows): the W window values, in window order, sorted by the
+// odd-even transposition network of np.minimum / np.maximum; then (v[W/2 - 1] + v[W/2]) * 0.5.
+__device__ double rtn_window_median(double* v, int w) {
+    for (int k = 0; k < w; ++k) {
+        for (int r = k % 2; r < w - 1; r += 2) {
+            const double lo = rtn_np_min(v[r], v[r + 1]);
+            v[r + 1] = rtn_np_max(v[r], v[r + 1]);
+            v[r] = lo;
+        }
+    }
+    return (v[w / 2 - 1] + v[w / 2]) * 0.5;
+}
+
+// Spatial reference (NumpyBackend._spatial_block): the c neighbour values sorted with NaN last (np.sort),
+// then (v[(c-1)/2] + v[c/2]) * 0.5; NaN when c == 0 (every neighbour outside the frame).
+__device__ double rtn_neighbour_median(double* v, int c) {
+    if (c == 0) return __longlong_as_double(0x7ff8000000000000LL);
+    for (int a = 1; a < c; ++a) {
+        const double key = v[a];
+        int b = a - 1;
+        while (b >= 0 && rtn_nan_last_less(key, v[b])) {
+            v[b + 1] = v[b];
+            --b;
+        }
+        v[b + 1] = key;
+    }
+    return (v[(c - 1) / 2] + v[c / 2]) * 0.5;
+}
+
+struct RtnTable {
+    const double* lambda_nodes;  // (n_lambda,), electron, strictly increasing
+    int n_lambda;
+    const double* q_lo;          // (n_lambda, n_sigma), electron, row-major
+    const double* q_hi;
+    int n_sigma;
+};
+
+struct RtnQuantiles { double lo, hi; bool in_table; };
+
+// ThresholdTable.lookup: i = clip(searchsorted(nodes, lam, 'right') - 1, 0, n - 2), bilinear in (f, w).
+__device__ RtnQuantiles rtn_lookup(const RtnTable& t, double lam, int j, double w) {
+    const double* nodes = t.lambda_nodes;
+    int a = 0, b = t.n_lambda;  // first node with lam < node; NaN compares false and goes last, as in NumPy
+    while (a < b) {
+        const int m = (a + b) >> 1;
+        if (lam < nodes[m]) b = m; else a = m + 1;
+    }
+    int i = a - 1;
+    i = i < 0 ? 0 : (i > t.n_lambda - 2 ? t.n_lambda - 2 : i);
+    const double f = (lam - nodes[i]) / (nodes[i + 1] - nodes[i]);
+    const double one_f = 1.0 - f;
+    const double one_w = 1.0 - w;
+    const rtn_i64 c0 = (rtn_i64)i * t.n_sigma + j;
+    const rtn_i64 c1 = c0 + t.n_sigma;
+    RtnQuantiles q;
+    const double lo0 = t.q_lo[c0] * one_w + t.q_lo[c0 + 1] * w;
+    const double lo1 = t.q_lo[c1] * one_w + t.q_lo[c1 + 1] * w;
+    q.lo = lo0 * one_f + lo1 * f;
+    const double hi0 = t.q_hi[c0] * one_w + t.q_hi[c0 + 1] * w;
+    const double hi1 = t.q_hi[c1] * one_w + t.q_hi[c1 + 1] * w;
+    q.hi = hi0 * one_f + hi1 * f;
+    q.in_table = lam <= nodes[t.n_lambda - 1];
+    return q;
+}
+
+// Per-pixel parameters (PixelParams), all of shape (n,).
+struct RtnPixels {
+    const rtn_i64* index;            // flat C-order index in the frame
+    const double* mu_adu;
+    const double* delta_e;
+    const rtn_i64* delta_adu_int;
+    const double* delta_adu_float;
+    const int* sigma_j;
+    const double* sigma_w;
+    const unsigned char* sigma_ok;
+};
+
+// numpy_backend.decide for pixel k.
+__device__ int rtn_decide(const RtnPixels& p, const RtnTable& t, rtn_i64 k, double x, double lam, double g) {
+    const double s = (x - p.mu_adu[k]) * g;
+    const RtnQuantiles q = rtn_lookup(t, lam, p.sigma_j[k], p.sigma_w[k]);
+    const double d = p.delta_e[k];
+    const double lo_cap = q.hi - d;
+    const double hi_floor = q.lo + d;
+    const bool low = (q.lo - d < s) && (s < (lo_cap < q.lo ? lo_cap : q.lo)) && (lam - q.lo < d);
+    const bool high = ((hi_floor > q.hi ? hi_floor : q.hi) < s) && (s < q.hi + d) && (q.hi - lam < d);
+    int state = low ? RTN_STATE_LOW : (high ? RTN_STATE_HIGH : RTN_STATE_NONE);
+    if (!(q.in_table && p.sigma_ok[k])) state = RTN_STATE_OUT_OF_TABLE;
+    return state;
+}
+
+// numpy_backend.apply_corrections for one pixel: integer frames saturate, float frames add in float64.
+template <typename T>
+__device__ T rtn_corrected(T x, bool low, rtn_i64 d_int, double d_float) {
+    if constexpr (RtnRange<T>::integer) {
+        rtn_i64 v = (rtn_i64)x + (low ? d_int : -d_int);
+        v = v < RtnRange<T>::lo ? RtnRange<T>::lo : (v > RtnRange<T>::hi ? RtnRange<T>::hi : v);
+        return (T)v;
+    } else {
+        return (T)((double)x + (low ? d_float : -d_float));
+    }
+}
+
+struct RtnOutputs {
+    rtn_i64* changed_index;  // (n,): flat indices of the corrected pixels, first counts[5] valid
+    void* changed_value;     // (n,), frame dtype: their new values
+    unsigned* counts;        // (6,): per-frame counts by decision code, [5] = number corrected; zeroed by host
+    rtn_i64* n_lo;           // (n,) per-pixel counters over the series
+    rtn_i64* n_hi;
+    rtn_i64* n_veto;
+    rtn_i64* n_frames;
+};
+
+// Count, correct and record pixel k (every lane of the warp calls this; lanes past n with valid = false).
+template <typename T>
+__device__ void rtn_finish(const RtnPixels& p, const RtnOutputs& o, rtn_i64 k, bool valid, int state, T x) {
+    const int code = valid ? state : -1;
+    const unsigned peers = __match_any_sync(RTN_FULL_MASK, code);
+    if (code > RTN_STATE_NONE && rtn_lane() == (unsigned)(__ffs(peers) - 1)) {
+        atomicAdd(&o.counts[code], (unsigned)__popc(peers));
+    }
+    const bool changed = code == RTN_STATE_LOW || code == RTN_STATE_HIGH;
+    const unsigned movers = __ballot_sync(RTN_FULL_MASK, changed);
+    unsigned base = 0;
+    if (movers != 0u) {  // warp-uniform branch
+        const int leader = __ffs(movers) - 1;
+        if (rtn_lane() == (unsigned)leader) base = atomicAdd(&o.counts[RTN_COUNT_CHANGED], (unsigned)__popc(movers));
+        base = __shfl_sync(RTN_FULL_MASK, base, leader);
+    }
+    if (changed) {
+        const unsigned pos = base + (unsigned)__popc(movers & ((1u << rtn_lane()) - 1u));
+        o.changed_index[pos] = p.index[k];
+        static_cast<T*>(o.changed_value)[pos] = rtn_corrected<T>(x, code == RTN_STATE_LOW, p.delta_adu_int[k],
+                                                                  p.delta_adu_float[k]);
+    }
+    if (valid) {
+        o.n_lo[k] += code == RTN_STATE_LOW;
+        o.n_hi[k] += code == RTN_STATE_HIGH;
+        o.n_veto[k] += code == RTN_STATE_VETO;
+        o.n_frames[k] += 1;
+    }
+}
+
+// ---- temporal reference (centred and causal) ------------------------------------------------------------
+
+// ring: (n_slots, n) RTN pixel values of the last frames; window_slots: the W reference slots in time order.
+template <typename T>
+__device__ void rtn_temporal_body(const T* ring, const int* window_slots, int window, int slot, rtn_i64 n,
+                                  double g, double k_var, const double* rn2_e2, const RtnPixels& p,
+                                  const RtnTable& t, const RtnOutputs& o) {
+    const rtn_i64 stride = (rtn_i64)blockDim.x * gridDim.x;
+    for (rtn_i64 first = (rtn_i64)blockIdx.x * blockDim.x; first < n; first += stride) {
+        const rtn_i64 k = first + threadIdx.x;
+        const bool valid = k < n;
+        int state = RTN_STATE_NONE;
+        T x = 0;
+        if (valid) {
+            double v[RTN_MAX_VALUES];
+            v[0] = (double)ring[(rtn_i64)window_slots[0] * n + k];
+            double acc = v[0];
+            for (int r = 1; r < window; ++r) {
+                v[r] = (double)ring[(rtn_i64)window_slots[r] * n + k];
+                acc = acc + v[r];
+            }
+            const double mean = acc / (double)window;
+            double dev = v[0] - mean;
+            acc = dev * dev;
+            for (int r = 1; r < window; ++r) {
+                dev = v[r] - mean;
+                acc = acc + dev * dev;
+            }
+            const double spread_e = sqrt(acc / (double)window) * g;
+            const double lam = rtn_clamp_lambda((rtn_window_median(v, window) - p.mu_adu[k]) * g);
+            x = ring[(rtn_i64)slot * n + k];
+            state = rtn_decide(p, t, k, (double)x, lam, g);
+            if (spread_e > k_var * sqrt(lam + rn2_e2[k])) state = RTN_STATE_VETO;
+        }
+        rtn_finish<T>(p, o, k, valid, state, x);
+    }
+}
+
+// ---- spatial reference ----------------------------------------------------------------------------------
+
+// frame: (ny, nx) whole frame; meanbias_adu: (ny * nx,). Neighbours in a size x size box, centre excluded,
+// only those inside the frame (pixels.neighbour_indices).
+template <typename T>
+__device__ void rtn_spatial_body(const T* frame, const double* meanbias_adu, int ny, int nx, int size,
+                                 rtn_i64 n, double g, const RtnPixels& p, const RtnTable& t,
+                                 const RtnOutputs& o) {
+    const rtn_i64 stride = (rtn_i64)blockDim.x * gridDim.x;
+    const int half = size / 2;
+    for (rtn_i64 first = (rtn_i64)blockIdx.x * blockDim.x; first < n; first += stride) {
+        const rtn_i64 k = first + threadIdx.x;
+        const bool valid = k < n;
+        int state = RTN_STATE_NONE;
+        T x = 0;
+        if (valid) {
+            const rtn_i64 centre = p.index[k];
+            const rtn_i64 y0 = centre / nx;
+            const rtn_i64 x0 = centre - y0 * nx;
+            double v[RTN_MAX_VALUES];
+            int c = 0;
+            for (int dy = -half; dy <= half; ++dy) {
+                const rtn_i64 yy = y0 + dy;
+                if (yy < 0 || yy >= ny) continue;
+                for (int dx = -half; dx <= half; ++dx) {
+                    const rtn_i64 xx = x0 + dx;
+                    if ((dy == 0 && dx == 0) || xx < 0 || xx >= nx) continue;
+                    const rtn_i64 q = yy * nx + xx;
+                    v[c++] = (double)frame[q] - meanbias_adu[q];
+                }
+            }
+            const double lam = rtn_clamp_lambda(rtn_neighbour_median(v, c) * g);
+            x = frame[centre];
+            state = rtn_decide(p, t, k, (double)x, lam, g);
+        }
+        rtn_finish<T>(p, o, k, valid, state, x);
+    }
+}
+
+// ---- extern "C" wrappers, one per kernel and frame dtype ------------------------------------------------
+
+#define RTN_PIXEL_PARAMS                                                                                     \
+    const rtn_i64 *index, const double *mu_adu, const double *delta_e, const rtn_i64 *delta_adu_int,         \
+        const double *delta_adu_float, const int *sigma_j, const double *sigma_w,                            \
+        const unsigned char *sigma_ok
+#define RTN_TABLE_PARAMS \
+    const double *lambda_nodes, int n_lambda, const double *q_lo, const double *q_hi, int n_sigma
+#define RTN_OUTPUT_PARAMS                                                                                    \
+    rtn_i64 *changed_index, void *changed_value, unsigned *counts, rtn_i64 *n_lo, rtn_i64 *n_hi,             \
+        rtn_i64 *n_veto, rtn_i64 *n_frames
+#define RTN_STRUCTS                                                                                          \
+    const RtnPixels p = {index, mu_adu, delta_e, delta_adu_int, delta_adu_float, sigma_j, sigma_w, sigma_ok}; \
+    const RtnTable t = {lambda_nodes, n_lambda, q_lo, q_hi, n_sigma};                                        \
+    const RtnOutputs o = {changed_index, changed_value, counts, n_lo, n_hi, n_veto, n_frames};
+
+#define RTN_WRAPPERS(SUFFIX, T)                                                                              \
+    extern "C" __global__ void rtn_temporal_##SUFFIX(                                                        \
+        const T *ring, const int *window_slots, int window, int slot, rtn_i64 n, double gain, double k_var,  \
+        const double *rn2_e2, RTN_PIXEL_PARAMS, RTN_TABLE_PARAMS, RTN_OUTPUT_PARAMS) {                       \
+        RTN_STRUCTS                                                                                          \
+        rtn_temporal_body<T>(ring, window_slots, window, slot, n, gain, k_var, rn2_e2, p, t, o);             \
+    }                                                                                                        \
+    extern "C" __global__ void rtn_spatial_##SUFFIX(                                                         \
+        const T *frame, const double *meanbias_adu, int ny, int nx, int size, rtn_i64 n, double gain,        \
+        RTN_PIXEL_PARAMS, RTN_TABLE_PARAMS, RTN_OUTPUT_PARAMS) {                                             \
+        RTN_STRUCTS                                                                                          \
+        rtn_spatial_body<T>(frame, meanbias_adu, ny, nx, size, n, gain, p, t, o);                            \
+    }
+
+RTN_WRAPPERS(u8, unsigned char)
+RTN_WRAPPERS(u16, unsigned short)
+RTN_WRAPPERS(i16, short)
+RTN_WRAPPERS(u32, unsigned int)
+RTN_WRAPPERS(i32, int)
+RTN_WRAPPERS(f32, float)
+RTN_WRAPPERS(f64, double)
