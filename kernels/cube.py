@@ -156,7 +156,7 @@ class RTNCube:
 
 def _validate(cube: RTNCube, source: str) -> None:
     g = cube.gain_e_per_adu
-    if not (isinstance(g, int | float | np.floating) and np.isfinite(g) and g > 0):
+    if isinstance(g, bool) or not (isinstance(g, int | float | np.floating) and np.isfinite(g) and g > 0):
         raise CubeFormatError(f"{source}: GAIN must be a finite positive number in e-/ADU, got {g!r}")
     shape = cube.mu_adu.shape
     if len(shape) != 2:
@@ -281,7 +281,11 @@ def read_cube(path: str | os.PathLike) -> RTNCube:
                 if hdu.data is None:
                     raise CubeFormatError(f"{path}: extension {name} has no data")
                 if name == "DQ":
-                    planes["dq"] = np.asarray(hdu.data)
+                    dq = np.asarray(hdu.data)
+                    if not np.issubdtype(dq.dtype, np.integer) or dq.min(initial=0) < 0 or dq.max(initial=0) > 0xFFFF:
+                        raise CubeFormatError(f"{path}: extension DQ must hold unsigned 16-bit integer flags, "
+                                              f"got {dq.dtype}")
+                    planes["dq"] = dq
                     continue
                 attr, unit, _rtn = _PLANES[name]
                 found = str(hdu.header.get("BUNIT", ""))
@@ -292,7 +296,10 @@ def read_cube(path: str | os.PathLike) -> RTNCube:
             if "GAIN" not in hdr:
                 raise CubeFormatError(f"{path}: primary header has no GAIN (e-/ADU)")
             meta = {name: hdr[key] for key, name in _META_KEYS.items() if key in hdr}
-            return RTNCube(gain_e_per_adu=float(hdr["GAIN"]), meta=meta, **planes)
+            gain = hdr["GAIN"]
+            if isinstance(gain, bool | str):
+                raise CubeFormatError(f"{path}: GAIN must be a finite positive number in e-/ADU, got {gain!r}")
+            return RTNCube(gain_e_per_adu=float(gain), meta=meta, **planes)
         except CubeFormatError as exc:
             if str(exc).startswith("cube:"):
                 raise CubeFormatError(f"{path}:{str(exc)[5:]}") from None

@@ -238,6 +238,10 @@ class RTNEngine:
     def push(self, frame: np.ndarray, tag: Any = None) -> list[CorrectedFrame]:
         """Add the next frame of the series; returns the frames that became ready (possibly none).
 
+        The engine keeps a reference to ``frame`` (no copy) until that frame is returned (W/2 pushes later
+        in steady state, up to W at the start of a series, or by :meth:`finish`): a caller that refills
+        one buffer must push a copy.
+
         Raises
         ------
         FrameError

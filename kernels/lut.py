@@ -487,7 +487,7 @@ def get_table(alpha: float = 0.003) -> ThresholdTable:
     table = build_table(alpha)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # per process: concurrent builds never mix
         table.save(tmp)
         os.replace(tmp, path)
     except OSError as exc:
