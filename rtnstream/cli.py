@@ -24,6 +24,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "cube": ("cube", "RTN calibration cubes: import the RTN paper's output, inspect"),
     "characterize": ("characterize", "characterize a CMOS camera from bias, dark and flat stacks"),
     "simulate-camera": ("simulate_camera", "simulate bias, dark and flat frames of a CMOS camera with truth"),
+    "fit": ("fit", "fit an RTN calibration cube from bias stacks, with a report and plots"),
     "serve": ("serve", "run the live correction service (HTTP control plane, ZeroMQ pipelines)"),
     "camera": ("camera", "simulated camera: push frames of a simulated sensor to a job's ingest"),
     "replay": ("replay", "publish FITS frames to a job's ingest as a live series"),

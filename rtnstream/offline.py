@@ -170,7 +170,7 @@ def _run(engine: RTNEngine, sources: list[FrameSource], outdir: Path, total: int
             write(out)
     elapsed = time.perf_counter() - t0
 
-    offset = fits.PrimaryHDU(engine.bias_offset_map().astype(np.float32))
+    offset = fits.PrimaryHDU(engine.bias_offset_map())
     offset.header["BUNIT"] = "adu"
     offset.header["COMMENT"] = "RTN bias offset map O = D_adu (n_lo - n_hi) / n_frames (add to the mean bias)"
     for key, value, comment in rtn_header_cards(settings, engine.cube_id, totals):

@@ -1,0 +1,132 @@
+"""Service end to end: frames/s and latency of a job's pipeline through real ZeroMQ sockets on loopback.
+
+A producer thread PUSHes one series of simulated frames (a few distinct ones, cycled) to the pipeline's
+ingest over TCP; a consumer thread PULLs the corrected frames from its lossless push output. Printed:
+end-to-end frames/s (first frame sent to last frame received), end-to-end latency p50 / p99 (send to
+receive, same clock) and the pipeline's own latency (arrival to publish), with the overload policy
+``block`` (lossless); the steady-state latency leaves out the first W + 1 frames, which wait for the
+window to fill at the start of a series. ``--fps 0`` sends as fast as the pipeline takes frames
+(throughput; latency then includes the queueing); ``--fps F`` paces the producer (latency at that rate).
+The centred temporal reference holds W/2 frames, so its latency includes W/2 frame periods by design.
+
+    python bench/service.py [--shape 2048 2048] [--frames 60] [--fps 0] [--rtn-fraction 0.05]
+                            [--window 10] [--reference temporal] [--backend auto] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import threading
+import time
+
+import numpy as np
+import zmq
+
+from rtnstream.clients.stream import FrameReceiver, FrameSender
+from rtnstream.kernels.engine import EngineSettings
+from rtnstream.kernels.simulate import SensorModel
+from rtnstream.service.pipeline import Pipeline, PipelineConfig
+from rtnstream.service.server import free_port
+
+
+def _endpoint() -> str:
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", type=int, nargs=2, default=(2048, 2048), metavar=("NY", "NX"))
+    ap.add_argument("--frames", type=int, default=60, help="frames in the series")
+    ap.add_argument("--fps", type=float, default=0.0, help="producer rate, frames/s (0: as fast as possible)")
+    ap.add_argument("--distinct", type=int, default=4, help="distinct simulated frames, cycled")
+    ap.add_argument("--rtn-fraction", type=float, default=0.05)
+    ap.add_argument("--window", type=int, default=10)
+    ap.add_argument("--reference", choices=("temporal", "causal", "spatial"), default="temporal")
+    ap.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
+    ap.add_argument("--queue-frames", type=int, default=4, help="pipeline queue bound (frames)")
+    ap.add_argument("--json", help="also write the figures to this JSON file")
+    args = ap.parse_args()
+
+    shape = (args.shape[0], args.shape[1])
+    t0 = time.perf_counter()
+    sensor = SensorModel.random(shape, rtn_fraction=args.rtn_fraction, seed=0)
+    frames = [f.data for f in sensor.frames(args.distinct, seed=1)]
+    context = zmq.Context()
+    config = PipelineConfig(ingest=_endpoint(), publish=_endpoint(), push=_endpoint(),
+                            engine=EngineSettings(reference=args.reference, window=args.window),
+                            backend=args.backend, overload="block", queue_frames=args.queue_frames,
+                            stats_window_s=3600.0)
+    pipeline = Pipeline("bench", sensor.true_cube(), config, context)
+    del sensor
+    pipeline.start()
+    ep = pipeline.endpoints
+    print(f"set-up {time.perf_counter() - t0:.1f} s: {shape[1]} x {shape[0]} {frames[0].dtype}, "
+          f"{pipeline.engine.n_rtn} RTN pixels, W={args.window}, {args.reference}, "
+          f"backend={pipeline.engine.backend.name}, {args.frames} frames, "
+          f"{'max rate' if not args.fps else f'{args.fps:g} frames/s'}")
+
+    sent_s = np.zeros(args.frames)
+    recv_s = np.zeros(args.frames)
+    received = threading.Event()
+
+    def consume() -> None:
+        with FrameReceiver(ep["push"], "pull", rcvhwm=2, context=context) as rx:
+            n = 0
+            while n < args.frames:
+                msg = rx.recv(60.0)
+                if msg is None:
+                    raise SystemExit(f"bench/service.py: no frame for 60 s after {n} frames")
+                if msg.header.kind == "frame":
+                    recv_s[msg.header.seq] = time.perf_counter()
+                    n += 1
+        received.set()
+
+    consumer = threading.Thread(target=consume, daemon=True)
+    consumer.start()
+    with FrameSender(ep["ingest"], "bench", sndhwm=2, context=context) as tx:
+        tx.start_series("bench")
+        start = time.perf_counter()
+        for i in range(args.frames):
+            if args.fps and (delay := start + i / args.fps - time.perf_counter()) > 0:
+                time.sleep(delay)
+            sent_s[i] = time.perf_counter()
+            tx.send_frame(frames[i % len(frames)], exptime=0.0)
+        tx.end_series()
+        received.wait()
+    status = pipeline.status()
+    pipeline.stop()
+    context.term()
+
+    elapsed = recv_s.max() - sent_s[0]
+    fps = args.frames / elapsed
+    lat_ms = (recv_s - sent_s) * 1e3
+    steady_ms = lat_ms[args.window + 1:]  # the first W frames wait for the window to fill (series start)
+    rates = status["rates"]
+    result = {
+        "bench": "service", "backend": status["backend"], "device": status["device"], "shape": list(shape),
+        "n_rtn": pipeline.engine.n_rtn, "window": args.window, "reference": args.reference,
+        "frames": args.frames, "producer_fps": args.fps or None, "elapsed_s": round(float(elapsed), 3),
+        "frames_per_s": round(float(fps), 3), "mpix_per_s": round(float(fps * shape[0] * shape[1] / 1e6), 1),
+        "e2e_latency_ms": {"p50": round(float(np.percentile(lat_ms, 50)), 1),
+                           "p99": round(float(np.percentile(lat_ms, 99)), 1)},
+        "e2e_steady_latency_ms": {"p50": round(float(np.percentile(steady_ms, 50)), 1),
+                                  "p99": round(float(np.percentile(steady_ms, 99)), 1)},
+        "pipeline_latency_ms": {"p50": round(rates["p50_ms"], 1), "p99": round(rates["p99_ms"], 1)},
+        "counters": status["counters"], "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+    }
+    e2e, steady, pipe = result["e2e_latency_ms"], result["e2e_steady_latency_ms"], result["pipeline_latency_ms"]
+    print(f"end to end: {fps:.2f} frames/s ({result['mpix_per_s']} Mpx/s) over {elapsed:.1f} s")
+    print(f"latency send->receive, all frames: p50 {e2e['p50']} ms, p99 {e2e['p99']} ms; after the first "
+          f"W+1 frames: p50 {steady['p50']} ms, p99 {steady['p99']} ms")
+    print(f"latency arrival->publish inside the pipeline, all frames: p50 {pipe['p50']} ms, p99 {pipe['p99']} ms")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Send and receive frames over ZeroMQ with the ``rtnstream/1`` protocol (producers, consumers, tests).
+
+:class:`FrameSender` PUSHes series of frames to a job's ingest endpoint; :class:`FrameReceiver` reads a
+job's output (SUB on the publish endpoint, or PULL on the lossless push endpoint). Encoding and decoding
+are :mod:`rtnstream.service.protocol`'s, the same code the service runs.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import zmq
+
+from rtnstream.kernels.exceptions import RTNStreamError
+from rtnstream.service.protocol import Header, decode, encode, frame_header
+
+__all__ = ["FrameSender", "FrameReceiver", "Message", "utc_now"]
+
+
+def utc_now() -> str:
+    """The current time as an ISO 8601 UTC string (millisecond precision)."""
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+class FrameSender:
+    """Producer side: a PUSH socket connected to a job's ingest endpoint.
+
+    Parameters
+    ----------
+    endpoint : str
+        The job's ``ingest`` endpoint, e.g. ``tcp://127.0.0.1:5555``.
+    camera : str
+        Camera name written in every header.
+    sndhwm : int
+        High-water mark of the socket (messages); sends block beyond it (backpressure).
+    linger_s : float
+        How long :meth:`close` waits for messages still queued, s.
+    context : zmq.Context, optional
+        Default: the process-wide instance.
+
+    Examples
+    --------
+    >>> with FrameSender("tcp://127.0.0.1:5555", "cam1") as tx:  # doctest: +SKIP
+    ...     tx.start_series("night-1")
+    ...     for frame in frames:
+    ...         tx.send_frame(frame, exptime=1.0)
+    ...     tx.end_series()
+    """
+
+    def __init__(self, endpoint: str, camera: str, sndhwm: int = 16, linger_s: float = 30.0,
+                 context: zmq.Context | None = None) -> None:
+        self.camera = camera
+        self._socket = (context or zmq.Context.instance()).socket(zmq.PUSH)
+        self._socket.setsockopt(zmq.SNDHWM, sndhwm)
+        self._socket.setsockopt(zmq.LINGER, int(linger_s * 1000))
+        self._socket.connect(endpoint)
+        self.series: str | None = None
+        self.seq = 0
+
+    def send_parts(self, parts: list[Any]) -> None:
+        """Send raw message parts (any bytes: the tests use this to send malformed messages)."""
+        self._socket.send_multipart(parts, copy=False)
+
+    def start_series(self, series: str | None = None, meta: dict[str, Any] | None = None) -> str:
+        """Open a series (``series`` default: a new unique id); returns its id."""
+        self.series = series or f"{self.camera}-{uuid.uuid4().hex[:12]}"
+        self.seq = 0
+        self.send_parts(encode(Header("start", self.camera, self.series, meta=dict(meta or {}))))
+        return self.series
+
+    def send_frame(self, data: np.ndarray, exptime: float | None = None, timestamp: str | float | None = None,
+                   meta: dict[str, Any] | None = None, seq: int | None = None) -> int:
+        """Send the next frame of the open series (``seq`` default: the next number); returns its seq.
+
+        Raises
+        ------
+        RTNStreamError
+            No series is open.
+        """
+        if self.series is None:
+            raise RTNStreamError("no series is open: call start_series first")
+        seq = self.seq if seq is None else seq
+        header = frame_header(self.camera, self.series, seq, data, exptime,
+                              utc_now() if timestamp is None else timestamp, meta)
+        self.send_parts(encode(header, data))
+        self.seq = seq + 1
+        return seq
+
+    def end_series(self) -> None:
+        """Close the open series: the service flushes it."""
+        if self.series is not None:
+            self.send_parts(encode(Header("end", self.camera, self.series)))
+        self.series = None
+
+    def close(self) -> None:
+        """Close the socket (waits up to ``linger_s`` for queued messages to go out)."""
+        self._socket.close()
+
+    def __enter__(self) -> FrameSender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class Message:
+    """A received message: its header and, for frames, the pixels (shape (ny, nx), header dtype)."""
+
+    header: Header
+    data: np.ndarray | None
+
+
+class FrameReceiver:
+    """Consumer side: SUB on a job's ``publish`` endpoint or PULL on its ``push`` endpoint.
+
+    Parameters
+    ----------
+    endpoint : str
+    mode : {'sub', 'pull'}
+        ``sub``: any number of subscribers, frames lost if one falls behind; ``pull``: the one lossless
+        consumer of the job's push output.
+    rcvhwm : int
+        High-water mark, messages.
+    context : zmq.Context, optional
+    """
+
+    def __init__(self, endpoint: str, mode: Literal["sub", "pull"] = "sub", rcvhwm: int = 1000,
+                 context: zmq.Context | None = None) -> None:
+        if mode not in ("sub", "pull"):
+            raise ValueError(f"mode must be 'sub' or 'pull', got {mode!r}")
+        self._socket = (context or zmq.Context.instance()).socket(zmq.SUB if mode == "sub" else zmq.PULL)
+        self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        if mode == "sub":
+            self._socket.setsockopt(zmq.SUBSCRIBE, b"")
+        self._socket.connect(endpoint)
+
+    def recv(self, timeout_s: float | None = None) -> Message | None:
+        """The next message (start, frame or end), or None after ``timeout_s`` seconds without one.
+
+        Raises
+        ------
+        ProtocolError
+            The message does not follow ``rtnstream/1``.
+        """
+        if timeout_s is not None and not self._socket.poll(int(timeout_s * 1000)):
+            return None
+        header, data = decode(self._socket.recv_multipart(copy=False))
+        return Message(header, data)
+
+    def frames(self, timeout_s: float) -> list[Message]:
+        """Every message until ``timeout_s`` seconds pass without one."""
+        out = []
+        while (msg := self.recv(timeout_s)) is not None:
+            out.append(msg)
+        return out
+
+    def close(self) -> None:
+        """Close the socket."""
+        self._socket.close()
+
+    def __enter__(self) -> FrameReceiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,92 @@
+"""``rtnstream fit``: fit an RTN calibration cube from bias stacks; write it with a JSON report and plots."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from pathlib import Path
+
+__all__ = ["configure", "run", "parse_size"]
+
+log = logging.getLogger(__name__)
+
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from a size such as ``1073741824``, ``512M``, ``1.5G``, ``2GiB`` or ``300MB`` (binary units).
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        Not a positive size.
+    """
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(?:i?[bB])?\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 512M, 2G, 1073741824)")
+    value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return value
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``rtnstream fit`` to ``parser``."""
+    parser.add_argument("bias", nargs="+", metavar="BIAS",
+                        help="bias FITS files: 2D frames or 3D stacks, in any mix, in time order")
+    parser.add_argument("--gain-e-per-adu", type=float, required=True, metavar="G",
+                        help="conversion gain, e-/ADU (FITS GAIN convention)")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="CUBE.fits",
+                        help="RTN calibration cube to write; the JSON report goes beside it")
+    parser.add_argument("--frames", type=int, default=None, metavar="N", help="use only the first N frames")
+    parser.add_argument("--plots", type=Path, default=None, metavar="DIR",
+                        help="folder for the PNG plots (default: <cube stem>_plots beside the cube)")
+    parser.add_argument("--no-plots", action="store_true", help="write no plots")
+    parser.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default 1)")
+    parser.add_argument("--memory-limit", type=parse_size, default="1G", metavar="SIZE",
+                        help="memory for bands and work arrays of all workers, e.g. 512M, 4G (default 1G)")
+    parser.add_argument("--alpha", type=float, default=0.003, help="jump-test significance (default 0.003)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing cube and report")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Fit, then write the cube, the report and the plots; returns 0, or 2 on bad input."""
+    from rtnstream.calibration.fit import FitSettings, fit_bias_stack
+    from rtnstream.calibration.fit_report import report_path, write_plots, write_report_json
+    from rtnstream.kernels.cube import write_cube
+    from rtnstream.kernels.exceptions import RTNStreamError
+
+    out: Path = args.output
+    report = report_path(out)
+    if not args.overwrite:
+        existing = [p for p in (out, report) if p.exists()]
+        if existing:
+            return _fail(f"{', '.join(map(str, existing))} exists; give --overwrite to replace it")
+    if not out.parent.is_dir():
+        return _fail(f"--output: folder {out.parent} does not exist")
+    try:
+        settings = FitSettings(alpha=args.alpha)
+        result = fit_bias_stack(
+            args.bias, args.gain_e_per_adu, n_frames=args.frames, settings=settings,
+            memory_limit_bytes=args.memory_limit, workers=args.workers, progress=not args.no_progress,
+        )
+    except RTNStreamError:  # unreadable or mismatched files: reported by the CLI
+        raise
+    except ValueError as exc:  # bad option values (the message names the option)
+        return _fail(str(exc))
+    write_cube(result.cube, out, overwrite=args.overwrite)
+    write_report_json(result, report)
+    log.info("wrote %s (%d RTN pixels) and %s", out, result.cube.n_rtn, report)
+    if not args.no_plots:
+        folder = args.plots if args.plots is not None else out.with_name(f"{out.stem}_plots")
+        plots = write_plots(result, folder)
+        log.info("wrote %d plots to %s", len(plots), folder)
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"rtnstream fit: error: {message}", file=sys.stderr)
+    return 2

@@ -1,0 +1,41 @@
+"""``rtnstream serve``: run the live correction service (HTTP control plane, job pipelines)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from rtnstream.service.settings import ServiceSettings
+
+__all__ = ["configure", "run"]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``rtnstream serve`` (defaults: the ``RTNSTREAM_*`` environment, then built-ins)."""
+    parser.add_argument("--host", help="HTTP address (default 127.0.0.1; 0.0.0.0 for every interface)")
+    parser.add_argument("--port", type=int, help="HTTP port (default 8080)")
+    parser.add_argument("--redis-url", help="Redis for job state, e.g. redis://host:6379/0 "
+                                            "(default: REDIS_URL, else an embedded server)")
+    parser.add_argument("--token", help="bearer token required on mutating calls")
+    parser.add_argument("--data-dir", type=Path, help="cubes, bias offset maps, embedded Redis database")
+    parser.add_argument("--backend", choices=("auto", "numpy", "cupy"), help="default backend of new jobs")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                        help="uvicorn log level")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until interrupted; returns 0."""
+    overrides = {k: v for k in ("host", "port", "redis_url", "token", "data_dir", "backend")
+                 if (v := getattr(args, k)) is not None}
+    try:
+        settings = ServiceSettings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise SystemExit(f"rtnstream serve: error: {field}: {first['msg']}") from None
+    from rtnstream.service.server import serve  # FastAPI and uvicorn load only when the command runs
+
+    serve(settings, log_level=args.log_level)
+    return 0

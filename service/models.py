@@ -1,0 +1,188 @@
+"""Request and response bodies of the control plane (pydantic models; they make the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from rtnstream.kernels.engine import EngineSettings
+from rtnstream.service.cubes import CUBE_ID_PATTERN
+from rtnstream.service.jobstore import JOB_STATES
+
+__all__ = [
+    "ENDPOINT_PATTERN",
+    "ErrorDetail",
+    "ErrorEnvelope",
+    "CubeInfo",
+    "JobCreate",
+    "JobConfig",
+    "JobCreated",
+    "JobCounters",
+    "Throughput",
+    "Latency",
+    "SeriesSummary",
+    "JobStatus",
+    "JobList",
+    "Health",
+]
+
+#: ZeroMQ endpoints a job may bind: ``tcp://host:port`` (port may be ``*``), ``ipc://path``, ``inproc://name``.
+ENDPOINT_PATTERN = r"^(tcp://[^\s/]+:(\d{1,5}|\*)|ipc://\S+|inproc://\S+)$"
+
+
+class ErrorDetail(BaseModel):
+    """One error: a machine-readable ``code``, a sentence, and the request field at fault if any."""
+
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorEnvelope(BaseModel):
+    """Every HTTP error body: ``{"error": {"code", "message", "field"?}}``."""
+
+    error: ErrorDetail
+
+
+class CubeInfo(BaseModel):
+    """A stored RTN cube."""
+
+    id: str = Field(description="content hash of the cube (16 hex digits)")
+    shape: list[int] = Field(description="[ny, nx], pixels")
+    n_rtn: int = Field(description="number of RTN pixels")
+    gain_e_per_adu: float = Field(description="conversion gain, e-/ADU")
+
+
+class _JobOptions(BaseModel):
+    camera: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$",
+                        description="camera stream name")
+    cube_id: str = Field(pattern=CUBE_ID_PATTERN, description="id of an uploaded RTN cube")
+    ingest: str = Field(pattern=ENDPOINT_PATTERN, description="ZeroMQ endpoint the job's PULL socket binds")
+    publish: str = Field(pattern=ENDPOINT_PATTERN, description="ZeroMQ endpoint the job's PUB socket binds")
+    push: str | None = Field(None, pattern=ENDPOINT_PATTERN,
+                             description="optional endpoint of a PUSH socket for one lossless consumer")
+    reference: Literal["temporal", "causal", "spatial"] = "temporal"
+    window: int = Field(10, description="temporal window W, frames (even, >= 4)")
+    alpha: float = Field(0.003, description="significance of the jump test, in (0, 0.5)")
+    k_var: float = Field(1.5, description="variability veto factor (> 0)")
+    spatial_size: int = Field(5, description="side of the spatial neighbourhood, pixels (odd, >= 3)")
+    overload: Literal["block", "passthrough", "drop"] = "block"
+
+    def engine_settings(self) -> EngineSettings:
+        """The engine settings of this job."""
+        return EngineSettings(reference=self.reference, window=self.window, spatial_size=self.spatial_size,
+                              alpha=self.alpha, k_var=self.k_var)
+
+
+class JobCreate(_JobOptions):
+    """``POST /v1/jobs``: a correction job for one camera stream."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["auto", "numpy", "cupy"] | None = Field(None, description="default: the service's")
+    queue_frames: int | None = Field(None, ge=1, le=4096,
+                                     description="bound of the job's frame queue (default: the service's)")
+
+    @field_validator("window", "alpha", "k_var", "spatial_size")
+    @classmethod
+    def _engine_rule(cls, value: Any, info: ValidationInfo) -> Any:
+        EngineSettings(**{info.field_name: value})  # the engine's own check; its message names the field
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_endpoints(self) -> JobCreate:
+        bound = [e for e in (self.ingest, self.publish, self.push) if e is not None]
+        if len(set(bound)) != len(bound):
+            raise ValueError("ingest, publish and push must be different endpoints")
+        return self
+
+
+class JobConfig(_JobOptions):
+    """A job's configuration as it runs (defaults resolved)."""
+
+    backend: str
+    queue_frames: int
+
+
+class JobCreated(BaseModel):
+    """``POST /v1/jobs`` answer."""
+
+    id: str
+
+
+class JobCounters(BaseModel):
+    """Totals since the job started (``frames_in = frames_out + sum(rejected) + dropped`` once idle)."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    rejected: dict[str, int] = Field(default_factory=dict, description="rejected messages by reason")
+    dropped: int = 0
+    passthrough: int = 0
+    seq_gaps: int = 0
+    corrections_low: int = 0
+    corrections_high: int = 0
+    vetoed: int = 0
+    out_of_table: int = 0
+    series_started: int = 0
+    series_finished: int = 0
+
+
+class Throughput(BaseModel):
+    """Published frames over the last ``window_s`` seconds."""
+
+    fps: float = 0.0
+    mpix_per_s: float = 0.0
+    window_s: float = 0.0
+
+
+class Latency(BaseModel):
+    """Time from a frame's arrival to its publication, ms, over the same window (None without frames)."""
+
+    p50: float | None = None
+    p99: float | None = None
+    samples: int = 0
+
+
+class SeriesSummary(BaseModel):
+    """A finished series of the job."""
+
+    series: str
+    camera: str
+    frames: int
+    finished_at: float
+    bias_offset: bool = Field(description="whether the bias offset map can be downloaded")
+
+
+class JobStatus(BaseModel):
+    """``GET /v1/jobs/{id}``."""
+
+    id: str
+    state: Literal[JOB_STATES]  # type: ignore[valid-type]
+    live: bool = Field(description="true when this service process runs the job's pipeline")
+    config: JobConfig
+    counters: JobCounters
+    throughput: Throughput
+    latency_ms: Latency
+    backend: str | None = None
+    device: str | None = None
+    endpoints: dict[str, str | None] = Field(default_factory=dict, description="endpoints actually bound")
+    queue_depth: int | None = None
+    series: list[SeriesSummary] = Field(default_factory=list)
+    error: str | None = None
+    created_at: float
+    updated_at: float | None = None
+
+
+class JobList(BaseModel):
+    """``GET /v1/jobs``."""
+
+    jobs: list[JobStatus]
+
+
+class Health(BaseModel):
+    """``/healthz`` and ``/readyz``."""
+
+    status: Literal["ok", "ready", "not_ready"]
+    redis: bool | None = None
+    jobs_running: int | None = None

@@ -1,0 +1,146 @@
+"""Live figures of a pipeline: counters, throughput and latency over a sliding window, rate-limited logs."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["PipelineCounters", "RateWindow", "RateLimitedLog"]
+
+
+@dataclass
+class PipelineCounters:
+    """Totals since the job started.
+
+    ``frames_in`` counts every message received except accepted start / end messages, so once the pipeline
+    is idle ``frames_in == frames_out + sum(rejected) + dropped``.
+
+    Attributes
+    ----------
+    frames_in, frames_out : int
+        Messages received (as above) and frames published (corrected or passed through).
+    rejected : collections.Counter
+        Rejected messages by reason (keys of :data:`rtnstream.service.protocol.REJECT_REASONS`).
+    dropped : int
+        Frames dropped by the ``drop`` overload policy.
+    passthrough : int
+        Frames published uncorrected by the ``passthrough`` overload policy.
+    seq_gaps : int
+        Frames missing according to the sequence numbers (sum of the gap sizes).
+    corrections_low, corrections_high, vetoed, out_of_table : int
+        RTN pixels corrected (down-jumps, up-jumps), vetoed, out of the threshold table.
+    series_started, series_finished : int
+    """
+
+    frames_in: int = 0
+    frames_out: int = 0
+    dropped: int = 0
+    passthrough: int = 0
+    seq_gaps: int = 0
+    corrections_low: int = 0
+    corrections_high: int = 0
+    vetoed: int = 0
+    out_of_table: int = 0
+    series_started: int = 0
+    series_finished: int = 0
+
+    def __post_init__(self) -> None:
+        self.rejected: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def add(self, **increments: int) -> None:
+        """Add to counters by name (thread-safe)."""
+        with self._lock:
+            for name, n in increments.items():
+                setattr(self, name, getattr(self, name) + n)
+
+    def reject(self, reason: str, counted_in: bool = False) -> None:
+        """Count one message as rejected for ``reason`` (and as received unless ``counted_in``)."""
+        with self._lock:
+            self.frames_in += 0 if counted_in else 1
+            self.rejected[reason] += 1
+
+    def snapshot(self) -> dict[str, int | dict[str, int]]:
+        """A consistent copy as plain data (JSON-ready)."""
+        with self._lock:
+            d = {name: getattr(self, name) for name in self.__dataclass_fields__}
+            d["rejected"] = dict(self.rejected)
+        return d
+
+
+class RateWindow:
+    """Publish events (time, latency, pixels) over the last ``window_s`` seconds.
+
+    Parameters
+    ----------
+    window_s : float > 0
+        Span of the figures, s.
+    max_samples : int
+        Cap on the samples kept (the oldest go first).
+    """
+
+    def __init__(self, window_s: float, max_samples: int = 20000) -> None:
+        if not window_s > 0:
+            raise ValueError(f"window_s must be > 0, got {window_s!r}")
+        self.window_s = float(window_s)
+        self._started_s = time.monotonic()
+        self._samples: deque[tuple[float, float, int]] = deque(maxlen=max_samples)
+        self._lock = threading.Lock()
+
+    def record(self, t_publish_s: float, latency_s: float, n_pixels: int) -> None:
+        """Add one published frame (``time.monotonic()`` seconds, latency in s, pixels in the frame)."""
+        with self._lock:
+            self._samples.append((t_publish_s, latency_s, n_pixels))
+
+    def figures(self, now_s: float | None = None) -> dict[str, float | int | None]:
+        """Throughput and latency over the window.
+
+        Returns
+        -------
+        dict
+            ``fps`` (frames/s), ``mpix_per_s`` (10^6 pixels/s), ``p50_ms``, ``p99_ms`` (latency from arrival
+            to publish, ms; None without samples), ``samples``, ``window_s``. Rates are averaged over the
+            window, or over the time since the window was created when that is shorter.
+        """
+        now_s = time.monotonic() if now_s is None else now_s
+        with self._lock:
+            recent = [s for s in self._samples if s[0] >= now_s - self.window_s]
+        if not recent:
+            return {"fps": 0.0, "mpix_per_s": 0.0, "p50_ms": None, "p99_ms": None, "samples": 0,
+                    "window_s": self.window_s}
+        lat_ms = np.array([s[1] for s in recent]) * 1e3
+        pixels = sum(s[2] for s in recent)
+        span_s = max(min(self.window_s, now_s - self._started_s), 1e-3)
+        return {"fps": len(recent) / span_s, "mpix_per_s": pixels / span_s / 1e6,
+                "p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99)),
+                "samples": len(recent), "window_s": self.window_s}
+
+
+class RateLimitedLog:
+    """Log a warning at most once per ``interval_s`` per key, with the number of repeats suppressed."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float) -> None:
+        self.logger = logger
+        self.interval_s = float(interval_s)
+        self._last: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def warning(self, key: str, message: str, *args: object) -> bool:
+        """Log ``message % args`` unless ``key`` was logged less than ``interval_s`` ago; True if logged."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.interval_s:
+                self._suppressed[key] += 1
+                return False
+            self._last[key] = now
+            repeats = self._suppressed.pop(key, 0)
+        suffix = f" ({repeats} more since the last report)" if repeats else ""
+        self.logger.warning(message + suffix, *args)
+        return True

