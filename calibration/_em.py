@@ -1,4 +1,4 @@
-"""Batched maximum-likelihood fit of the three-level RTN model to many pixels at once (EM + observed information).
+"""Batched maximum-likelihood fit of the three-level RTN model to many pixels at once (EM, observed info).
 
 The model of ALGORITHM.md section 1, in the units of the data (adu):
 
@@ -143,12 +143,14 @@ def _initial_guess(y: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, ...]:
     # q(0.5 +- 0.25 a) would be exact for a pure normal of weight a; use the 30-70 % range (0.524 sd).
     s = np.maximum((quantile(0.7) - quantile(0.3)) / 1.049, 0.3)
     dist = y - mu[:, None]
-    far = np.abs(dist) > 3.0 * s[:, None]
-    w_far = counts * far
-    n_far = w_far.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        d_far = (w_far * np.abs(dist)).sum(axis=1) / n_far
-    delta = np.where(n_far > 0, d_far, 4.0 * s)
+    # D: weighted median distance of the values beyond 3 s (a median, so cosmic rays do not pull it)
+    far_counts = counts * (np.abs(dist) > 3.0 * s[:, None])
+    order = np.argsort(np.abs(dist), axis=1)
+    rows = np.arange(y.shape[0])[:, None]
+    cum_far = np.cumsum(far_counts[rows, order], axis=1)
+    n_far = cum_far[:, -1]
+    k = np.argmax(cum_far >= 0.5 * n_far[:, None], axis=1)
+    delta = np.where(n_far > 0, np.abs(dist[rows[:, 0], order[rows[:, 0], k]]), 4.0 * s)
     half = np.maximum(0.5 * delta, 2.0 * s)[:, None]
     b_lo = np.clip((counts * (dist < -half)).sum(axis=1) / total, 0.02, 0.3)
     b_hi = np.clip((counts * (dist > half)).sum(axis=1) / total, 0.02, 0.3)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import datetime
 import logging
 import multiprocessing
 import os
@@ -28,15 +29,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from astropy.time import Time
+from tqdm import tqdm
+
+from rtnstream import __version__
 from rtnstream.calibration._anderson import A2_CRITICAL_1PC, anderson_darling_band
 from rtnstream.calibration._em import PARAM_NAMES, compress_values, fit_three_level
 from rtnstream.calibration.stacks import FitsStack
 from rtnstream.kernels.cube import DQ_RTN, RTNCube
-from rtnstream.kernels.lut import get_table
-from tqdm import tqdm
-
-from rtnstream import __version__
+from rtnstream.kernels.lut import ThresholdTable, get_table
 
 __all__ = [
     "FitSettings",
@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 #: Fewest bias frames a fit accepts (ALGORITHM.md recommends >= 1000).
 MIN_FRAMES = 50
 #: Bytes per pixel of the whole-sensor maps kept during a fit (moments, A^2, masks, the cube's planes).
-MAP_BYTES_PER_PIXEL = 160
+MAP_BYTES_PER_PIXEL = 200
 #: Acceptance rules, in the order they are checked; a candidate is rejected by every rule it fails.
 REJECTION_RULES = (
     "not_converged",  # EM did not converge, or the observed information is singular
@@ -70,9 +70,10 @@ REJECTION_RULES = (
 )
 _FIT_FIELDS = ("mu_adu", "delta_adu", "sigma_adu", "frac_c", "frac_lo", "frac_hi", "converged", "n_iter",
                "n_used")
-_FIT_WORK_BYTES_PER_VALUE = 80  # compress + EM work arrays per candidate value, bytes
+_FIT_WORK_BYTES_PER_VALUE = 64  # compress + EM work arrays per candidate value, bytes
 _MOMENT_WORK_BYTES_PER_VALUE = 24  # int64 shifted values and their squares
 # Largest work group of a tile function: bigger groups only add cache misses (measured, bench/fit.py).
+_BAND_BYTES_MAX = 256 * 1024**2
 _MOMENT_GROUP_BYTES = 16 * 1024**2
 _FIT_GROUP_BYTES = 64 * 1024**2
 
@@ -238,7 +239,8 @@ def fit_band(
     mask : numpy.ndarray, shape (n_rows, n_cols), bool
         Pixels to fit (the candidates).
     std_adu : numpy.ndarray, shape (n_rows, n_cols), float64, adu
-        Standard deviation of each pixel (pass 1); sets the bin width of float data (``min(1, std/16)``).
+        Standard deviation of each pixel (pass 1); sets the bin width of float data that are not whole
+        numbers (``min(1, std/16)`` adu; whole numbers are not binned).
     settings : FitSettings
     max_bytes : int
         Working memory; candidates are fitted in groups that fit.
@@ -251,7 +253,8 @@ def fit_band(
         relative to its absolute level), ``converged`` (bool), ``n_iter``, ``n_used``.
     """
     if mask.shape != data.shape[1:] or std_adu.shape != mask.shape:
-        raise ValueError(f"mask {mask.shape} and std_adu {std_adu.shape} must match the band {data.shape[1:]}")
+        raise ValueError(f"mask {mask.shape} and std_adu {std_adu.shape} must both match the band's "
+                         f"{data.shape[1:]}")
     rows, cols = np.nonzero(mask)
     n = data.shape[0]
     integer = np.issubdtype(data.dtype, np.integer)
@@ -260,7 +263,10 @@ def fit_band(
     for p0 in range(0, rows.size, group):
         r, c = rows[p0 : p0 + group], cols[p0 : p0 + group]
         values = data[:, r, c].T
-        width = None if integer else np.minimum(1.0, std_adu[r, c] / 16.0)
+        # float frames holding whole numbers (a converted integer stack) are integer data: binning them to
+        # a finer, incommensurate grid would move every value by up to half a bin
+        whole = integer or bool(np.all(values == np.rint(values)))
+        width = None if whole else np.minimum(1.0, std_adu[r, c] / 16.0)
         y, counts, origin, used_width = compress_values(values, width)
         fit = fit_three_level(y, counts, used_width, max_iter=settings.max_iter, tol=settings.tol)
         mu = fit.mu + origin
@@ -352,8 +358,8 @@ def plan_bands(stack: FitsStack, n_frames: int, ad_frames: int, memory_limit_byt
                ) -> BandPlan:
     """Band heights of the three passes so that each worker stays within its share of the memory limit.
 
-    Half of a worker's share holds the band's raw pixels (in the files' type), a quarter the work arrays;
-    the rest is margin for the band's results and the reader's buffers.
+    Half of a worker's share (at most 256 MiB) holds the band's raw pixels (in the files' type), a quarter
+    the work arrays; the rest is margin for the band's results and the reader's buffers.
 
     Raises
     ------
@@ -361,14 +367,15 @@ def plan_bands(stack: FitsStack, n_frames: int, ad_frames: int, memory_limit_byt
         ``memory_limit_bytes`` cannot hold even one row of the stack per worker.
     """
     share = int(memory_limit_bytes) // max(1, workers)
-    band_bytes, work_bytes = share // 2, share // 4
+    # bands above 256 MiB only add page faults (bench/fit.py): a larger limit buys nothing
+    band_bytes, work_bytes = min(share // 2, _BAND_BYTES_MAX), share // 4
     nx = stack.shape[1]
     itemsize = stack.dtype.itemsize
     one_row = n_frames * nx * itemsize
     if one_row > band_bytes:
         raise ValueError(
-            f"memory_limit_bytes={memory_limit_bytes} is too small: one row of {n_frames} frames of width {nx} "
-            f"takes {one_row} bytes and must fit in half a worker's share; give at least "
+            f"memory_limit_bytes={memory_limit_bytes} is too small: one row of {n_frames} frames of width "
+            f"{nx} takes {one_row} bytes and must fit in half a worker's share; give at least "
             f"{2 * one_row * max(1, workers)} bytes"
         )
     ny = stack.shape[0]
@@ -384,18 +391,18 @@ def _read_band(stack: FitsStack, y0: int, y1: int) -> np.ndarray:
     return next(stack.iter_bands(one, rows=(y0, y1), dtype=None)).data
 
 
-def _moments_task(stack: FitsStack, y0: int, y1: int, work_bytes: int):
+def _moments_task(stack: FitsStack, y0: int, y1: int, work_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     return moments_band(_read_band(stack, y0, y1), work_bytes)
 
 
-def _anderson_task(stack: FitsStack, y0: int, y1: int, work_bytes: int, settings: FitSettings):
+def _anderson_task(stack: FitsStack, y0: int, y1: int, work_bytes: int, settings: FitSettings) -> np.ndarray:
     return anderson_darling_band(_read_band(stack, y0, y1), y0, seed=settings.dither_seed,
                                  clip_sigma=settings.clip_sigma, clip_iterations=settings.clip_iterations,
                                  max_bytes=work_bytes)
 
 
 def _fit_task(stack: FitsStack, y0: int, y1: int, work_bytes: int, settings: FitSettings, mask: np.ndarray,
-              std_adu: np.ndarray):
+              std_adu: np.ndarray) -> dict[str, np.ndarray]:
     return fit_band(_read_band(stack, y0, y1), mask, std_adu, settings, work_bytes)
 
 
@@ -448,13 +455,12 @@ def _header_meta(stack: FitsStack) -> dict[str, Any]:
         if value is None:
             continue
         try:
-            dates.append(Time(str(value), format="isot", scale="utc"))
+            dates.append(datetime.datetime.fromisoformat(str(value)))
         except ValueError:
             log.warning("DATE-OBS %r is not an ISO 8601 date; left out of the date range", value)
     if dates:
-        stamps = Time(dates)
-        meta["bias_date_begin"] = stamps.min().isot
-        meta["bias_date_end"] = stamps.max().isot
+        meta["bias_date_begin"] = min(dates).isoformat(timespec="milliseconds")
+        meta["bias_date_end"] = max(dates).isoformat(timespec="milliseconds")
     for key, name in (("INSTRUME", "camera"), ("DETECTOR", "detector"), ("READMODE", "readout_mode"),
                       ("GAINSET", "gain_setting"), ("OFFSET", "offset")):
         values = {v for v in stack.header_values(key) if v is not None}
@@ -576,8 +582,10 @@ def fit_bias_stack(
                      timing, memory_limit_bytes, workers)
 
 
-def _assemble(stack, g, settings, table, plan, mean, std, a2, non_normal, candidate, rn_median, fit, timing,
-              memory_limit_bytes, workers) -> FitResult:
+def _assemble(stack: FitsStack, g: float, settings: FitSettings, table: ThresholdTable, plan: BandPlan,
+              mean: np.ndarray, std: np.ndarray, a2: np.ndarray, non_normal: np.ndarray, candidate: np.ndarray,
+              rn_median: float, fit: dict[str, np.ndarray], timing: dict[str, float], memory_limit_bytes: int,
+              workers: int) -> FitResult:
     """Acceptance, lambda_max, the cube, and the report."""
     ny, nx = stack.shape
     index = np.flatnonzero(candidate)  # row-major, the order fit_band returns the candidates in
@@ -586,7 +594,9 @@ def _assemble(stack, g, settings, table, plan, mean, std, a2, non_normal, candid
     delta_e = fit["delta_adu"] * g
     sigma_e = fit["sigma_adu"] * g
     lammax = np.full(index.size, np.nan)
-    lammax[ok] = table.lambda_max(delta_e[ok], sigma_e[ok])
+    # lambda_max works on (chunk, n_lambda_nodes) arrays (about 4 of them): keep them in the work budget
+    chunk = max(1, plan.work_bytes // (4 * 8 * table.lambda_nodes.size))
+    lammax[ok] = table.lambda_max(delta_e[ok], sigma_e[ok], chunk=chunk)
 
     def plane(values: np.ndarray) -> np.ndarray:
         out = np.full(ny * nx, np.nan)
@@ -601,9 +611,9 @@ def _assemble(stack, g, settings, table, plan, mean, std, a2, non_normal, candid
     meta = {"n_bias_frames": stack.n_frames, "alpha": settings.alpha, "software_version": __version__,
             **_header_meta(stack)}
     cube = RTNCube(
-        mu_adu=plane(fit["mu_adu"]), delta_e=plane(delta_e), sigma_e=plane(sigma_e), frac_c=plane(fit["frac_c"]),
-        frac_lo=plane(fit["frac_lo"]), frac_hi=plane(fit["frac_hi"]), lammax_e=plane(lammax),
-        meanbias_adu=mean, readnoise_e=read_noise, dq=dq, gain_e_per_adu=g, meta=meta,
+        mu_adu=plane(fit["mu_adu"]), delta_e=plane(delta_e), sigma_e=plane(sigma_e),
+        frac_c=plane(fit["frac_c"]), frac_lo=plane(fit["frac_lo"]), frac_hi=plane(fit["frac_hi"]),
+        lammax_e=plane(lammax), meanbias_adu=mean, readnoise_e=read_noise, dq=dq, gain_e_per_adu=g, meta=meta,
     )
     after = np.where(accepted, cube.sigma_e, read_noise)
     finite = np.isfinite(read_noise)

@@ -319,6 +319,12 @@ class ThresholdTable:
         ok = inside & in_table
         return (np.where(ok, q_lo, np.nan).reshape(lam.shape), np.where(ok, q_hi, np.nan).reshape(lam.shape))
 
+    @functools.cached_property
+    def _upper_margin(self) -> tuple[np.ndarray, np.ndarray]:
+        """``q_hi - lambda`` at every node, shape (n_lam, n_sig), and whether each column increases."""
+        head = self.q_hi - self.lambda_nodes[:, None]
+        return head, np.all(np.diff(head, axis=0) > 0, axis=0)
+
     def lambda_max(self, delta_e: np.ndarray, sigma_e: np.ndarray, chunk: int = 8192) -> np.ndarray:
         """Largest lambda at which positive jumps of size ``delta_e`` stay resolvable (ALGORITHM.md s. 4).
 
@@ -347,8 +353,7 @@ class ThresholdTable:
         good = np.flatnonzero(valid & np.isfinite(delta))
         nodes = self.lambda_nodes
         n_lam = nodes.size
-        head = self.q_hi - nodes[:, None]  # q_hi - lambda at every node, (n_lam, n_sig)
-        increasing = np.all(np.diff(head, axis=0) > 0, axis=0)
+        head, increasing = self._upper_margin
 
         def margin(i: np.ndarray, sel: np.ndarray) -> np.ndarray:
             """q_hi - lambda - delta at lambda node(s) ``i`` for pixels ``sel``, interpolated in sigma."""

@@ -232,7 +232,7 @@ class NumpyBackend:
         veto = spread_e > self.k_var * np.sqrt(lam + p.rn2_e2[sl])
         state = decide(x[sl].astype(np.float64), lam, p, self.table, sl)
         state[veto] = STATE_VETO
-        return state
+        return self._count(state, sl)
 
     def correct_spatial(self, frame: np.ndarray) -> tuple[np.ndarray, FrameCounts]:
         """Correct ``frame`` against the median of each RTN pixel's bias-subtracted neighbours."""
@@ -253,7 +253,16 @@ class NumpyBackend:
         upper = vals[rows, count // 2]
         lower = vals[rows, (count - 1) // 2]
         lam = np.maximum(((lower + upper) * 0.5) * p.gain_e_per_adu, 0.0)
-        return decide(x[sl].astype(np.float64), lam, p, self.table, sl)
+        return self._count(decide(x[sl].astype(np.float64), lam, p, self.table, sl), sl)
+
+    def _count(self, state: np.ndarray, sl: slice) -> np.ndarray:
+        """Add a block's decisions to the per-pixel counters (blocks are disjoint: safe across threads)."""
+        c = self.counters
+        c.n_lo[sl] += state == STATE_LOW
+        c.n_hi[sl] += state == STATE_HIGH
+        c.n_veto[sl] += state == STATE_VETO
+        c.n_frames[sl] += 1
+        return state
 
     def _map(self, work) -> np.ndarray:
         """Run ``work(slice) -> states`` over every block of RTN pixels; the states, shape (n,), uint8."""
@@ -266,9 +275,4 @@ class NumpyBackend:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
 
     def _finish(self, frame: np.ndarray, x: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, FrameCounts]:
-        c = self.counters
-        c.n_lo += state == STATE_LOW
-        c.n_hi += state == STATE_HIGH
-        c.n_veto += state == STATE_VETO
-        c.n_frames += 1
         return apply_corrections(frame, x, state, self.params), FrameCounts.from_states(state)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from rtnstream.service.settings import ServiceSettings
 
@@ -13,7 +14,11 @@ __all__ = ["configure", "run"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Add the options of ``rtnstream serve`` (defaults: the ``RTNSTREAM_*`` environment, then built-ins)."""
+    """Add the options of ``rtnstream serve`` (an option wins over the ``RTNSTREAM_*`` environment, which wins
+    over the ``--config`` file, which wins over the built-in defaults)."""
+    parser.add_argument("--config", type=Path, metavar="TOML", dest="config_file",
+                        help="settings file, e.g. config/service.toml (default: RTNSTREAM_CONFIG_FILE, else "
+                             "none); options and the environment override it")
     parser.add_argument("--host", help="HTTP address (default 127.0.0.1; 0.0.0.0 for every interface)")
     parser.add_argument("--port", type=int, help="HTTP port (default 8080)")
     parser.add_argument("--redis-url", help="Redis for job state, e.g. redis://host:6379/0 "
@@ -27,7 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until interrupted; returns 0."""
-    overrides = {k: v for k in ("host", "port", "redis_url", "token", "data_dir", "backend")
+    overrides = {k: v for k in ("config_file", "host", "port", "redis_url", "token", "data_dir", "backend")
                  if (v := getattr(args, k)) is not None}
     try:
         settings = ServiceSettings(**overrides)
@@ -35,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "settings"
         raise SystemExit(f"rtnstream serve: error: {field}: {first['msg']}") from None
+    except SettingsError as exc:
+        raise SystemExit(f"rtnstream serve: error: {exc}") from None
     from rtnstream.service.server import serve  # FastAPI and uvicorn load only when the command runs
 
     serve(settings, log_level=args.log_level)
