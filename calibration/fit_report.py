@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
+from rtnstream.calibration._json import jsonable
 from rtnstream.calibration.fit import FitResult  # noqa: E402
 
 __all__ = ["PLOT_FILES", "report_path", "write_report_json", "write_plots"]
@@ -35,23 +35,10 @@ def report_path(cube_path: str | os.PathLike) -> Path:
     return cube_path.with_name(f"{cube_path.stem}_report.json")
 
 
-def _clean(value: object) -> object:
-    """JSON-ready copy: numpy scalars to Python, non-finite floats to None."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def write_report_json(result: FitResult, path: str | os.PathLike) -> Path:
     """Write ``result.report`` as indented JSON (NaN and infinity as null); returns the path."""
     path = Path(path)
-    path.write_text(json.dumps(_clean(result.report), indent=2, allow_nan=False) + "\n")
+    path.write_text(json.dumps(jsonable(result.report), indent=2, allow_nan=False) + "\n")
     return path
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ from astropy.io import fits  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
 from rtnstream import __version__  # noqa: E402
+from rtnstream.calibration._json import jsonable  # noqa: E402
 from rtnstream.calibration.characterize import (  # noqa: E402
     DQ_ANOMALOUS_MEAN,
     DQ_ANOMALOUS_STD,
@@ -39,18 +39,6 @@ FITS_MAPS: dict[str, tuple[str, str, str]] = {
 }
 
 _MAX_IMAGE_PX = 1500  # images wider than this are shown subsampled
-
-
-def _jsonable(value: object) -> object:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _write_fits(path: Path, name: str, data: np.ndarray, bunit: str, what: str, report: dict) -> None:
@@ -435,7 +423,7 @@ def write_report(result: CharacterizationResult, outdir: str | os.PathLike) -> d
             written[name] = out / name
             plots.append((name, title))
     report["files"] = {"plots": [p[0] for p in plots], "fits": [f[0] for f in fits_files]}
-    (out / "report.json").write_text(json.dumps(_jsonable(report), indent=2, allow_nan=False))
+    (out / "report.json").write_text(json.dumps(jsonable(report), indent=2, allow_nan=False))
     written["report.json"] = out / "report.json"
     (out / "report.html").write_text(_html(report, plots, fits_files), encoding="utf-8")
     written["report.html"] = out / "report.html"
