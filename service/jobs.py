@@ -3,12 +3,15 @@
 A job's live figures live in its :class:`~rtnstream.service.pipeline.Pipeline`; a writer thread copies
 them to Redis every ``state_flush_s`` seconds (best effort: :class:`~rtnstream.service.jobstore.JobStore`
 buffers what fails and catches up when Redis returns). Jobs of other or earlier processes are read from
-Redis; at start-up the ones an earlier process left active are marked ``interrupted``.
+Redis; at start-up the ones an earlier process left active are marked ``interrupted``. A job may name a
+camera preset (``<presets_dir>/<name>.toml``, :func:`load_preset`) whose job defaults fill the fields the
+request leaves out.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
@@ -20,14 +23,17 @@ from urllib.parse import quote
 import numpy as np
 import zmq
 from astropy.io import fits
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from rtnstream.service.cubes import CubeStore
 from rtnstream.service.jobstore import JobStore, StoreUnavailableError
-from rtnstream.service.models import JobConfig, JobCreate
+from rtnstream.service.models import PRESET_NAME_PATTERN, CameraPreset, JobConfig, JobCreate
 from rtnstream.service.pipeline import Pipeline, PipelineConfig, SeriesResult
-from rtnstream.service.settings import ServiceSettings
+from rtnstream.service.settings import ServiceSettings, read_toml
 
-__all__ = ["JobNotFoundError", "JobStateError", "CubeNotFoundError", "Job", "JobManager", "bias_offset_file"]
+__all__ = ["JobNotFoundError", "JobStateError", "CubeNotFoundError", "PresetNotFoundError", "PresetError",
+           "Job", "JobManager", "bias_offset_file", "load_preset", "apply_preset"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,75 @@ class CubeNotFoundError(KeyError):
 
 class JobStateError(RuntimeError):
     """The job cannot do that in its state (e.g. stop a job no process runs)."""
+
+
+class PresetNotFoundError(KeyError):
+    """A job names a camera preset that the presets folder does not have."""
+
+
+class PresetError(ValueError):
+    """A camera preset that does not fit the job (frame shape), or a preset file that is not valid.
+
+    Attributes
+    ----------
+    invalid_file : bool
+        True when the preset file itself is at fault (a configuration error of the service).
+    """
+
+    def __init__(self, message: str, invalid_file: bool = False) -> None:
+        super().__init__(message)
+        self.invalid_file = invalid_file
+
+
+def load_preset(presets_dir: Path, name: str) -> CameraPreset:
+    """The camera preset ``<presets_dir>/<name>.toml``.
+
+    Raises
+    ------
+    PresetNotFoundError
+        No such file (the message lists the presets there are).
+    PresetError
+        The file is not valid TOML or not a valid preset (``invalid_file`` set; the message names the key).
+    """
+    path = Path(presets_dir) / f"{name}.toml"
+    if re.match(PRESET_NAME_PATTERN, name) is None or not path.is_file():
+        have = sorted(p.stem for p in Path(presets_dir).glob("*.toml")) if Path(presets_dir).is_dir() else []
+        raise PresetNotFoundError(f"preset: no camera preset {name!r} in {presets_dir} "
+                                  f"(available: {', '.join(have) or 'none'})")
+    try:
+        preset = CameraPreset(**read_toml(path, f"preset {name!r}"))
+    except SettingsError as exc:
+        raise PresetError(str(exc), invalid_file=True) from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise PresetError(f"preset {name!r} ({path}): {key}: {first['msg']}", invalid_file=True) from None
+    if preset.name != name:
+        raise PresetError(f"preset {name!r} ({path}): name is {preset.name!r}, it must equal the file name",
+                          invalid_file=True)
+    return preset
+
+
+def apply_preset(request: JobCreate, preset: CameraPreset, cube_shape: tuple[int, int]) -> JobCreate:
+    """``request`` with the preset's job defaults in the fields it did not set (explicit fields win).
+
+    Parameters
+    ----------
+    request : JobCreate
+    preset : CameraPreset
+    cube_shape : (ny, nx)
+        Shape of the job's RTN cube, pixels.
+
+    Raises
+    ------
+    PresetError
+        The preset's frame shape differs from the cube's.
+    """
+    if tuple(preset.shape) != tuple(cube_shape):
+        raise PresetError(f"preset: camera preset {preset.name!r} has frames of shape {list(preset.shape)}, "
+                          f"the RTN cube {request.cube_id} has {list(cube_shape)}")
+    explicit = request.model_dump(include=request.model_fields_set)
+    return JobCreate(**{**preset.job.model_dump(exclude_none=True), **explicit})
 
 
 def bias_offset_file(jobs_dir: Path, job_id: str, series: str) -> Path:
@@ -59,6 +134,8 @@ class Job:
     config : JobConfig
     created_at : float
         Unix seconds.
+    node : str
+        ``node_id`` of the service process that runs it.
     state : str
         One of :data:`rtnstream.service.jobstore.JOB_STATES`.
     pipeline : Pipeline or None
@@ -72,6 +149,7 @@ class Job:
     id: str
     config: JobConfig
     created_at: float
+    node: str
     state: str = "created"
     pipeline: Pipeline | None = None
     error: str | None = None
@@ -88,7 +166,7 @@ class Job:
             "config": self.config.model_dump(), "counters": live.get("counters", {}),
             "rates": live.get("rates", {}), "queue_depth": live.get("queue_depth"),
             "backend": live.get("backend"), "device": live.get("device"), "endpoints": dict(self.endpoints),
-            "error": self.error or live.get("error"), "created_at": self.created_at,
+            "error": self.error or live.get("error"), "created_at": self.created_at, "node": self.node,
         }
 
 
@@ -133,8 +211,12 @@ class JobManager:
             log.warning("Redis unavailable at shutdown: %d job state writes lost", self.store.pending)
 
     def _recover(self) -> None:
+        """Mark as interrupted the jobs an earlier process of this node left active (records without a node
+        are taken as this node's); other nodes' jobs are theirs to recover."""
+        node = self.settings.node_id
         try:
-            marked = self.store.mark_interrupted(skip=set(self._jobs))
+            others = {r["id"] for r in self.store.list_jobs() if r.get("node", node) != node}
+            marked = self.store.mark_interrupted(skip=set(self._jobs) | others)
         except StoreUnavailableError as exc:
             log.warning("cannot check for interrupted jobs yet (%s); will retry", exc)
             return
@@ -192,15 +274,20 @@ class JobManager:
         ------
         CubeNotFoundError
             ``request.cube_id`` was never uploaded.
+        PresetNotFoundError, PresetError
+            ``request.preset`` names no preset, an invalid one, or one whose frame shape is not the cube's.
         EndpointError
             An endpoint cannot be bound (the job is recorded as ``failed``).
         """
         if not self.cubes.exists(request.cube_id):
             raise CubeNotFoundError(request.cube_id)
+        if request.preset is not None:
+            preset = load_preset(self.settings.presets_dir, request.preset)
+            request = apply_preset(request, preset, tuple(self.cubes.info(request.cube_id)["shape"]))
         config = JobConfig(**request.model_dump(exclude={"backend", "queue_frames"}),
                            backend=request.backend or self.settings.backend,
                            queue_frames=request.queue_frames or self.settings.queue_frames)
-        job = Job(uuid.uuid4().hex[:12], config, time.time())
+        job = Job(uuid.uuid4().hex[:12], config, time.time(), self.settings.node_id)
         with self._lock:
             self._jobs[job.id] = job
         self._set_state(job, "created")

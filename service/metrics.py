@@ -18,6 +18,8 @@ _COUNTERS = {
     "dropped": "frames dropped by the drop overload policy",
     "passthrough": "frames published uncorrected by the passthrough overload policy",
     "seq_gaps": "frames missing according to sequence numbers",
+    "seq_out_of_order": "frames whose sequence number did not increase (repeats, restarts)",
+    "abandoned": "frames received but never published because a stop timed out",
     "vetoed": "RTN pixels left unchanged by the variability veto",
     "out_of_table": "RTN pixels outside the threshold table",
     "series_finished": "series flushed",

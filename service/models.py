@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from rtnstream.kernels.engine import EngineSettings
+from rtnstream.kernels.engine import SUPPORTED_DTYPES, EngineSettings
 from rtnstream.service.cubes import CUBE_ID_PATTERN
 from rtnstream.service.jobstore import JOB_STATES
 
 __all__ = [
     "ENDPOINT_PATTERN",
+    "PRESET_NAME_PATTERN",
+    "JobDefaults",
+    "CameraPreset",
     "ErrorDetail",
     "ErrorEnvelope",
     "CubeInfo",
@@ -29,6 +33,15 @@ __all__ = [
 
 #: ZeroMQ endpoints a job may bind: ``tcp://host:port`` (port may be ``*``), ``ipc://path``, ``inproc://name``.
 ENDPOINT_PATTERN = r"^(tcp://[^\s/]+:(\d{1,5}|\*)|ipc://\S+|inproc://\S+)$"
+#: Camera preset names: the file name ``<name>.toml`` in the presets folder (no path separators).
+PRESET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+def _engine_rule(value: Any, info: ValidationInfo) -> Any:
+    """Check one engine setting with the engine's own rule (its message names the field)."""
+    if value is not None:
+        EngineSettings(**{info.field_name: value})
+    return value
 
 
 class ErrorDetail(BaseModel):
@@ -68,6 +81,9 @@ class _JobOptions(BaseModel):
     k_var: float = Field(1.5, description="variability veto factor (> 0)")
     spatial_size: int = Field(5, description="side of the spatial neighbourhood, pixels (odd, >= 3)")
     overload: Literal["block", "passthrough", "drop"] = "block"
+    preset: str | None = Field(None, pattern=PRESET_NAME_PATTERN,
+                               description="camera preset whose job defaults fill the fields not given "
+                                           "(config/cameras/<preset>.toml)")
 
     def engine_settings(self) -> EngineSettings:
         """The engine settings of this job."""
@@ -84,11 +100,7 @@ class JobCreate(_JobOptions):
     queue_frames: int | None = Field(None, ge=1, le=4096,
                                      description="bound of the job's frame queue (default: the service's)")
 
-    @field_validator("window", "alpha", "k_var", "spatial_size")
-    @classmethod
-    def _engine_rule(cls, value: Any, info: ValidationInfo) -> Any:
-        EngineSettings(**{info.field_name: value})  # the engine's own check; its message names the field
-        return value
+    _engine_rule = field_validator("window", "alpha", "k_var", "spatial_size")(_engine_rule)
 
     @model_validator(mode="after")
     def _distinct_endpoints(self) -> JobCreate:
@@ -96,6 +108,75 @@ class JobCreate(_JobOptions):
         if len(set(bound)) != len(bound):
             raise ValueError("ingest, publish and push must be different endpoints")
         return self
+
+
+class JobDefaults(BaseModel):
+    """The ``[job]`` table of a camera preset: defaults of the :class:`JobCreate` fields a request leaves out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reference: Literal["temporal", "causal", "spatial"] | None = None
+    window: int | None = None
+    alpha: float | None = None
+    k_var: float | None = None
+    spatial_size: int | None = None
+    overload: Literal["block", "passthrough", "drop"] | None = None
+    backend: Literal["auto", "numpy", "cupy"] | None = None
+    queue_frames: int | None = Field(None, ge=1, le=4096)
+
+    _engine_rule = field_validator("window", "alpha", "k_var", "spatial_size")(_engine_rule)
+
+
+class CameraPreset(BaseModel):
+    """A camera in one readout mode (``config/cameras/<name>.toml``) and the job defaults that suit it.
+
+    Attributes
+    ----------
+    name : str
+        Equals the file name without ``.toml``.
+    shape : (ny, nx)
+        Full frame, pixels; a job naming the preset needs a cube of this shape.
+    dtype : str
+        NumPy dtype string of the frames (``"<u2"``).
+    gain_e_per_adu : float > 0
+        Conversion gain in this mode, e-/ADU.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=PRESET_NAME_PATTERN)
+    description: str
+    camera: str = Field(description="camera model")
+    sensor: str
+    shape: tuple[int, int] = Field(description="[ny, nx], pixels")
+    dtype: str = Field(description="numpy dtype string of the frames")
+    bit_depth: int = Field(ge=1, le=32, description="ADC bits")
+    gain_e_per_adu: float = Field(gt=0, description="conversion gain, e-/ADU")
+    readout_mode: str
+    gain_setting: int | None = Field(None, description="the camera driver's gain setting")
+    offset_setting: int | None = Field(None, description="the camera driver's offset setting")
+    temperature_c: float | None = Field(None, description="sensor set-point, degC")
+    read_noise_e: float | None = Field(None, gt=0, description="median read noise, electron")
+    job: JobDefaults = Field(default_factory=JobDefaults)
+
+    @field_validator("shape")
+    @classmethod
+    def _positive_shape(cls, shape: tuple[int, int]) -> tuple[int, int]:
+        if min(shape) < 1:
+            raise ValueError(f"shape must be [ny, nx] positive integers, got {list(shape)}")
+        return shape
+
+    @field_validator("dtype")
+    @classmethod
+    def _supported_dtype(cls, dtype: str) -> str:
+        try:
+            native = np.dtype(dtype).newbyteorder("=")
+        except TypeError:
+            raise ValueError(f"dtype must be a numpy dtype string, got {dtype!r}") from None
+        if native not in SUPPORTED_DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not supported; supported: "
+                             f"{', '.join(d.str for d in SUPPORTED_DTYPES)}")
+        return dtype
 
 
 class JobConfig(_JobOptions):
@@ -112,7 +193,7 @@ class JobCreated(BaseModel):
 
 
 class JobCounters(BaseModel):
-    """Totals since the job started (``frames_in = frames_out + sum(rejected) + dropped`` once idle)."""
+    """Totals since the job started (``frames_in = frames_out + sum(rejected) + dropped + abandoned`` once idle)."""
 
     frames_in: int = 0
     frames_out: int = 0
@@ -120,6 +201,8 @@ class JobCounters(BaseModel):
     dropped: int = 0
     passthrough: int = 0
     seq_gaps: int = 0
+    seq_out_of_order: int = 0
+    abandoned: int = 0
     corrections_low: int = 0
     corrections_high: int = 0
     vetoed: int = 0
@@ -172,6 +255,7 @@ class JobStatus(BaseModel):
     error: str | None = None
     created_at: float
     updated_at: float | None = None
+    node: str | None = Field(None, description="node_id of the service process that runs (or ran) the job")
 
 
 class JobList(BaseModel):

@@ -242,6 +242,9 @@ class Pipeline:
             self._abort.set()
             for t in self._threads:
                 t.join(5.0)
+            c = self.counters.snapshot()
+            self.counters.add(abandoned=c["frames_in"] - c["frames_out"] - sum(c["rejected"].values())
+                              - c["dropped"] - c["abandoned"])
         self._close_sockets()
         return clean
 
@@ -328,6 +331,7 @@ class Pipeline:
             self._rejects.warning("seq_gap", "job %s: series %s jumped from seq %d to %d", self.name,
                                   h.series, rx.next_seq - 1, h.seq)
         elif h.seq < rx.next_seq:
+            self.counters.add(seq_out_of_order=1)
             self._rejects.warning("seq_order", "job %s: series %s: seq %d after %d (repeated or out of "
                                   "order; corrected in arrival order)", self.name, h.series, h.seq,
                                   rx.next_seq - 1)

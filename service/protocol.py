@@ -205,7 +205,7 @@ def _field(d: dict, name: str, types: tuple[type, ...], required: bool) -> Any:
 def _parse_dtype(text: str) -> np.dtype:
     try:
         dtype = np.dtype(text)
-    except TypeError:
+    except (TypeError, ValueError, SyntaxError):  # numpy parses some strings as structured dtypes
         raise ProtocolError("dtype", f"header field 'dtype' {text!r} is not a numpy dtype string") from None
     if dtype.newbyteorder("=") not in SUPPORTED_DTYPES:
         supported = ", ".join(d.str for d in SUPPORTED_DTYPES)
@@ -216,8 +216,8 @@ def _parse_dtype(text: str) -> np.dtype:
 def _parse_header(raw: bytes | memoryview) -> Header:
     try:
         d = json.loads(bytes(raw).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError("json", f"header is not UTF-8 JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, huge integers, deep nesting
+        raise ProtocolError("json", f"header is not UTF-8 JSON ({str(exc)[:200]})") from None
     if not isinstance(d, dict):
         raise ProtocolError("json", f"header must be a JSON object, got {type(d).__name__}")
     proto = d.get("proto")

@@ -1,26 +1,95 @@
-"""Service settings: one pydantic-settings class (environment prefix ``RTNSTREAM_``) and its cached getter."""
+"""Service settings: one pydantic-settings class (environment prefix ``RTNSTREAM_``) and its cached getter.
+
+Precedence, highest first: arguments (``rtnstream serve`` options), the environment, ``.env``, the TOML
+configuration file named by ``config_file``, the built-in defaults.
+"""
 
 from __future__ import annotations
 
+import socket
+import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
-__all__ = ["ServiceSettings", "get_settings"]
+__all__ = ["ServiceSettings", "get_settings", "read_toml"]
+
+#: Settings holding a path: a relative path in a configuration file is taken relative to the file's folder.
+_PATH_SETTINGS = ("data_dir", "redis_db_file", "presets_dir")
 
 
 def _default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "rtnstream"
 
 
+def _default_presets_dir() -> Path:
+    """``config/cameras`` of the source tree this module belongs to."""
+    return Path(__file__).resolve().parent.parent / "config" / "cameras"
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """The table of a TOML file.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+    what : str
+        What the file is, for messages (``"config_file"``, ``"preset 'x'"``).
+
+    Raises
+    ------
+    SettingsError
+        The file cannot be read or is not valid TOML (the message names ``what``, the file and the line).
+    """
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise SettingsError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{what}: {path} is not valid TOML: {exc}") from None
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """Values of the TOML file named by ``config_file`` (taken from the sources before this one)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], earlier: tuple[PydanticBaseSettingsSource, ...]) -> None:
+        super().__init__(settings_cls)
+        self._earlier = earlier
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the whole file
+
+    def __call__(self) -> dict[str, Any]:
+        path = next((v for source in self._earlier if (v := source().get("config_file")) is not None), None)
+        if path is None:
+            return {}
+        path = Path(path)
+        values = read_toml(path, "config_file")
+        known = set(self.settings_cls.model_fields) - {"config_file"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SettingsError(f"config_file: {path}: unknown setting(s) {', '.join(unknown)}; known: "
+                                f"{', '.join(sorted(known))}")
+        for name in _PATH_SETTINGS:
+            if isinstance(values.get(name), str):
+                values[name] = path.parent / Path(values[name]).expanduser()
+        return values
+
+
 class ServiceSettings(BaseSettings):
-    """Settings of ``rtnstream serve``, read from the environment (``RTNSTREAM_*``), ``.env`` or arguments.
+    """Settings of ``rtnstream serve``: arguments, then the environment (``RTNSTREAM_*``), ``.env``, then the
+    TOML file ``config_file``, then the defaults below.
 
     Attributes
     ----------
+    config_file : pathlib.Path or None
+        TOML file of settings (top-level keys named as these attributes; relative paths in it are relative
+        to its folder). ``config/service.toml`` is the container's.
     host, port : str, int
         Address of the HTTP control plane.
     redis_url : str or None
@@ -46,11 +115,19 @@ class ServiceSettings(BaseSettings):
         A rejection reason is logged at most once per this interval, s.
     stop_timeout_s : float > 0
         Longest wait for a job to flush its frames on stop, s.
+    node_id : str
+        Name of this service process in job records (default: the host name). At start-up the service
+        marks as ``interrupted`` only the active jobs of its own ``node_id``: every process sharing a Redis
+        needs its own, stable across restarts (in containers, set ``RTNSTREAM_NODE_ID``).
+    presets_dir : pathlib.Path
+        Folder of the camera presets (``<name>.toml``) that ``POST /v1/jobs`` may name (default: the
+        source tree's ``config/cameras``).
     """
 
     model_config = SettingsConfigDict(env_prefix="RTNSTREAM_", env_file=".env", extra="ignore",
                                       populate_by_name=True)
 
+    config_file: Path | None = None
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     redis_url: str | None = Field(None, validation_alias=AliasChoices("RTNSTREAM_REDIS_URL", "REDIS_URL",
@@ -65,6 +142,17 @@ class ServiceSettings(BaseSettings):
     events_maxlen: int = Field(1000, ge=10)
     reject_log_interval_s: float = Field(60.0, ge=0)
     stop_timeout_s: float = Field(60.0, gt=0)
+    node_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
+    presets_dir: Path = Field(default_factory=_default_presets_dir)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        earlier = (init_settings, env_settings, dotenv_settings)
+        return (*earlier, _ConfigFileSource(settings_cls, earlier), file_secret_settings)
 
     @model_validator(mode="after")
     def _one_redis(self) -> ServiceSettings:

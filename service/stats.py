@@ -18,7 +18,7 @@ class PipelineCounters:
     """Totals since the job started.
 
     ``frames_in`` counts every message received except accepted start / end messages, so once the pipeline
-    is idle ``frames_in == frames_out + sum(rejected) + dropped``.
+    is idle ``frames_in == frames_out + sum(rejected) + dropped + abandoned``.
 
     Attributes
     ----------
@@ -32,6 +32,11 @@ class PipelineCounters:
         Frames published uncorrected by the ``passthrough`` overload policy.
     seq_gaps : int
         Frames missing according to the sequence numbers (sum of the gap sizes).
+    seq_out_of_order : int
+        Frames whose sequence number is not above the series' previous one (repeated, reordered, or a
+        producer that restarted its series without a new ``start``); corrected in arrival order.
+    abandoned : int
+        Frames received but never published because a stop timed out (a lossless consumer never took them).
     corrections_low, corrections_high, vetoed, out_of_table : int
         RTN pixels corrected (down-jumps, up-jumps), vetoed, out of the threshold table.
     series_started, series_finished : int
@@ -42,6 +47,8 @@ class PipelineCounters:
     dropped: int = 0
     passthrough: int = 0
     seq_gaps: int = 0
+    seq_out_of_order: int = 0
+    abandoned: int = 0
     corrections_low: int = 0
     corrections_high: int = 0
     vetoed: int = 0

@@ -10,7 +10,7 @@ from pydantic_settings import SettingsError
 
 from rtnstream.service.settings import ServiceSettings
 
-__all__ = ["configure", "run"]
+__all__ = ["configure", "settings_from_args", "run"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -30,18 +30,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="uvicorn log level")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Serve until interrupted; returns 0."""
+def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
+    """The service settings: the options given, over the environment, over ``--config``, over the defaults.
+
+    Raises
+    ------
+    SystemExit
+        A setting is invalid, or the configuration file cannot be read (the message names which).
+    """
     overrides = {k: v for k in ("config_file", "host", "port", "redis_url", "token", "data_dir", "backend")
                  if (v := getattr(args, k)) is not None}
     try:
-        settings = ServiceSettings(**overrides)
+        return ServiceSettings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "settings"
         raise SystemExit(f"rtnstream serve: error: {field}: {first['msg']}") from None
     except SettingsError as exc:
         raise SystemExit(f"rtnstream serve: error: {exc}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until interrupted; returns 0."""
+    settings = settings_from_args(args)
     from rtnstream.service.server import serve  # FastAPI and uvicorn load only when the command runs
 
     serve(settings, log_level=args.log_level)

@@ -10,7 +10,13 @@ from fastapi.responses import FileResponse
 from rtnstream.kernels.exceptions import BackendUnavailableError
 from rtnstream.service.deps import ManagerDep, require_token
 from rtnstream.service.errors import ServiceError
-from rtnstream.service.jobs import CubeNotFoundError, JobNotFoundError, JobStateError
+from rtnstream.service.jobs import (
+    CubeNotFoundError,
+    JobNotFoundError,
+    JobStateError,
+    PresetError,
+    PresetNotFoundError,
+)
 from rtnstream.service.jobstore import StoreUnavailableError
 from rtnstream.service.models import ErrorEnvelope, JobCreate, JobCreated, JobList, JobStatus
 from rtnstream.service.pipeline import EndpointError
@@ -34,7 +40,7 @@ def to_status(record: dict[str, Any]) -> JobStatus:
                     "samples": rates.get("samples", 0)},
         backend=record.get("backend"), device=record.get("device"), endpoints=record.get("endpoints") or {},
         queue_depth=record.get("queue_depth"), series=record.get("series", []), error=record.get("error"),
-        created_at=record["created_at"], updated_at=record.get("updated_at"),
+        created_at=record["created_at"], updated_at=record.get("updated_at"), node=record.get("node"),
     )
 
 
@@ -49,12 +55,19 @@ def _lookup(fn, job_id: str):
 
 @router.post("", status_code=201, response_model=JobCreated, **_AUTH)
 def create_job(body: JobCreate, manager: ManagerDep) -> JobCreated:
-    """Create a job and start its pipeline (sockets bound, engine ready) for one camera stream."""
+    """Create a job and start its pipeline (sockets bound, engine ready) for one camera stream; a named
+    ``preset`` fills the fields the body leaves out (422 when its frame shape is not the cube's)."""
     try:
         return JobCreated(id=manager.create(body).id)
     except CubeNotFoundError:
         raise ServiceError(404, "not_found", f"cube_id: no cube with id {body.cube_id!r}; upload it first",
                            "cube_id") from None
+    except PresetNotFoundError as exc:
+        raise ServiceError(404, "not_found", exc.args[0], "preset") from None
+    except PresetError as exc:
+        if exc.invalid_file:
+            raise ServiceError(500, "invalid_preset", str(exc), "preset") from None
+        raise ServiceError(422, "preset_mismatch", str(exc), "preset") from None
     except EndpointError as exc:
         raise ServiceError(409, "endpoint_unavailable", str(exc), exc.field) from None
     except BackendUnavailableError as exc:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import redis
@@ -21,6 +26,7 @@ from rtnstream.service.server import BackgroundServer, free_port
 from rtnstream.service.settings import ServiceSettings
 
 SHAPE = (48, 64)  # not square: a transposed frame would not pass
+CAMERAS = Path(__file__).resolve().parents[2] / "config" / "cameras"  # the camera presets of the repository
 N_FRAMES = 24
 
 
@@ -133,3 +139,45 @@ def _pings(client: redis.Redis) -> bool:
         return bool(client.ping())
     except redis.RedisError:
         return False
+
+
+def write_preset(directory: Path, name: str, shape: tuple[int, int], **job: str | int | float) -> Path:
+    """Write a camera preset ``<directory>/<name>.toml`` for frames of ``shape`` with ``[job]`` defaults ``job``."""
+    def value(v: str | int | float) -> str:
+        return f'"{v}"' if isinstance(v, str) else repr(v)
+
+    lines = [f'name = "{name}"', 'description = "test camera"', 'camera = "test"', 'sensor = "simulated"',
+             f"shape = [{shape[0]}, {shape[1]}]", 'dtype = "<u2"', "bit_depth = 16", "gain_e_per_adu = 0.5",
+             'readout_mode = "test"', "[job]", *(f"{k} = {value(v)}" for k, v in job.items())]
+    path = Path(directory) / f"{name}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextmanager
+def serve_process(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``rtnstream serve`` in a child process on a free port (yields its URL); killed (SIGKILL: a crash, no
+    shutdown) when the block ends."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "rtnstream", "serve", "--port", str(port), "--data-dir",
+                             str(data_dir), "--backend", "numpy", "--log-level", "warning", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+    try:
+        wait_for(lambda: _healthy(url), 60, "service process up")
+        yield url
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def counters_add_up(c: dict) -> bool:
+    """Every message received is accounted for: published, rejected, dropped or abandoned."""
+    return c["frames_in"] == c["frames_out"] + sum(c["rejected"].values()) + c["dropped"] + c["abandoned"]

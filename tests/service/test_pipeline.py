@@ -11,7 +11,7 @@ from rtnstream.kernels.engine import EngineSettings
 from rtnstream.kernels.simulate import Scene, SensorModel
 from rtnstream.service.pipeline import EndpointError, Pipeline, PipelineConfig
 from rtnstream.service.protocol import PROTO
-from tests.service._support import N_FRAMES, SHAPE, loopback, offline, receive_series, wait_for
+from tests.service._support import N_FRAMES, SHAPE, counters_add_up, loopback, offline, receive_series, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +26,6 @@ def start_pipeline(context, cube, results=None, **kw):
     p = Pipeline("test", cube, config, context, on_series_end=results.append if results is not None else None)
     p.start()
     return p
-
-
-def counters_add_up(c):
-    return c["frames_in"] == c["frames_out"] + sum(c["rejected"].values()) + c["dropped"]
 
 
 @pytest.mark.parametrize("reference", ["temporal", "causal", "spatial"])
