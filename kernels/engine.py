@@ -283,8 +283,9 @@ class RTNEngine:
         return self._emit(lambda p: True, n_frames=n)
 
     def _ready(self, t: int, newest: int) -> bool:
+        """Frame t can go once the last frame of its window (start + W, start >= 0) has arrived."""
         w = self.settings.window
-        return newest >= w and newest >= window_start(t, None, w, self.settings.reference) + w
+        return newest >= window_start(t, None, w, self.settings.reference) + w
 
     def _emit(self, ready, n_frames: int | None) -> list[CorrectedFrame]:
         series = self._series
