@@ -16,7 +16,7 @@ import numpy as np
 import zmq
 
 from rtnstream.kernels.exceptions import RTNStreamError
-from rtnstream.service.protocol import Header, decode, encode, frame_header
+from rtnstream.service.protocol import Header, decode, encode, encode_credit, frame_header, parse_delivery
 
 __all__ = ["FrameSender", "FrameReceiver", "Message", "utc_now"]
 
@@ -117,29 +117,53 @@ class Message:
 
 
 class FrameReceiver:
-    """Consumer side: SUB on a job's ``publish`` endpoint or PULL on its ``push`` endpoint.
+    """Consumer side: SUB on a job's ``publish`` endpoint, or the lossless consumer of its ``push`` endpoint.
 
     Parameters
     ----------
     endpoint : str
     mode : {'sub', 'pull'}
-        ``sub``: any number of subscribers, frames lost if one falls behind; ``pull``: the one lossless
-        consumer of the job's push output.
+        ``sub``: any number of subscribers, messages lost if one falls behind (:attr:`missed` counts the
+        frames a subscriber can tell it missed, from ``seq``). ``pull``: the one lossless consumer of the
+        job's push output (a DEALER socket speaking the credit protocol of docs/protocol.md): a message
+        counts as delivered when the next :meth:`recv` (or :meth:`close`) acknowledges it, so a consumer
+        that dies while handling a message gets it again; messages sent again are dropped here.
     rcvhwm : int
         High-water mark, messages.
     context : zmq.Context, optional
+    credit : int >= 1
+        ``pull`` mode: messages the service may send ahead of what this consumer has taken.
     """
 
+    _HEARTBEAT_S = 1.0
+
     def __init__(self, endpoint: str, mode: Literal["sub", "pull"] = "sub", rcvhwm: int = 1000,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, credit: int = 8) -> None:
         if mode not in ("sub", "pull"):
             raise ValueError(f"mode must be 'sub' or 'pull', got {mode!r}")
-        self._socket = (context or zmq.Context.instance()).socket(zmq.SUB if mode == "sub" else zmq.PULL)
+        if isinstance(credit, bool) or not isinstance(credit, int) or credit < 1:
+            raise ValueError(f"credit must be an integer >= 1, got {credit!r}")
+        self.mode = mode
+        self.credit = credit
+        self.missed = 0
+        self._socket = (context or zmq.Context.instance()).socket(zmq.SUB if mode == "sub" else zmq.DEALER)
         self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
-        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.LINGER, 0 if mode == "sub" else 1000)  # let the last acknowledgement go
         if mode == "sub":
             self._socket.setsockopt(zmq.SUBSCRIBE, b"")
         self._socket.connect(endpoint)
+        self._epoch: bytes | None = None
+        self._last_id = -1  # delivery id of the last message handed out (pull mode)
+        self._last_seq: tuple[str, int] | None = None  # (series, seq) of the last frame (sub mode)
+        if mode == "pull":
+            self._send_credit()
+
+    def _send_credit(self) -> None:
+        try:
+            self._socket.send_multipart(encode_credit(self._epoch, self._last_id, self.credit), flags=zmq.NOBLOCK)
+        except zmq.Again:  # not connected yet: the next heartbeat says it again
+            pass
+        self._credit_sent_s = time.monotonic()
 
     def recv(self, timeout_s: float | None = None) -> Message | None:
         """The next message (start, frame or end), or None after ``timeout_s`` seconds without one.
@@ -149,10 +173,40 @@ class FrameReceiver:
         ProtocolError
             The message does not follow ``rtnstream/1``.
         """
-        if timeout_s is not None and not self._socket.poll(int(timeout_s * 1000)):
-            return None
-        header, data = decode(self._socket.recv_multipart(copy=False))
-        return Message(header, data)
+        if self.mode == "sub":
+            if timeout_s is not None and not self._socket.poll(int(timeout_s * 1000)):
+                return None
+            msg = Message(*decode(self._socket.recv_multipart(copy=False)))
+            self._count_missed(msg.header)
+            return msg
+        if self._last_id >= 0:
+            self._send_credit()  # acknowledges the message handed out before
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            wait_s = self._HEARTBEAT_S if deadline is None else min(self._HEARTBEAT_S, deadline - time.monotonic())
+            if wait_s > 0 and self._socket.poll(int(wait_s * 1000)):
+                delivery, *parts = self._socket.recv_multipart(copy=False)
+                epoch, delivery_id = parse_delivery(delivery)
+                if epoch != self._epoch:  # another job (or the first message): a new numbering
+                    self._epoch, self._last_id = epoch, -1
+                if delivery_id <= self._last_id:  # sent again after a reconnection: already handed out
+                    self._send_credit()
+                    continue
+                msg = Message(*decode(parts))
+                self._last_id = delivery_id
+                return msg
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            if time.monotonic() - self._credit_sent_s >= self._HEARTBEAT_S:
+                self._send_credit()  # heartbeat: a service that lost track of this consumer finds it again
+
+    def _count_missed(self, h: Header) -> None:
+        if h.kind != "frame":
+            return
+        last = self._last_seq
+        if last is not None and last[0] == h.series and h.seq > last[1] + 1:
+            self.missed += h.seq - last[1] - 1
+        self._last_seq = (h.series, h.seq)
 
     def frames(self, timeout_s: float) -> list[Message]:
         """Every message until ``timeout_s`` seconds pass without one."""
@@ -162,7 +216,9 @@ class FrameReceiver:
         return out
 
     def close(self) -> None:
-        """Close the socket."""
+        """Close the socket (in ``pull`` mode after acknowledging the last message handed out)."""
+        if self.mode == "pull" and self._last_id >= 0:
+            self._send_credit()
         self._socket.close()
 
     def __enter__(self) -> FrameReceiver:

@@ -43,6 +43,7 @@ INSTALL_HINT = ("install CuPy with `pip install 'rtnstream[gpu]'` on a machine w
                 "CUDA 12 (or newer) driver")
 BLOCK_THREADS = 256  # threads per block (a multiple of the warp size, as rtn_correct.cu requires)
 MAX_SPATIAL_SIZE = 9  # (9 x 9 - 1) neighbours = _cuda.MAX_VALUES
+MAX_WINDOW = _cuda.MAX_VALUES  # largest temporal window W the kernels take
 _COUNTER_NAMES = ("n_lo", "n_hi", "n_veto", "n_frames")
 
 

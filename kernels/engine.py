@@ -105,11 +105,13 @@ class CorrectedFrame:
     index : int
         Position of the frame in its series (0-based).
     data : numpy.ndarray, shape (ny, nx), input dtype
-        The corrected frame (a new array; the input is never modified).
+        The corrected frame (a new array; the input is never modified). A frame pushed with
+        ``correct=False`` is returned as pushed (in native byte order), not copied.
     counts : FrameCounts
         Corrections and vetoes made in this frame.
     corrected : bool
-        False when the frame went out unchanged because the series was shorter than W + 1 frames.
+        False when the frame went out unchanged: the series was shorter than W + 1 frames, or the frame was
+        pushed with ``correct=False``.
     tag : Any
         Whatever the caller passed to :meth:`RTNEngine.push` with the frame (headers, timestamps).
     """
@@ -183,6 +185,7 @@ class _Pending:
     index: int
     frame: np.ndarray
     tag: Any
+    correct: bool = True
 
 
 @dataclass
@@ -235,12 +238,22 @@ class RTNEngine:
         """Open a new series (frames pending from an unfinished series are discarded: call finish first)."""
         self._series = _Series()
 
-    def push(self, frame: np.ndarray, tag: Any = None) -> list[CorrectedFrame]:
-        """Add the next frame of the series; returns the frames that became ready (possibly none).
+    def push(self, frame: np.ndarray, tag: Any = None, correct: bool = True) -> list[CorrectedFrame]:
+        """Add the next frame of the series; returns the frames that became ready (possibly none), in order.
 
         The engine keeps a reference to ``frame`` (no copy) until that frame is returned (W/2 pushes later
         in steady state, up to W at the start of a series, or by :meth:`finish`): a caller that refills
         one buffer must push a copy.
+
+        Parameters
+        ----------
+        frame : numpy.ndarray, shape (ny, nx), a supported dtype
+        tag : any, optional
+            Returned with the frame (:attr:`CorrectedFrame.tag`).
+        correct : bool
+            False: the frame joins the series (its pixels serve the temporal reference of its neighbours)
+            but is returned unchanged, in its place in the order, with ``corrected=False`` and no counts; the
+            cost of its correction is saved (the service's ``passthrough`` overload policy).
 
         Raises
         ------
@@ -260,10 +273,12 @@ class RTNEngine:
         t = series.n_in
         series.n_in += 1
         if not self.settings.temporal:
+            if not correct:
+                return [CorrectedFrame(t, frame, FrameCounts(), False, tag)]
             data, counts = self.backend.correct_spatial(frame)
             return [CorrectedFrame(t, data, counts, True, tag)]
         self.backend.store(t % (self.settings.window + 1), frame)
-        series.pending.append(_Pending(t, frame, tag))
+        series.pending.append(_Pending(t, frame, tag, correct))
         return self._emit(lambda p: self._ready(p.index, series.n_in - 1), n_frames=None)
 
     def finish(self) -> list[CorrectedFrame]:
@@ -294,6 +309,9 @@ class RTNEngine:
         out: list[CorrectedFrame] = []
         while series.pending and ready(series.pending[0]):
             p = series.pending.pop(0)
+            if not p.correct:
+                out.append(CorrectedFrame(p.index, p.frame, FrameCounts(), False, p.tag))
+                continue
             start = window_start(p.index, n_frames, w, self.settings.reference)
             window = [(start + k) % slots for k in range(w + 1) if start + k != p.index]
             data, counts = self.backend.correct_temporal(p.frame, p.index % slots, window)

@@ -29,6 +29,7 @@ from pydantic_settings import SettingsError
 from rtnstream.service.cubes import CubeStore
 from rtnstream.service.jobstore import JobStore, StoreUnavailableError
 from rtnstream.service.models import PRESET_NAME_PATTERN, CameraPreset, JobConfig, JobCreate
+from rtnstream.service.outputs import OutputBounds
 from rtnstream.service.pipeline import Pipeline, PipelineConfig, SeriesResult
 from rtnstream.service.settings import ServiceSettings, read_toml
 
@@ -36,6 +37,9 @@ __all__ = ["JobNotFoundError", "JobStateError", "CubeNotFoundError", "PresetNotF
            "Job", "JobManager", "bias_offset_file", "load_preset", "apply_preset"]
 
 log = logging.getLogger(__name__)
+
+#: Job settings whose default is the service's (``ServiceSettings``) when a request leaves them out.
+_SERVICE_DEFAULTS = ("backend", "queue_frames", "output_queue_frames", "output_queue_bytes")
 
 
 class JobNotFoundError(KeyError):
@@ -165,6 +169,7 @@ class Job:
             "id": self.id, "camera": self.config.camera, "cube_id": self.config.cube_id, "state": self.state,
             "config": self.config.model_dump(), "counters": live.get("counters", {}),
             "rates": live.get("rates", {}), "queue_depth": live.get("queue_depth"),
+            "outputs": live.get("outputs"),
             "backend": live.get("backend"), "device": live.get("device"), "endpoints": dict(self.endpoints),
             "error": self.error or live.get("error"), "created_at": self.created_at, "node": self.node,
         }
@@ -276,33 +281,31 @@ class JobManager:
             ``request.cube_id`` was never uploaded.
         PresetNotFoundError, PresetError
             ``request.preset`` names no preset, an invalid one, or one whose frame shape is not the cube's.
-        EndpointError
-            An endpoint cannot be bound (the job is recorded as ``failed``).
+        EndpointError, BackendUnavailableError
+            An endpoint is not allowed or cannot be bound, or the backend cannot run (nothing is recorded).
         """
         if not self.cubes.exists(request.cube_id):
             raise CubeNotFoundError(request.cube_id)
         if request.preset is not None:
             preset = load_preset(self.settings.presets_dir, request.preset)
             request = apply_preset(request, preset, tuple(self.cubes.info(request.cube_id)["shape"]))
-        config = JobConfig(**request.model_dump(exclude={"backend", "queue_frames"}),
-                           backend=request.backend or self.settings.backend,
-                           queue_frames=request.queue_frames or self.settings.queue_frames)
+        defaults = {name: getattr(self.settings, name) for name in _SERVICE_DEFAULTS}
+        config = JobConfig(**{**request.model_dump(exclude=set(_SERVICE_DEFAULTS)), **defaults,
+                              **request.model_dump(include=set(_SERVICE_DEFAULTS), exclude_none=True)})
         job = Job(uuid.uuid4().hex[:12], config, time.time(), self.settings.node_id)
-        with self._lock:
-            self._jobs[job.id] = job
-        self._set_state(job, "created")
         pconf = PipelineConfig(ingest=config.ingest, publish=config.publish, push=config.push,
                                engine=request.engine_settings(), backend=config.backend,
                                overload=config.overload, queue_frames=config.queue_frames,
+                               output=OutputBounds(config.output_queue_frames, config.output_queue_bytes),
+                               camera=config.camera, socket_dir=self.settings.ipc_dir,
                                stats_window_s=self.settings.stats_window_s,
                                reject_log_interval_s=self.settings.reject_log_interval_s)
-        try:
-            pipeline = Pipeline(job.id, self.cubes.load(config.cube_id), pconf, self.context,
-                                on_series_end=lambda result: self._series_done(job, result))
-        except Exception as exc:  # the job is recorded as failed, then the caller sees the error
-            job.error = str(exc)
-            self._set_state(job, "failed", error=str(exc))
-            raise
+        # built before the job is recorded: a request refused here (endpoint, backend) leaves no job behind
+        pipeline = Pipeline(job.id, self.cubes.load(config.cube_id), pconf, self.context,
+                            on_series_end=lambda result: self._series_done(job, result))
+        with self._lock:
+            self._jobs[job.id] = job
+        self._set_state(job, "created")
         with job.lock:
             job.pipeline = pipeline
             job.endpoints = pipeline.endpoints
@@ -328,7 +331,7 @@ class JobManager:
                 self._set_state(job, "stopping")
                 clean = job.pipeline.stop(self.settings.stop_timeout_s)
                 self._retire(job, "stopped" if clean else "failed",
-                             None if clean else "frames not flushed within the stop timeout")
+                             None if clean else job.pipeline.error or "frames not flushed within the stop timeout")
         return self.get(job_id)
 
     def get(self, job_id: str) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from rtnstream.service.jobs import JobManager
@@ -14,7 +14,7 @@ __all__ = ["JobCollector", "make_registry"]
 
 _COUNTERS = {
     "frames_in": "messages received (accepted start/end excepted)",
-    "frames_out": "frames published",
+    "frames_out": "frames delivered (with a lossless output: acknowledged by its consumer)",
     "dropped": "frames dropped by the drop overload policy",
     "passthrough": "frames published uncorrected by the passthrough overload policy",
     "seq_gaps": "frames missing according to sequence numbers",
@@ -42,8 +42,14 @@ class JobCollector(Collector):
                                           labels=[*labels, "side"])
         fps = GaugeMetricFamily("rtnstream_throughput_fps", "published frames per second (recent window)",
                                 labels=labels)
-        latency = GaugeMetricFamily("rtnstream_latency_seconds", "arrival-to-publish latency (recent window)",
+        latency = GaugeMetricFamily("rtnstream_latency_recent_seconds",
+                                    "arrival-to-publish latency quantiles over the recent window",
                                     labels=[*labels, "quantile"])
+        histogram = HistogramMetricFamily("rtnstream_latency_seconds",
+                                          "latency to publication, from the frame's arrival or from its header "
+                                          "timestamp (source)", labels=[*labels, "source"])
+        in_flight = GaugeMetricFamily("rtnstream_in_flight", "frames accepted and not yet delivered",
+                                      labels=labels)
         depth = GaugeMetricFamily("rtnstream_queue_depth", "frames waiting between receive and processing",
                                   labels=labels)
         running = GaugeMetricFamily("rtnstream_job_running", "1 while the job's pipeline runs", labels=labels)
@@ -63,9 +69,14 @@ class JobCollector(Collector):
                 if r.get(key) is not None:
                     latency.add_metric([*lab, q], r[key] / 1e3)
             depth.add_metric(lab, s["queue_depth"] or 0)
+            in_flight.add_metric(lab, c.get("in_flight", 0))
+            if job.pipeline is not None:
+                for source, hist in job.pipeline.rates.histograms.items():
+                    buckets, total_s = hist.snapshot()
+                    histogram.add_metric([*lab, source], buckets, total_s)
             running.add_metric(lab, 1.0 if job.pipeline is not None else 0.0)
         yield from counters.values()
-        yield from (rejected, corrections, fps, latency, depth, running)
+        yield from (rejected, corrections, fps, latency, histogram, depth, in_flight, running)
 
 
 def make_registry(manager: JobManager) -> CollectorRegistry:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from rtnstream.kernels.cupy_backend import MAX_SPATIAL_SIZE, MAX_WINDOW
 from rtnstream.kernels.engine import SUPPORTED_DTYPES, EngineSettings
 from rtnstream.service.cubes import CUBE_ID_PATTERN
+from rtnstream.service.endpoints import parse_endpoint
 from rtnstream.service.jobstore import JOB_STATES
 
 __all__ = [
-    "ENDPOINT_PATTERN",
     "PRESET_NAME_PATTERN",
     "JobDefaults",
     "CameraPreset",
@@ -31,10 +32,26 @@ __all__ = [
     "Health",
 ]
 
-#: ZeroMQ endpoints a job may bind: ``tcp://host:port`` (port may be ``*``), ``ipc://path``, ``inproc://name``.
-ENDPOINT_PATTERN = r"^(tcp://[^\s/]+:(\d{1,5}|\*)|ipc://\S+|inproc://\S+)$"
 #: Camera preset names: the file name ``<name>.toml`` in the presets folder (no path separators).
 PRESET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+def _endpoint_form(value: str | None) -> str | None:
+    if value is not None:
+        parse_endpoint(value)
+    return value
+
+
+#: ZeroMQ endpoints a job may bind: ``tcp://host:port`` (port 1-65535 or ``*``), ``ipc://path`` (in the
+#: service's socket folder), ``inproc://name``, as :func:`rtnstream.service.endpoints.parse_endpoint` checks.
+Endpoint = Annotated[str, Field(max_length=300, examples=["tcp://0.0.0.0:5555"]), AfterValidator(_endpoint_form)]
+#: Limits of the service: what both backends take (the CUDA kernels' own limits).
+Window = Annotated[int, Field(ge=4, le=MAX_WINDOW, description=f"temporal window W, frames (even, 4..{MAX_WINDOW})")]
+SpatialSize = Annotated[int, Field(ge=3, le=MAX_SPATIAL_SIZE, description="side of the spatial neighbourhood, "
+                                                                          f"pixels (odd, 3..{MAX_SPATIAL_SIZE})")]
+QueueFrames = Annotated[int, Field(ge=1, le=4096)]
+OutputFrames = Annotated[int, Field(ge=1, le=1024)]
+OutputBytes = Annotated[int, Field(ge=1 << 20, le=1 << 40)]
 
 
 def _engine_rule(value: Any, info: ValidationInfo) -> Any:
@@ -71,15 +88,15 @@ class _JobOptions(BaseModel):
     camera: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$",
                         description="camera stream name")
     cube_id: str = Field(pattern=CUBE_ID_PATTERN, description="id of an uploaded RTN cube")
-    ingest: str = Field(pattern=ENDPOINT_PATTERN, description="ZeroMQ endpoint the job's PULL socket binds")
-    publish: str = Field(pattern=ENDPOINT_PATTERN, description="ZeroMQ endpoint the job's PUB socket binds")
-    push: str | None = Field(None, pattern=ENDPOINT_PATTERN,
-                             description="optional endpoint of a PUSH socket for one lossless consumer")
+    ingest: Endpoint = Field(description="ZeroMQ endpoint the job's PULL socket binds")
+    publish: Endpoint = Field(description="ZeroMQ endpoint the job's PUB socket binds (best effort)")
+    push: Endpoint | None = Field(None, description="optional endpoint of the lossless output (one consumer, "
+                                                    "credit protocol: docs/protocol.md)")
     reference: Literal["temporal", "causal", "spatial"] = "temporal"
-    window: int = Field(10, description="temporal window W, frames (even, >= 4)")
+    window: Window = 10
     alpha: float = Field(0.003, description="significance of the jump test, in (0, 0.5)")
     k_var: float = Field(1.5, description="variability veto factor (> 0)")
-    spatial_size: int = Field(5, description="side of the spatial neighbourhood, pixels (odd, >= 3)")
+    spatial_size: SpatialSize = 5
     overload: Literal["block", "passthrough", "drop"] = "block"
     preset: str | None = Field(None, pattern=PRESET_NAME_PATTERN,
                                description="camera preset whose job defaults fill the fields not given "
@@ -97,8 +114,12 @@ class JobCreate(_JobOptions):
     model_config = ConfigDict(extra="forbid")
 
     backend: Literal["auto", "numpy", "cupy"] | None = Field(None, description="default: the service's")
-    queue_frames: int | None = Field(None, ge=1, le=4096,
-                                     description="bound of the job's frame queue (default: the service's)")
+    queue_frames: QueueFrames | None = Field(None, description="bound of the job's frame queue (default: the "
+                                                               "service's)")
+    output_queue_frames: OutputFrames | None = Field(
+        None, description="bound of each output queue, frames (default: the service's)")
+    output_queue_bytes: OutputBytes | None = Field(
+        None, description="bound of each output queue, bytes, counted for 8-byte pixels (default: the service's)")
 
     _engine_rule = field_validator("window", "alpha", "k_var", "spatial_size")(_engine_rule)
 
@@ -116,13 +137,15 @@ class JobDefaults(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reference: Literal["temporal", "causal", "spatial"] | None = None
-    window: int | None = None
+    window: Window | None = None
     alpha: float | None = None
     k_var: float | None = None
-    spatial_size: int | None = None
+    spatial_size: SpatialSize | None = None
     overload: Literal["block", "passthrough", "drop"] | None = None
     backend: Literal["auto", "numpy", "cupy"] | None = None
-    queue_frames: int | None = Field(None, ge=1, le=4096)
+    queue_frames: QueueFrames | None = None
+    output_queue_frames: OutputFrames | None = None
+    output_queue_bytes: OutputBytes | None = None
 
     _engine_rule = field_validator("window", "alpha", "k_var", "spatial_size")(_engine_rule)
 
@@ -184,6 +207,8 @@ class JobConfig(_JobOptions):
 
     backend: str
     queue_frames: int
+    output_queue_frames: int = 16
+    output_queue_bytes: int = 1 << 30
 
 
 class JobCreated(BaseModel):
@@ -193,10 +218,13 @@ class JobCreated(BaseModel):
 
 
 class JobCounters(BaseModel):
-    """Totals since the job started (``frames_in = frames_out + sum(rejected) + dropped + abandoned`` once idle)."""
+    """Totals since the job started: ``frames_in = frames_out + sum(rejected) + dropped + abandoned + in_flight``
+    in every snapshot, and ``in_flight`` is 0 once the job is idle."""
 
     frames_in: int = 0
-    frames_out: int = 0
+    frames_out: int = Field(0, description="frames delivered (with a lossless output: acknowledged by its consumer)")
+    in_flight: int = Field(0, description="frames accepted and not yet delivered (queued, in the temporal window, "
+                                          "or awaiting the lossless consumer's acknowledgement)")
     rejected: dict[str, int] = Field(default_factory=dict, description="rejected messages by reason")
     dropped: int = 0
     passthrough: int = 0
@@ -220,7 +248,7 @@ class Throughput(BaseModel):
 
 
 class Latency(BaseModel):
-    """Time from a frame's arrival to its publication, ms, over the same window (None without frames)."""
+    """Latency of published frames, ms, over the same window (None without frames)."""
 
     p50: float | None = None
     p99: float | None = None
@@ -246,7 +274,11 @@ class JobStatus(BaseModel):
     config: JobConfig
     counters: JobCounters
     throughput: Throughput
-    latency_ms: Latency
+    latency_ms: Latency = Field(description="from the frame's arrival at the service to its publication")
+    latency_from_timestamp_ms: Latency = Field(
+        default_factory=Latency, description="from the producer's header timestamp to publication (includes the "
+                                             "transport, the socket queues and any clock offset)")
+    outputs: dict[str, Any] | None = Field(None, description="output bounds and the lossless output's state")
     backend: str | None = None
     device: str | None = None
     endpoints: dict[str, str | None] = Field(default_factory=dict, description="endpoints actually bound")

