@@ -16,6 +16,7 @@ import numpy as np
 import zmq
 
 from rtnstream.kernels.exceptions import RTNStreamError
+from rtnstream.service.curve import CurveClient
 from rtnstream.service.protocol import Header, decode, encode, encode_credit, frame_header, parse_delivery
 
 __all__ = ["FrameSender", "FrameReceiver", "Message", "utc_now"]
@@ -42,6 +43,8 @@ class FrameSender:
         How long :meth:`close` waits for messages still queued, s.
     context : zmq.Context, optional
         Default: the process-wide instance.
+    curve : CurveClient, optional
+        This client's CURVE keys and the service's public key, for a service that requires CURVE.
 
     Examples
     --------
@@ -53,9 +56,11 @@ class FrameSender:
     """
 
     def __init__(self, endpoint: str, camera: str, sndhwm: int = 16, linger_s: float = 30.0,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, curve: CurveClient | None = None) -> None:
         self.camera = camera
         self._socket = (context or zmq.Context.instance()).socket(zmq.PUSH)
+        if curve is not None:
+            curve.apply(self._socket)
         self._socket.setsockopt(zmq.SNDHWM, sndhwm)
         self._socket.setsockopt(zmq.LINGER, int(linger_s * 1000))
         self._socket.connect(endpoint)
@@ -133,12 +138,14 @@ class FrameReceiver:
     context : zmq.Context, optional
     credit : int >= 1
         ``pull`` mode: messages the service may send ahead of what this consumer has taken.
+    curve : CurveClient, optional
+        This client's CURVE keys and the service's public key, for a service that requires CURVE.
     """
 
     _HEARTBEAT_S = 1.0
 
     def __init__(self, endpoint: str, mode: Literal["sub", "pull"] = "sub", rcvhwm: int = 1000,
-                 context: zmq.Context | None = None, credit: int = 8) -> None:
+                 context: zmq.Context | None = None, credit: int = 8, curve: CurveClient | None = None) -> None:
         if mode not in ("sub", "pull"):
             raise ValueError(f"mode must be 'sub' or 'pull', got {mode!r}")
         if isinstance(credit, bool) or not isinstance(credit, int) or credit < 1:
@@ -147,6 +154,8 @@ class FrameReceiver:
         self.credit = credit
         self.missed = 0
         self._socket = (context or zmq.Context.instance()).socket(zmq.SUB if mode == "sub" else zmq.DEALER)
+        if curve is not None:
+            curve.apply(self._socket)
         self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
         self._socket.setsockopt(zmq.LINGER, 0 if mode == "sub" else 1000)  # let the last acknowledgement go
         if mode == "sub":

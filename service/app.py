@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from rtnstream import __version__
 from rtnstream.service.cubes import CubeStore
+from rtnstream.service.curve import CurveServer, start_authenticator
 from rtnstream.service.errors import install_error_handlers
 from rtnstream.service.jobs import JobManager
 from rtnstream.service.jobstore import JobStore
@@ -38,8 +39,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis_handle = open_redis(settings)
         context = zmq.Context()
+        curve, authenticator = None, None
+        if settings.zmq_curve_secret_file is not None:
+            curve = CurveServer.from_file(settings.zmq_curve_secret_file)
+            authenticator = start_authenticator(context, settings.zmq_curve_clients_dir)
         manager = JobManager(settings, JobStore(redis_handle.client, settings.events_maxlen),
-                             CubeStore(settings.cube_dir), context)
+                             CubeStore(settings.cube_dir), context, curve)
         manager.start()
         app.state.manager = manager
         app.state.cubes = manager.cubes
@@ -50,6 +55,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             yield
         finally:
             manager.close()
+            if authenticator is not None:
+                authenticator.stop()
             context.term()
             redis_handle.close()
 

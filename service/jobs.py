@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from rtnstream.service.cubes import CubeStore
+from rtnstream.service.curve import CurveServer
 from rtnstream.service.jobstore import JobStore, StoreUnavailableError
 from rtnstream.service.models import PRESET_NAME_PATTERN, CameraPreset, JobConfig, JobCreate
 from rtnstream.service.outputs import OutputBounds
@@ -184,14 +185,17 @@ class JobManager:
     store : JobStore
     cubes : CubeStore
     context : zmq.Context
+    curve : CurveServer, optional
+        Keys that make every job socket a CURVE server (the context's authenticator admits the clients).
     """
 
     def __init__(self, settings: ServiceSettings, store: JobStore, cubes: CubeStore,
-                 context: zmq.Context) -> None:
+                 context: zmq.Context, curve: CurveServer | None = None) -> None:
         self.settings = settings
         self.store = store
         self.cubes = cubes
         self.context = context
+        self.curve = curve
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -297,7 +301,7 @@ class JobManager:
                                engine=request.engine_settings(), backend=config.backend,
                                overload=config.overload, queue_frames=config.queue_frames,
                                output=OutputBounds(config.output_queue_frames, config.output_queue_bytes),
-                               camera=config.camera, socket_dir=self.settings.ipc_dir,
+                               camera=config.camera, socket_dir=self.settings.ipc_dir, curve=self.curve,
                                stats_window_s=self.settings.stats_window_s,
                                reject_log_interval_s=self.settings.reject_log_interval_s)
         # built before the job is recorded: a request refused here (endpoint, backend) leaves no job behind

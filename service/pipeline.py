@@ -49,6 +49,7 @@ import zmq
 from rtnstream.kernels.cube import RTNCube
 from rtnstream.kernels.engine import CorrectedFrame, EngineSettings, RTNEngine
 from rtnstream.kernels.exceptions import FrameError
+from rtnstream.service.curve import CurveServer
 from rtnstream.service.endpoints import EndpointError, check_bindable
 from rtnstream.service.outputs import LosslessOutput, OutputBounds
 from rtnstream.service.protocol import MAX_HEADER_BYTES, Header, ProtocolError, RTNInfo, decode, encode
@@ -92,6 +93,9 @@ class PipelineConfig:
         The job's camera: messages naming another camera are rejected (``camera``); None accepts any.
     socket_dir : pathlib.Path or None
         The only folder ``ipc://`` endpoints may use (None: no ipc endpoints).
+    curve : CurveServer or None
+        Keys that make every socket a CURVE server (the context needs an authenticator:
+        :func:`rtnstream.service.curve.start_authenticator`); None: plain sockets.
     stats_window_s : float
         Span of the throughput / latency figures, s.
     reject_log_interval_s : float
@@ -108,6 +112,7 @@ class PipelineConfig:
     output: OutputBounds = field(default_factory=lambda: OutputBounds(16, 1 << 30))
     camera: str | None = None
     socket_dir: Path | None = None
+    curve: CurveServer | None = None
     stats_window_s: float = 10.0
     reject_log_interval_s: float = 60.0
 
@@ -220,6 +225,8 @@ class Pipeline:
         self._sockets.append(sock)
         # the lossless output lingers a moment so its last messages leave; the others are best effort or input
         sock.setsockopt(zmq.LINGER, 1000 if kind == zmq.ROUTER else 0)
+        if self.config.curve is not None:
+            self.config.curve.apply(sock)
         for key, value in options.items():
             sock.setsockopt(getattr(zmq, key.upper()), value)
         try:

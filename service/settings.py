@@ -19,7 +19,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 __all__ = ["ServiceSettings", "get_settings", "read_toml"]
 
 #: Settings holding a path: a relative path in a configuration file is taken relative to the file's folder.
-_PATH_SETTINGS = ("data_dir", "redis_db_file", "presets_dir", "socket_dir")
+_PATH_SETTINGS = ("data_dir", "redis_db_file", "presets_dir", "socket_dir", "zmq_curve_secret_file",
+                  "zmq_curve_clients_dir")
 
 
 def _default_data_dir() -> Path:
@@ -110,6 +111,10 @@ class ServiceSettings(BaseSettings):
         in frames and in bytes; the byte bound is counted for 8-byte pixels.
     socket_dir : pathlib.Path or None
         The only folder ``ipc://`` endpoints may use (default ``data_dir/sockets``).
+    zmq_curve_secret_file, zmq_curve_clients_dir : pathlib.Path or None
+        Both or neither: the service's secret ZeroMQ certificate, and the folder of the public certificates
+        of the producers and consumers it admits. When set, every job socket is CURVE-encrypted and
+        authenticated (docs/deploy.md).
     stats_window_s : float > 0
         Span of the throughput and latency figures, s.
     state_flush_s : float > 0
@@ -145,6 +150,8 @@ class ServiceSettings(BaseSettings):
     output_queue_frames: int = Field(16, ge=1, le=1024)
     output_queue_bytes: int = Field(1 << 30, ge=1 << 20, le=1 << 40)
     socket_dir: Path | None = None
+    zmq_curve_secret_file: Path | None = None
+    zmq_curve_clients_dir: Path | None = None
     stats_window_s: float = Field(10.0, gt=0)
     state_flush_s: float = Field(1.0, gt=0)
     events_maxlen: int = Field(1000, ge=10)
@@ -167,6 +174,8 @@ class ServiceSettings(BaseSettings):
         if self.redis_url is not None and self.redis_db_file is not None:
             raise ValueError("set either redis_url (external Redis) or redis_db_file (embedded Redis), "
                              "not both")
+        if (self.zmq_curve_secret_file is None) != (self.zmq_curve_clients_dir is None):
+            raise ValueError("set both zmq_curve_secret_file and zmq_curve_clients_dir, or neither")
         if self.token is not None and not self.token.get_secret_value():
             self.token = None
         return self
