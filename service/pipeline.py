@@ -338,18 +338,16 @@ class Pipeline:
         if header.kind != "frame":
             self._put(item)
             return
+        self.counters.add(frames_in=1, in_flight=1)  # before the queue: the processing thread may deliver it at once
         if self.config.overload != "drop":
-            self.counters.add(frames_in=1, in_flight=1)
             self._put(item)
             return
         try:
             self._queue.put_nowait(item)
         except queue.Full:
-            self.counters.add(frames_in=1, dropped=1)
+            self.counters.add(in_flight=-1, dropped=1)
             self._rejects.warning("dropped", "job %s: dropped frame %s#%d (queue full, overload=drop)",
                                   self.name, header.series, header.seq)
-        else:
-            self.counters.add(frames_in=1, in_flight=1)
 
     def _admit(self, h: Header) -> None:
         """Check ``h`` against the job and the open series; update the series state and gap counter."""
@@ -400,8 +398,9 @@ class Pipeline:
     def _run_process(self) -> None:
         try:
             while not self._abort.is_set():
-                try:
-                    item = self._queue.get(timeout=_POLL_MS / 1000)
+                waiting = self._lossless is not None and self._lossless.unacknowledged_frames
+                try:  # while the lossless consumer owes acknowledgements, serve it every 10 ms
+                    item = self._queue.get(timeout=0.01 if waiting else _POLL_MS / 1000)
                 except queue.Empty:
                     if self._lossless is not None:
                         self._lossless.pump(0)

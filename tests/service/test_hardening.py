@@ -19,7 +19,7 @@ from rtnstream.clients.control import ServiceError
 from rtnstream.clients.stream import FrameReceiver, FrameSender
 from rtnstream.kernels.engine import EngineSettings
 from rtnstream.service.pipeline import Pipeline, PipelineConfig
-from rtnstream.service.protocol import MAX_HEADER_BYTES, PROTO, encode_credit
+from rtnstream.service.protocol import PROTO
 from tests.service._support import SHAPE, counters_add_up, loopback, offline, receive_series, wait_for
 
 
@@ -222,6 +222,8 @@ def test_a_consumer_that_never_comes_back_is_counted_abandoned(sim, tmp_path):
 
 def test_acknowledgements_of_another_epoch_acknowledge_nothing(context, sim):
     """A consumer that outlived an earlier job must not acknowledge this job's frames with the old ids."""
+    from rtnstream.service.protocol import encode_credit
+
     p = Pipeline("epoch", sim.cube, PipelineConfig(ingest=loopback(), publish=loopback(), push=loopback(),
                                                   engine=EngineSettings(reference="causal", window=4),
                                                   backend="numpy"), context)
@@ -394,6 +396,8 @@ def test_frames_of_another_camera_are_rejected(api, cube_id, sim):
 def test_an_oversized_message_is_never_read_into_memory(context, sim):
     """The ingest socket refuses a message part larger than the job's largest frame (ZMQ_MAXMSGSIZE): the
     peer is disconnected before the part is buffered, and the job goes on."""
+    from rtnstream.service.protocol import MAX_HEADER_BYTES
+
     p = Pipeline("big", sim.cube, PipelineConfig(ingest=loopback(), publish=loopback(), push=loopback(),
                                                 engine=EngineSettings(reference="spatial"), backend="numpy"),
                  context)
