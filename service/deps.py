@@ -37,11 +37,15 @@ _bearer = HTTPBearer(auto_error=False, description="required on mutating calls w
 
 def require_token(settings: SettingsDep,
                   credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-    """Refuse the call (401) unless it carries the configured bearer token (no-op without a token)."""
+    """Refuse the call (401) unless it carries the configured bearer token (no-op without a token).
+
+    It runs before the body is read (no route it guards reads its body in a dependency); the refusal closes
+    the connection, so the rest of a body the client is still sending is never read.
+    """
     if settings.token is None:
         return
     expected = settings.token.get_secret_value().encode()
     given = credentials.credentials.encode() if credentials is not None else b""
     if not secrets.compare_digest(given, expected):
         raise ServiceError(401, "unauthorized", "missing or wrong bearer token (Authorization: Bearer ...)",
-                           headers={"WWW-Authenticate": "Bearer"})
+                           headers={"WWW-Authenticate": "Bearer", "Connection": "close"})
