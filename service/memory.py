@@ -12,7 +12,7 @@ import functools
 import threading
 from collections.abc import Callable
 
-__all__ = ["trim_heap", "HeapTrimmer"]
+__all__ = ["can_trim_heap", "trim_heap", "HeapTrimmer"]
 
 @functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -23,6 +23,11 @@ def _malloc_trim() -> Callable[[int], int] | None:
     fn.argtypes = [ctypes.c_size_t]
     fn.restype = ctypes.c_int
     return fn
+
+
+def can_trim_heap() -> bool:
+    """True where the C library has ``malloc_trim`` (glibc)."""
+    return _malloc_trim() is not None
 
 
 def trim_heap() -> bool:

@@ -21,7 +21,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from rtnstream.kernels.lut import get_table
 from rtnstream.service.app import create_app
-from rtnstream.service.memory import HeapTrimmer
+from rtnstream.service.memory import HeapTrimmer, can_trim_heap
 from rtnstream.service.settings import ServiceSettings
 
 __all__ = ["serve", "BackgroundServer", "free_port", "raise_open_file_limit"]
@@ -104,7 +104,8 @@ class _Extras:
 
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
-        self._trimmer = HeapTrimmer(settings.memory_trim_s) if settings.memory_trim_s > 0 else None
+        trim = settings.memory_trim_s > 0 and can_trim_heap()
+        self._trimmer = HeapTrimmer(settings.memory_trim_s) if trim else None
 
     def start(self) -> None:
         log.info("open-file limit: %d", raise_open_file_limit())
