@@ -25,7 +25,7 @@ def test_tables_of_lut_alphas_are_built_at_start_not_in_a_job_request(tmp_path, 
     # in lut_alphas are built in the background as the service starts, before any request asks for them.
     settings = service_settings(tmp_path / "data", lut_alphas=[ALPHA])
     with BackgroundServer(settings) as server, ControlClient(server.url) as api:
-        wait_for(lambda: table_cache_path(ALPHA).is_file(), 600, "threshold table built at start")
+        wait_for(lambda: table_cache_path(ALPHA).is_file(), 300, "threshold table built at start")
         cube_id = api.upload_cube(sim.cube_path)["id"]
         job = api.create_job("cam", cube_id, loopback(), loopback(), alpha=ALPHA)
         assert api.get_job(job)["config"]["alpha"] == ALPHA
