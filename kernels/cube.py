@@ -159,8 +159,8 @@ class RTNCube:
 GAIN_RANGE_E_PER_ADU = (1e-4, 1e4)
 _RANGES: dict[str, tuple[float, float, str]] = {
     "MU": (-1e9, 1e9, "adu"),
-    "DELTA": (1e-3, 1e6, "electron"),
-    "SIGMA": (1e-3, 1e6, "electron"),
+    "DELTA": (1e-6, 1e6, "electron"),
+    "SIGMA": (1e-6, 1e6, "electron"),
     "LAMMAX": (0.0, 1e9, "electron"),
     "MEANBIAS": (-1e9, 1e9, "adu"),
     "READNOISE": (0.0, 1e6, "electron"),

@@ -8,6 +8,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -19,6 +20,7 @@ __all__ = ["CUBE_ID_PATTERN", "CubeStore"]
 log = logging.getLogger(__name__)
 
 CUBE_ID_PATTERN = r"^[0-9a-f]{16}$"
+_STALE_UPLOAD_S = 3600.0  # a partial upload untouched this long belongs to no live request
 
 
 class CubeStore:
@@ -30,11 +32,19 @@ class CubeStore:
         Folder of the ``<id>.fits`` files (created if missing).
     cache_size : int
         Number of loaded cubes kept in memory.
+
+    Notes
+    -----
+    Partial uploads (``*.fits.part``) older than an hour, left by a process that died mid-upload, are
+    removed when the store opens.
     """
 
     def __init__(self, directory: Path, cache_size: int = 2) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        for part in self.directory.glob("*.fits.part"):
+            if time.time() - part.stat().st_mtime > _STALE_UPLOAD_S:
+                part.unlink(missing_ok=True)
         self._cache: OrderedDict[str, RTNCube] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
