@@ -158,11 +158,11 @@ class RTNCube:
 # that no absurd value (GAIN 1e308, SIGMA 1e-300) reaches the engine's arithmetic.
 GAIN_RANGE_E_PER_ADU = (1e-4, 1e4)
 _RANGES: dict[str, tuple[float, float, str]] = {
-    "MU": (-1e9, 1e9, "adu"),
+    "MU": (-1e10, 1e10, "adu"),  # beyond every 32-bit frame value
     "DELTA": (1e-6, 1e6, "electron"),
     "SIGMA": (1e-6, 1e6, "electron"),
     "LAMMAX": (0.0, 1e9, "electron"),
-    "MEANBIAS": (-1e9, 1e9, "adu"),
+    "MEANBIAS": (-1e10, 1e10, "adu"),
     "READNOISE": (0.0, 1e6, "electron"),
 }
 
