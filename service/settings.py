@@ -127,6 +127,8 @@ class ServiceSettings(BaseSettings):
         answered 413 before it is read (``Content-Length``) or as soon as it passes the limit (chunked).
         Default 5 GiB: a full-sensor IMX455 cube (9576 x 6388 pixels, format 1: nine float64 planes and
         a uint16 DQ, 74 bytes a pixel) is 4.53 GB.
+    max_body_bytes : int >= 1
+        Largest body of every other call (JSON), bytes; 413 beyond it, as for uploads.
     header_timeout_s : float > 0
         A connection that has not sent a complete request head within this time is closed, s.
     keep_alive_timeout_s : float > 0
@@ -161,6 +163,7 @@ class ServiceSettings(BaseSettings):
     presets_dir: Path = Field(default_factory=_default_presets_dir)
     # HTTP hardening (uploads, connections), threshold tables, memory
     max_upload_bytes: int = Field(5 << 30, ge=1)
+    max_body_bytes: int = Field(1 << 20, ge=1)
     header_timeout_s: float = Field(10.0, gt=0)
     keep_alive_timeout_s: float = Field(5.0, gt=0)
     lut_alphas: list[Annotated[float, Field(gt=0, lt=0.5)]] = Field(default_factory=lambda: [0.003])

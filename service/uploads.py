@@ -1,9 +1,11 @@
-"""Upload bodies streamed to disk under a size limit: a multipart ``file`` field or a raw FITS body.
+"""Request bodies: uploads streamed to disk under a size limit, and a guard in front of every other body.
 
-The route that uses it checks the token first (a dependency; the body is not read before the handler
-runs), then :func:`receive_upload` writes the file as it arrives into a file the caller names, never
-holding it whole in memory or spooling it elsewhere. A body larger than the limit is answered 413: before
-it is read when ``Content-Length`` says so, else (chunked) as soon as the bytes received pass the limit.
+:class:`BodyGuard` (ASGI middleware) checks the token of every mutating call before any byte of its body
+is read, and holds the body of every call but the streamed uploads to ``max_body_bytes``. An upload route
+then calls :func:`receive_upload`, which writes the file (a multipart ``file`` field or a raw FITS body) as
+it arrives into a file the caller names, never holding it whole in memory or spooling it elsewhere. A body
+over its limit is answered 413: before it is read when ``Content-Length`` says so, else (chunked) as soon
+as the bytes received pass the limit.
 """
 
 from __future__ import annotations
@@ -13,14 +15,19 @@ import re
 from pathlib import Path
 from typing import BinaryIO
 
+from fastapi.security.utils import get_authorization_scheme_param
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rtnstream.service.errors import ServiceError
+from rtnstream.service.deps import token_refusal
+from rtnstream.service.errors import ServiceError, error_response
+from rtnstream.service.settings import ServiceSettings
 
-__all__ = ["UPLOAD_FIELD", "UPLOAD_MEDIA_TYPES", "upload_openapi", "receive_upload"]
+__all__ = ["UPLOAD_FIELD", "UPLOAD_MEDIA_TYPES", "BodyGuard", "upload_openapi", "receive_upload"]
 
 #: Name of the multipart form field that holds the file.
 UPLOAD_FIELD = "file"
@@ -48,9 +55,77 @@ def _client_name(raw: bytes | str | None) -> str:
     return name or "upload"
 
 
-def _too_large(limit: int) -> ServiceError:
-    return ServiceError(413, "too_large", f"{UPLOAD_FIELD}: the upload exceeds the service's limit of {limit} "
-                        "bytes (setting max_upload_bytes)", UPLOAD_FIELD, headers=_CLOSE)
+def _too_large(limit: int, setting: str = "max_upload_bytes") -> ServiceError:
+    what, field = (f"{UPLOAD_FIELD}: the upload", UPLOAD_FIELD) if setting == "max_upload_bytes" else ("the body", None)
+    return ServiceError(413, "too_large", f"{what} exceeds the service's limit of {limit} bytes (setting "
+                        f"{setting})", field, headers=_CLOSE)
+
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class BodyGuard:
+    """ASGI middleware: the token of every mutating call before its body, and a size limit on bodies.
+
+    Parameters
+    ----------
+    app : ASGI application
+    settings : ServiceSettings
+        ``token`` (none: no check) and ``max_body_bytes``.
+    streamed : set of (method, path)
+        Routes that stream their body under a limit of their own (:func:`receive_upload`): only the token
+        is checked here.
+    """
+
+    def __init__(self, app: ASGIApp, settings: ServiceSettings, streamed: frozenset[tuple[str, str]]) -> None:
+        self.app, self.settings, self.streamed = app, settings, streamed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in _SAFE_METHODS:
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        scheme, given = get_authorization_scheme_param(headers.get("authorization"))
+        refusal = token_refusal(self.settings, given if scheme.lower() == "bearer" else None)
+        if refusal is None and (scope["method"], scope["path"]) not in self.streamed:
+            try:
+                receive = await self._bounded(headers, receive)
+            except ServiceError as exc:
+                refusal = exc
+        if refusal is None:
+            await self.app(scope, receive, send)
+            return
+        response = error_response(refusal.status, refusal.code, refusal.message, refusal.field, refusal.headers)
+        await response(scope, receive, send)
+
+    async def _bounded(self, headers: Headers, receive: Receive) -> Receive:
+        """``receive`` for a body within ``max_body_bytes``: as it is when ``Content-Length`` tells (h11 holds
+        the body to it), else a replay of the body read here up to the limit."""
+        limit = self.settings.max_body_bytes
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.strip().isdigit():
+                raise ServiceError(400, "bad_request", f"Content-Length must be a byte count, got {length!r}",
+                                   headers=_CLOSE)
+            if int(length) > limit:
+                raise _too_large(limit, "max_body_bytes")
+            return receive
+        body, more, message = bytearray(), True, {}
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # the client went away: the app sees the disconnect
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > limit:
+                raise _too_large(limit, "max_body_bytes")
+        replay: list[Message] = [{"type": "http.request", "body": bytes(body), "more_body": False}
+                                 if message.get("type") == "http.request" else message]
+
+        async def replayed() -> Message:
+            return replay.pop() if replay else await receive()
+
+        return replayed
 
 
 class _Sink:
