@@ -129,6 +129,8 @@ class ServiceSettings(BaseSettings):
         a uint16 DQ, 74 bytes a pixel) is 4.53 GB.
     max_body_bytes : int >= 1
         Largest body of every other call (JSON), bytes; 413 beyond it, as for uploads.
+    body_idle_timeout_s : float > 0
+        A request whose body sends nothing for this long is answered 408 (an upload's partial file removed), s.
     header_timeout_s : float > 0
         A connection that has not sent a complete request head within this time is closed, s.
     keep_alive_timeout_s : float > 0
@@ -164,6 +166,7 @@ class ServiceSettings(BaseSettings):
     # HTTP hardening (uploads, connections), threshold tables, memory
     max_upload_bytes: int = Field(5 << 30, ge=1)
     max_body_bytes: int = Field(1 << 20, ge=1)
+    body_idle_timeout_s: float = Field(30.0, gt=0)
     header_timeout_s: float = Field(10.0, gt=0)
     keep_alive_timeout_s: float = Field(5.0, gt=0)
     lut_alphas: list[Annotated[float, Field(gt=0, lt=0.5)]] = Field(default_factory=lambda: [0.003])

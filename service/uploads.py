@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
+import anyio
 from fastapi.security.utils import get_authorization_scheme_param
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -92,6 +94,8 @@ class BodyGuard:
                 receive = await self._bounded(headers, receive)
             except ServiceError as exc:
                 refusal = exc
+            except ClientDisconnect:
+                return  # nobody to answer
         if refusal is None:
             await self.app(scope, receive, send)
             return
@@ -99,33 +103,46 @@ class BodyGuard:
         await response(scope, receive, send)
 
     async def _bounded(self, headers: Headers, receive: Receive) -> Receive:
-        """``receive`` for a body within ``max_body_bytes``: as it is when ``Content-Length`` tells (h11 holds
-        the body to it), else a replay of the body read here up to the limit."""
+        """A replay of the body, read here whole: at most ``max_body_bytes``, each piece within
+        ``body_idle_timeout_s`` (413 from ``Content-Length`` before reading, or once the body passes it)."""
         limit = self.settings.max_body_bytes
-        length = headers.get("content-length")
-        if length is not None:
-            if not length.strip().isdigit():
-                raise ServiceError(400, "bad_request", f"Content-Length must be a byte count, got {length!r}",
-                                   headers=_CLOSE)
-            if int(length) > limit:
-                raise _too_large(limit, "max_body_bytes")
-            return receive
-        body, more, message = bytearray(), True, {}
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                break  # the client went away: the app sees the disconnect
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
+        _declared_length(headers, limit, "max_body_bytes")
+        body = bytearray()
+        async for chunk in _body_chunks(receive, self.settings.body_idle_timeout_s, None):
+            body += chunk
             if len(body) > limit:
                 raise _too_large(limit, "max_body_bytes")
-        replay: list[Message] = [{"type": "http.request", "body": bytes(body), "more_body": False}
-                                 if message.get("type") == "http.request" else message]
+        replay: list[Message] = [{"type": "http.request", "body": bytes(body), "more_body": False}]
 
         async def replayed() -> Message:
             return replay.pop() if replay else await receive()
 
         return replayed
+
+
+async def _body_chunks(receive: Receive, idle_s: float, field: str | None) -> AsyncIterator[bytes]:
+    """The pieces of a request body as they arrive.
+
+    Raises
+    ------
+    ServiceError
+        408 when no piece comes within ``idle_s`` (a client trickling its body holds nothing for long).
+    starlette.requests.ClientDisconnect
+        The client went away.
+    """
+    more = True
+    while more:
+        message = None
+        with anyio.move_on_after(idle_s):
+            message = await receive()
+        if message is None:
+            what = f"{field}: the upload" if field else "the body"
+            raise ServiceError(408, "body_timeout", f"{what} sent nothing for {idle_s:g} s (setting "
+                               "body_idle_timeout_s)", field, headers=_CLOSE)
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        more = message.get("more_body", False)
+        yield message.get("body", b"")
 
 
 class _Sink:
@@ -190,19 +207,19 @@ class _FormFile:
             self.done, self._in_file = True, False
 
 
-def _declared_length(request: Request, limit: int) -> None:
+def _declared_length(headers: Headers, limit: int, setting: str) -> None:
     """Refuse (413) a body whose ``Content-Length`` already exceeds ``limit``, before reading any of it."""
-    value = request.headers.get("content-length")
+    value = headers.get("content-length")
     if value is None:
         return
     if not value.strip().isdigit():
         raise ServiceError(400, "bad_request", f"Content-Length must be a byte count, got {value!r}",
                            headers=_CLOSE)
     if int(value) > limit:
-        raise _too_large(limit)
+        raise _too_large(limit, setting)
 
 
-async def receive_upload(request: Request, target: Path, limit: int) -> str:
+async def receive_upload(request: Request, target: Path, limit: int, idle_s: float) -> str:
     """Write the uploaded file of ``request`` to ``target`` as it arrives, at most ``limit`` body bytes.
 
     Parameters
@@ -214,6 +231,8 @@ async def receive_upload(request: Request, target: Path, limit: int) -> str:
         File to write (created or truncated). On any error it is removed.
     limit : int
         Largest body accepted, bytes (multipart overhead included).
+    idle_s : float
+        Longest wait for the next piece of the body, s.
 
     Returns
     -------
@@ -223,14 +242,14 @@ async def receive_upload(request: Request, target: Path, limit: int) -> str:
     Raises
     ------
     ServiceError
-        413 over ``limit``; 415 another content type; 400 a malformed multipart body or a client that went
-        away; 422 no (or more than one) ``file`` field.
+        413 over ``limit``; 408 nothing received for ``idle_s``; 415 another content type; 400 a malformed
+        multipart body or a client that went away; 422 no (or more than one) ``file`` field.
     """
     try:
-        _declared_length(request, limit)
+        _declared_length(request.headers, limit, "max_upload_bytes")
         boundary = _boundary(request)
         with open(target, "wb") as out:
-            return await _receive(request, _Sink(out), boundary, limit)
+            return await _receive(request, _Sink(out), boundary, limit, idle_s)
     except MultipartParseError as exc:
         target.unlink(missing_ok=True)
         raise ServiceError(400, "bad_request", f"{UPLOAD_FIELD}: malformed multipart body ({exc})", UPLOAD_FIELD,
@@ -260,14 +279,14 @@ def _boundary(request: Request) -> bytes | None:
     return options[b"boundary"]
 
 
-async def _receive(request: Request, sink: _Sink, boundary: bytes | None, limit: int) -> str:
+async def _receive(request: Request, sink: _Sink, boundary: bytes | None, limit: int, idle_s: float) -> str:
     """Stream the body into ``sink`` (the ``file`` part of a multipart body when ``boundary`` is given)."""
     form = parser = None
     if boundary is not None:
         form = _FormFile(sink)
         parser = MultipartParser(boundary, form.callbacks())
     received = 0
-    async for chunk in request.stream():
+    async for chunk in _body_chunks(request.receive, idle_s, UPLOAD_FIELD):
         received += len(chunk)
         if received > limit:
             raise _too_large(limit)

@@ -25,7 +25,7 @@ async def upload_cube(request: Request, cubes: CubesDep, settings: SettingsDep) 
     validated and stored under its content hash. The token is checked before the body is read; a body over
     the service's ``max_upload_bytes`` is answered 413 (before it is read when ``Content-Length`` tells)."""
     target = await run_in_threadpool(cubes.upload_path)
-    name = await receive_upload(request, target, settings.max_upload_bytes)
+    name = await receive_upload(request, target, settings.max_upload_bytes, settings.body_idle_timeout_s)
     cube = await run_in_threadpool(cubes.add_file, target, name)
     return CubeInfo(**await run_in_threadpool(cubes.info, cube.cube_id))
 

@@ -23,7 +23,7 @@ HUGE = 2 << 30  # what an attacker claims to send
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory):
     settings = service_settings(tmp_path_factory.mktemp("uploads"), token=TOKEN, max_upload_bytes=LIMIT,
-                                max_body_bytes=BODY_LIMIT)
+                                max_body_bytes=BODY_LIMIT, body_idle_timeout_s=1.0)
     with BackgroundServer(settings) as srv:
         yield srv
 
@@ -115,6 +115,18 @@ def test_defect9_chunked_upload_over_the_limit_gets_413_and_leaves_nothing_on_di
     assert _stored(guarded) == []
 
 
+def test_defect9_upload_that_stops_sending_gets_408_and_leaves_nothing_on_disk(guarded):
+    # A client that claims 100 KB, sends a few bytes and then nothing holds a connection and a partial file
+    # for ever on main; here the server answers 408 once body_idle_timeout_s passes without a byte.
+    boundary = uuid.uuid4().hex
+    status, headers, body = _raw_exchange(
+        guarded, _head(guarded, f"multipart/form-data; boundary={boundary}", 100_000, TOKEN),
+        [_form_start(boundary) + b"SIMPLE  ="])
+    assert status == 408 and b'"body_timeout"' in body and b"body_idle_timeout_s" in body
+    assert headers["connection"] == "close"
+    assert _stored(guarded) == []
+
+
 def test_uploads_within_the_limit_as_a_form_a_raw_body_or_chunked(guarded, sim):
     with ControlClient(guarded.url, token=TOKEN) as api:
         assert api.upload_cube(sim.cube_path)["id"] == sim.cube.cube_id  # multipart, as the client sends it
@@ -195,3 +207,9 @@ def test_chunked_json_within_the_limit_reaches_the_route(guarded):
     r = httpx.post(f"{guarded.url}/v1/jobs", content=pieces(),
                    headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
     assert r.status_code == 404 and r.json()["error"]["field"] == "cube_id"  # parsed: no such cube
+
+
+def test_json_body_that_stops_sending_gets_408(guarded):
+    status, _, body = _raw_exchange(guarded, _head(guarded, "application/json", 1000, TOKEN, "/v1/jobs"),
+                                    [b'{"camera": '])
+    assert status == 408 and b'"body_timeout"' in body
