@@ -57,10 +57,12 @@ def _client_name(raw: bytes | str | None) -> str:
     return name or "upload"
 
 
-def _too_large(limit: int, setting: str = "max_upload_bytes") -> ServiceError:
-    what, field = (f"{UPLOAD_FIELD}: the upload", UPLOAD_FIELD) if setting == "max_upload_bytes" else ("the body", None)
+def _too_large(limit: int, setting: str) -> ServiceError:
+    """The 413 for a body over ``limit`` bytes, the limit of ``setting`` (the upload's names its field)."""
+    upload = setting == "max_upload_bytes"
+    what = f"{UPLOAD_FIELD}: the upload" if upload else "the body"
     return ServiceError(413, "too_large", f"{what} exceeds the service's limit of {limit} bytes (setting "
-                        f"{setting})", field, headers=_CLOSE)
+                        f"{setting})", UPLOAD_FIELD if upload else None, headers=_CLOSE)
 
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -289,7 +291,7 @@ async def _receive(request: Request, sink: _Sink, boundary: bytes | None, limit:
     async for chunk in _body_chunks(request.receive, idle_s, UPLOAD_FIELD):
         received += len(chunk)
         if received > limit:
-            raise _too_large(limit)
+            raise _too_large(limit, "max_upload_bytes")
         if parser is None:
             sink.buffer += chunk
         else:
