@@ -154,10 +154,26 @@ class RTNCube:
         return h.hexdigest()[:16]
 
 
+# Values a real sensor can have, in the plane's unit (docs/formats.md): outside them a cube is refused, so
+# that no absurd value (GAIN 1e308, SIGMA 1e-300) reaches the engine's arithmetic.
+GAIN_RANGE_E_PER_ADU = (1e-4, 1e4)
+_RANGES: dict[str, tuple[float, float, str]] = {
+    "MU": (-1e10, 1e10, "adu"),  # beyond every 32-bit frame value
+    "DELTA": (1e-6, 1e6, "electron"),
+    "SIGMA": (1e-6, 1e6, "electron"),
+    "LAMMAX": (0.0, 1e9, "electron"),
+    "MEANBIAS": (-1e10, 1e10, "adu"),
+    "READNOISE": (0.0, 1e6, "electron"),
+}
+
+
 def _validate(cube: RTNCube, source: str) -> None:
     g = cube.gain_e_per_adu
+    lo, hi = GAIN_RANGE_E_PER_ADU
     if isinstance(g, bool) or not (isinstance(g, int | float | np.floating) and np.isfinite(g) and g > 0):
         raise CubeFormatError(f"{source}: GAIN must be a finite positive number in e-/ADU, got {g!r}")
+    if not lo <= g <= hi:
+        raise CubeFormatError(f"{source}: GAIN must be in [{lo:g}, {hi:g}] e-/ADU, got {g!r}")
     shape = cube.mu_adu.shape
     if len(shape) != 2:
         raise CubeFormatError(f"{source}: MU must be a 2-D (ny, nx) plane, got shape {shape}")
@@ -194,6 +210,14 @@ def _validate(cube: RTNCube, source: str) -> None:
     bad = int(np.count_nonzero(cube.readnoise_e < 0))
     if bad:
         raise CubeFormatError(f"{source}: READNOISE is negative at {bad} pixels")
+    for name, (lo, hi, unit) in _RANGES.items():
+        attr, _unit, rtn_only = _PLANES[name]
+        values = getattr(cube, attr)[rtn] if rtn_only else getattr(cube, attr)
+        out = values[(values < lo) | (values > hi)]
+        if out.size:
+            scope = "RTN pixels" if rtn_only else "pixels"
+            raise CubeFormatError(f"{source}: {name} must be in [{lo:g}, {hi:g}] {unit}; {out.size} {scope} are "
+                                  f"not (e.g. {out[0]:g})")
 
 
 def write_cube(cube: RTNCube, path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -237,75 +261,129 @@ def _unit_ok(found: str, expected: str) -> bool:
     return found.strip().lower() in _UNIT_ALIASES[expected]
 
 
-def _verify_checksums(path: Path, hdul: fits.HDUList) -> None:
+def _verify_checksums(where: str, hdul: fits.HDUList) -> None:
     """Raise if an HDU carries CHECKSUM / DATASUM and it does not match (absent keywords are accepted)."""
     for k, hdu in enumerate(hdul):
         name = hdu.name or f"HDU {k}"
         # verify_*: 1 = matches, 0 = fails, 2 = keyword absent
         if "DATASUM" in hdu.header and hdu.verify_datasum() == 0:
-            raise CubeFormatError(f"{path}: extension {name} fails its DATASUM check (data corrupted)")
+            raise CubeFormatError(f"{where}: extension {name} fails its DATASUM check (data corrupted)")
         if "CHECKSUM" in hdu.header and hdu.verify_checksum() == 0:
-            raise CubeFormatError(f"{path}: extension {name} fails its CHECKSUM check (file corrupted)")
+            raise CubeFormatError(f"{where}: extension {name} fails its CHECKSUM check (file corrupted)")
 
 
-def read_cube(path: str | os.PathLike) -> RTNCube:
+def _header_shape(hdu: fits.hdu.base.ExtensionHDU | fits.PrimaryHDU) -> tuple[int, ...]:
+    """The data shape (numpy order) an HDU's header claims."""
+    n = hdu.header.get("NAXIS", 0)
+    return tuple(int(hdu.header.get(f"NAXIS{i}", 0)) for i in range(n, 0, -1))
+
+
+def _check_sizes(where: str, path: Path, hdul: fits.HDUList) -> None:
+    """Refuse, before any data is read, an HDU whose header claims more data than the file holds."""
+    file_size = path.stat().st_size
+    for k, hdu in enumerate(hdul):
+        name = hdu.name or f"HDU {k}"
+        try:
+            start, size = hdul.fileinfo(k)["datLoc"], int(hdu.size)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CubeFormatError(f"{where}: extension {name} has an invalid data size ({exc})") from None
+        if size < 0 or start + size > file_size:
+            raise CubeFormatError(f"{where}: extension {name} claims data of shape {_header_shape(hdu)} "
+                                  f"({size} bytes), but the file holds {max(file_size - start, 0)} bytes after "
+                                  "its header")
+
+
+def _plane_hdus(where: str, hdul: fits.HDUList) -> dict[str, fits.ImageHDU]:
+    """The required extensions by name, each checked from its header alone: an image of MU's 2-D shape."""
+    names = {hdu.name.upper(): hdu for hdu in hdul[1:]}
+    required = [*_PLANES, "DQ"]
+    missing = [n for n in required if n not in names]
+    if missing:
+        raise CubeFormatError(f"{where}: missing extension(s) {', '.join(missing)}")
+    shape = _header_shape(names["MU"])
+    if len(shape) != 2:
+        raise CubeFormatError(f"{where}: MU must be a 2-D (ny, nx) plane, got shape {shape}")
+    for name in required:
+        hdu = names[name]
+        if not isinstance(hdu, fits.ImageHDU):
+            raise CubeFormatError(f"{where}: extension {name} must be an image extension (format 1 has no "
+                                  f"tile compression), got {type(hdu).__name__}")
+        if _header_shape(hdu) != shape:
+            raise CubeFormatError(f"{where}: {name} has shape {_header_shape(hdu)}, MU has {shape}")
+    return {name: names[name] for name in required}
+
+
+def read_cube(path: str | os.PathLike, name: str | None = None) -> RTNCube:
     """Read and validate an RTN calibration file.
+
+    Every header is checked before any data is read: an extension that claims more data than the file
+    holds, or a plane of another shape than ``MU``, is refused without allocating it.
+
+    Parameters
+    ----------
+    path : path
+        The FITS file.
+    name : str, optional
+        What messages call the file (default: ``path``); a service gives the client's file name, never a
+        path of its own.
 
     Raises
     ------
     CubeFormatError
-        Unreadable or corrupt FITS, failed checksum, missing extension, shape mismatch, wrong BUNIT,
-        NaN where a value is required, out-of-range values. The message names the file and the part.
+        Unreadable or corrupt FITS, an extension larger than the file, failed checksum, missing extension,
+        shape mismatch, wrong BUNIT, NaN where a value is required, out-of-range values. The message names
+        the file and the part.
     """
     path = Path(path)
+    where = str(path) if name is None else name
+
+    def scrub(exc: BaseException) -> str:
+        return str(exc).replace(str(path), where)
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", fits.verify.VerifyWarning)
-            hdul = fits.open(path, memmap=False)
+            hdul = fits.open(path, memmap=False, disable_image_compression=True)
             hdul.readall()  # every header now, so a truncated or malformed file fails here, by name
     except FileNotFoundError:
-        raise CubeFormatError(f"{path}: no such RTN calibration file") from None
+        raise CubeFormatError(f"{where}: no such RTN calibration file") from None
     except (OSError, ValueError, TypeError, fits.verify.VerifyWarning) as exc:
-        raise CubeFormatError(f"{path}: not a readable FITS file ({exc})") from exc
+        raise CubeFormatError(f"{where}: not a readable FITS file ({scrub(exc)})") from exc
     with hdul:
         try:
-            _verify_checksums(path, hdul)
-            names = {hdu.name.upper(): hdu for hdu in hdul[1:]}
-            required = [*_PLANES, "DQ"]
-            missing = [n for n in required if n not in names]
-            if missing:
-                raise CubeFormatError(f"{path}: missing extension(s) {', '.join(missing)}")
+            _check_sizes(where, path, hdul)
+            hdus = _plane_hdus(where, hdul)
+            _verify_checksums(where, hdul)
             planes: dict[str, Any] = {}
-            for name in required:
-                hdu = names[name]
+            for ext, hdu in hdus.items():
                 if hdu.data is None:
-                    raise CubeFormatError(f"{path}: extension {name} has no data")
-                if name == "DQ":
+                    raise CubeFormatError(f"{where}: extension {ext} has no data")
+                if ext == "DQ":
                     dq = np.asarray(hdu.data)
                     if not np.issubdtype(dq.dtype, np.integer) or dq.min(initial=0) < 0 or dq.max(initial=0) > 0xFFFF:
-                        raise CubeFormatError(f"{path}: extension DQ must hold unsigned 16-bit integer flags, "
+                        raise CubeFormatError(f"{where}: extension DQ must hold unsigned 16-bit integer flags, "
                                               f"got {dq.dtype}")
                     planes["dq"] = dq
                     continue
-                attr, unit, _rtn = _PLANES[name]
+                attr, unit, _rtn = _PLANES[ext]
                 found = str(hdu.header.get("BUNIT", ""))
                 if not _unit_ok(found, unit):
-                    raise CubeFormatError(f"{path}: extension {name} has BUNIT {found!r}, expected {unit!r}")
+                    raise CubeFormatError(f"{where}: extension {ext} has BUNIT {found!r}, expected {unit!r}")
                 planes[attr] = np.asarray(hdu.data, dtype=np.float64)
             hdr = hdul[0].header
             if "GAIN" not in hdr:
-                raise CubeFormatError(f"{path}: primary header has no GAIN (e-/ADU)")
-            meta = {name: hdr[key] for key, name in _META_KEYS.items() if key in hdr}
+                raise CubeFormatError(f"{where}: primary header has no GAIN (e-/ADU)")
+            meta = {key_name: hdr[key] for key, key_name in _META_KEYS.items() if key in hdr}
             gain = hdr["GAIN"]
             if isinstance(gain, bool | str):
-                raise CubeFormatError(f"{path}: GAIN must be a finite positive number in e-/ADU, got {gain!r}")
+                raise CubeFormatError(f"{where}: GAIN must be a finite positive number in e-/ADU, got {gain!r}")
             return RTNCube(gain_e_per_adu=float(gain), meta=meta, **planes)
         except CubeFormatError as exc:
             if str(exc).startswith("cube:"):
-                raise CubeFormatError(f"{path}:{str(exc)[5:]}") from None
+                raise CubeFormatError(f"{where}:{str(exc)[5:]}") from None
             raise
         except (OSError, ValueError, TypeError) as exc:
-            raise CubeFormatError(f"{path}: corrupt data ({exc})") from exc
+            raise CubeFormatError(f"{where}: corrupt data ({scrub(exc)})") from exc
 
 
 def model_mean_and_std(

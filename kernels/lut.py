@@ -12,7 +12,7 @@ and sums, no transcendental function) so that the CUDA kernels reproduce it bit 
 coordinate of a pixel is constant for a job and is computed once, on the host, by :meth:`ThresholdTable.sigma_coords`.
 
 Tables are data: saved as ``.npz`` (alpha, grids, quantiles, format version), never pickled, cached in
-memory and under ``$RTNSTREAM_CACHE`` (default ``~/.cache/rtnstream``).
+memory and under ``$RTNSTREAM_CACHE`` (default ``~/.cache/rtnstream``), keyed by the exact ``alpha``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ import functools
 import hashlib
 import logging
 import os
+import threading
 import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,8 @@ __all__ = [
     "ThresholdTable",
     "build_table",
     "get_table",
+    "table_cache_path",
+    "clear_table_cache",
     "default_lambda_nodes",
     "default_sigma_nodes",
     "poisson_normal_cdf",
@@ -473,22 +477,76 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("RTNSTREAM_CACHE", Path.home() / ".cache" / "rtnstream"))
 
 
-@functools.lru_cache(maxsize=8)
+def table_cache_path(alpha: float) -> Path:
+    """The disk cache file of the default-grid table for ``alpha``.
+
+    The name holds ``repr(alpha)``, the shortest text that reads back as exactly that float: two alphas share
+    a file only when they are the same number (``0.4999999`` and ``0.49999999`` do not).
+
+    Raises
+    ------
+    ValueError
+        ``alpha`` is not in (0, 0.5).
+    """
+    return _cache_dir() / f"threshold-table-v{TABLE_FORMAT_VERSION}-alpha{_check_alpha(alpha)!r}.npz"
+
+
+_MEMORY_TABLES = 8  # tables kept in memory (about 7 MB each)
+_tables: OrderedDict[float, ThresholdTable] = OrderedDict()
+_tables_lock = threading.Lock()  # guards _tables
+_build_lock = threading.Lock()  # one table read or built at a time: concurrent callers wait, then share it
+
+
+def _remembered(alpha: float) -> ThresholdTable | None:
+    with _tables_lock:
+        table = _tables.get(alpha)
+        if table is not None:
+            _tables.move_to_end(alpha)
+        return table
+
+
+def clear_table_cache() -> None:
+    """Forget the tables kept in memory (the disk cache stays)."""
+    with _tables_lock:
+        _tables.clear()
+
+
 def get_table(alpha: float = 0.003) -> ThresholdTable:
     """The default-grid table for ``alpha``: from memory, else the disk cache, else built and cached.
 
-    A cached file that cannot be read (truncated, other version) is rebuilt and replaced.
+    Safe from any thread: one table is read or built at a time, and a caller asking for a table another
+    thread is building waits for that build instead of making its own. A cached file that cannot be read
+    (truncated, other version) is rebuilt and replaced.
+
+    Raises
+    ------
+    ValueError
+        ``alpha`` is not in (0, 0.5).
     """
     alpha = _check_alpha(alpha)
-    path = _cache_dir() / f"threshold-table-v{TABLE_FORMAT_VERSION}-alpha{alpha:.6g}.npz"
+    table = _remembered(alpha)
+    if table is not None:
+        return table
+    with _build_lock:
+        table = _remembered(alpha) or _read_or_build(alpha)
+        with _tables_lock:
+            _tables[alpha] = table
+            while len(_tables) > _MEMORY_TABLES:
+                _tables.popitem(last=False)
+    return table
+
+
+def _read_or_build(alpha: float) -> ThresholdTable:
+    path = table_cache_path(alpha)
     if path.exists():
         try:
             table = ThresholdTable.load(path)
             if table.alpha == alpha:
                 return table
+            log.warning("threshold table cache %s holds alpha=%r, not %r; rebuilding", path, table.alpha, alpha)
         except (OSError, ValueError, KeyError) as exc:
             log.warning("threshold table cache %s unreadable (%s); rebuilding", path, exc)
-    log.info("building threshold table for alpha=%g", alpha)
+    log.info("building threshold table for alpha=%r", alpha)
     table = build_table(alpha)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,20 +6,21 @@ import json
 import logging
 import os
 import re
-import shutil
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import BinaryIO
 
 from rtnstream.kernels.cube import RTNCube, read_cube
+from rtnstream.service.memory import trim_heap
 
 __all__ = ["CUBE_ID_PATTERN", "CubeStore"]
 
 log = logging.getLogger(__name__)
 
 CUBE_ID_PATTERN = r"^[0-9a-f]{16}$"
+_STALE_UPLOAD_S = 3600.0  # a partial upload untouched this long belongs to no live request
 
 
 class CubeStore:
@@ -31,11 +32,19 @@ class CubeStore:
         Folder of the ``<id>.fits`` files (created if missing).
     cache_size : int
         Number of loaded cubes kept in memory.
+
+    Notes
+    -----
+    Partial uploads (``*.fits.part``) older than an hour, left by a process that died mid-upload, are
+    removed when the store opens.
     """
 
     def __init__(self, directory: Path, cache_size: int = 2) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        for part in self.directory.glob("*.fits.part"):
+            if time.time() - part.stat().st_mtime > _STALE_UPLOAD_S:
+                part.unlink(missing_ok=True)
         self._cache: OrderedDict[str, RTNCube] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -50,23 +59,33 @@ class CubeStore:
         """True when cube ``cube_id`` is stored."""
         return re.match(CUBE_ID_PATTERN, cube_id) is not None and self.path(cube_id).is_file()
 
-    def add(self, stream: BinaryIO) -> RTNCube:
-        """Store the cube read from ``stream`` (FITS bytes) after validating it.
+    def upload_path(self) -> Path:
+        """A new, empty file in the store's folder for an upload to be written to, then :meth:`add_file`."""
+        fd, name = tempfile.mkstemp(suffix=".fits.part", dir=self.directory)
+        os.close(fd)
+        return Path(name)
+
+    def add_file(self, path: Path, name: str) -> RTNCube:
+        """Validate the uploaded file ``path`` (from :meth:`upload_path`) and store it under its cube id.
+
+        Parameters
+        ----------
+        path : pathlib.Path
+            The uploaded FITS file; it is moved into place or removed, whatever happens.
+        name : str
+            The client's name of the file: the one error messages give (never a path of this server).
 
         Raises
         ------
         CubeFormatError
             The upload is not a valid RTN calibration file (nothing is stored).
         """
-        fd, tmp_name = tempfile.mkstemp(suffix=".fits.part", dir=self.directory)
-        tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as f:
-                shutil.copyfileobj(stream, f, length=1 << 22)
-            cube = read_cube(tmp)
-            os.replace(tmp, self.path(cube.cube_id))
+            cube = read_cube(path, name=name)
+            os.replace(path, self.path(cube.cube_id))
         finally:
-            tmp.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+            trim_heap()  # reading a large cube leaves freed buffers behind
         self._summary_path(cube.cube_id).write_text(json.dumps(_summary(cube)))
         self._remember(cube.cube_id, cube)
         log.info("stored cube %s (%d x %d, %d RTN pixels)", cube.cube_id, *cube.shape, cube.n_rtn)
@@ -108,7 +127,7 @@ class CubeStore:
                 return self._cache[cube_id]
         if not self.exists(cube_id):
             raise KeyError(cube_id)
-        cube = read_cube(self.path(cube_id))
+        cube = read_cube(self.path(cube_id), name=f"stored cube {cube_id}")
         self._remember(cube_id, cube)
         return cube
 

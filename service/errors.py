@@ -1,9 +1,15 @@
-"""One JSON error envelope for every HTTP error: ``{"error": {"code", "message", "field"?}}``."""
+"""One JSON error envelope for every HTTP error: ``{"error": {"code", "message", "field"?}}``.
+
+Messages never show this server's folders: the data and presets folders, the temporary folder and the home
+folder are replaced by ``<data_dir>``, ``<presets_dir>``, ``<tmp>`` and ``~``.
+"""
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from http import HTTPStatus
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -48,16 +54,33 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
 
 
+def _server_paths(request: Request) -> list[tuple[str, str]]:
+    """(path, what to say instead) for the folders of this server, longest first."""
+    settings = getattr(request.app.state, "settings", None)
+    folders = [(tempfile.gettempdir(), "<tmp>"), (str(Path.home()), "~")]
+    if settings is not None:
+        folders += [(str(settings.data_dir), "<data_dir>"), (str(settings.presets_dir), "<presets_dir>")]
+    pairs = {(p, label) for path, label in folders for p in {path, str(Path(path).resolve())} if len(p) > 1}
+    return sorted(pairs, key=lambda pair: -len(pair[0]))
+
+
+def _scrub(request: Request, message: str) -> str:
+    """``message`` without the paths of this server's folders (a client learns nothing of its layout)."""
+    for path, label in _server_paths(request):
+        message = message.replace(path, label)
+    return message
+
+
 def _field_name(loc: tuple) -> str | None:
     parts = [str(p) for p in loc if not (isinstance(p, str) and p in _LOCATION_ROOTS)]
     return ".".join(parts) if parts else (str(loc[0]) if loc else None)
 
 
-async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
-    return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
+async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    return error_response(exc.status, exc.code, _scrub(request, exc.message), exc.field, exc.headers)
 
 
-async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     field = _field_name(tuple(first.get("loc", ())))
@@ -68,16 +91,17 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
         others = sorted({f for e in errors[1:] if (f := _field_name(tuple(e.get("loc", ())))) and f != field})
         if others:
             message += f" (also invalid: {', '.join(others)})"
-    return error_response(422, "invalid_request", message, field)
+    return error_response(422, "invalid_request", _scrub(request, message), field)
 
 
-async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
-    return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+    return error_response(exc.status_code, code, _scrub(request, str(exc.detail)),
+                          headers=getattr(exc, "headers", None))
 
 
-async def _cube_error(_request: Request, exc: CubeFormatError) -> JSONResponse:
-    return error_response(422, "invalid_cube", str(exc), "file")
+async def _cube_error(request: Request, exc: CubeFormatError) -> JSONResponse:
+    return error_response(422, "invalid_cube", _scrub(request, str(exc)), "file")
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -10,7 +10,7 @@ import socket
 import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
@@ -132,6 +132,25 @@ class ServiceSettings(BaseSettings):
     presets_dir : pathlib.Path
         Folder of the camera presets (``<name>.toml``) that ``POST /v1/jobs`` may name (default: the
         source tree's ``config/cameras``).
+    max_upload_bytes : int >= 1
+        Largest request body ``POST /v1/cubes`` takes, bytes (multipart overhead included); a larger one is
+        answered 413 before it is read (``Content-Length``) or as soon as it passes the limit (chunked).
+        Default 5 GiB: a full-sensor IMX455 cube (9576 x 6388 pixels, format 1: nine float64 planes and
+        a uint16 DQ, 74 bytes a pixel) is 4.53 GB.
+    max_body_bytes : int >= 1
+        Largest body of every other call (JSON), bytes; 413 beyond it, as for uploads.
+    body_idle_timeout_s : float > 0
+        A request whose body sends nothing for this long is answered 408 (an upload's partial file removed), s.
+    header_timeout_s : float > 0
+        A connection that has not sent a complete request head within this time is closed, s.
+    keep_alive_timeout_s : float > 0
+        An idle keep-alive connection is closed after this time, s.
+    lut_alphas : list of float in (0, 0.5)
+        Threshold tables built (or read from the disk cache) in the background when the service starts,
+        so that jobs with these ``alpha`` never build one in their request.
+    memory_trim_s : float >= 0
+        Period at which freed heap memory is handed back to the operating system (glibc ``malloc_trim``;
+        nothing elsewhere), s; 0 turns it off.
     """
 
     model_config = SettingsConfigDict(env_prefix="RTNSTREAM_", env_file=".env", extra="ignore",
@@ -159,6 +178,14 @@ class ServiceSettings(BaseSettings):
     stop_timeout_s: float = Field(60.0, gt=0)
     node_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
     presets_dir: Path = Field(default_factory=_default_presets_dir)
+    # HTTP hardening (uploads, connections), threshold tables, memory
+    max_upload_bytes: int = Field(5 << 30, ge=1)
+    max_body_bytes: int = Field(1 << 20, ge=1)
+    body_idle_timeout_s: float = Field(30.0, gt=0)
+    header_timeout_s: float = Field(10.0, gt=0)
+    keep_alive_timeout_s: float = Field(5.0, gt=0)
+    lut_alphas: list[Annotated[float, Field(gt=0, lt=0.5)]] = Field(default_factory=lambda: [0.003])
+    memory_trim_s: float = Field(30.0, ge=0)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,

@@ -180,6 +180,72 @@ def test_damaged_file_is_refused_naming_the_part(cube, cube_file, tmp_path, dama
     assert isinstance(info.value, RTNStreamError)
 
 
+ABSURD = {  # issue 10: values no sensor has, accepted on main; each refused naming its key
+    "GAIN 1e308": (lambda c: _set_header(0, "GAIN", 1e308), r"GAIN must be in \[0.0001, 10000\] e-/ADU"),
+    "GAIN 1e-300": (lambda c: _set_header(0, "GAIN", 1e-300), r"GAIN must be in"),
+    "SIGMA 1e-300": (lambda c: _set_pixel("SIGMA", _first_rtn(c), 1e-300), r"SIGMA must be in \[1e-06, 1e\+06\]"),
+    "DELTA 1e300": (lambda c: _set_pixel("DELTA", _first_rtn(c), 1e300), r"DELTA must be in"),
+    "MU -1e300": (lambda c: _set_pixel("MU", _first_rtn(c), -1e300), r"MU must be in"),
+    "LAMMAX 1e300": (lambda c: _set_pixel("LAMMAX", _first_rtn(c), 1e300), r"LAMMAX must be in"),
+    "MEANBIAS 1e300": (lambda c: _set_pixel("MEANBIAS", _first_non_rtn(c), 1e300), r"MEANBIAS must be in"),
+    "READNOISE 1e300": (lambda c: _set_pixel("READNOISE", _first_non_rtn(c), 1e300), r"READNOISE must be in"),
+}
+
+
+@pytest.mark.parametrize("value", ABSURD)
+def test_defect10_absurd_cube_values_are_refused_naming_the_key(cube, cube_file, tmp_path, value):
+    make_edit, message = ABSURD[value]
+    path = _rewrite(cube_file, tmp_path / "absurd.fits", make_edit(cube))
+    with pytest.raises(CubeFormatError, match=message):
+        read_cube(path)
+
+
+def _append_header(src, dst, **cards):
+    """``src`` plus one more extension header (no data) with ``cards``: a header that lies about its data."""
+    header = fits.Header([("XTENSION", "IMAGE"), ("BITPIX", -64), ("NAXIS", 2), *cards.items(), ("PCOUNT", 0),
+                          ("GCOUNT", 1), ("EXTNAME", "EXTRA"), ("DATASUM", "0")])
+    dst.write_bytes(src.read_bytes() + header.tostring().encode())
+    return dst
+
+
+@pytest.mark.filterwarnings("ignore:File may have been truncated")
+def test_defect10_extension_claiming_more_data_than_the_file_is_refused_before_reading(cube_file, tmp_path):
+    # A last extension claiming 100000 x 100000 float64 (80 GB) in a file of a few hundred KB: on main its
+    # DATASUM check allocated the whole plane (MemoryError, a 500 in the service). Refused from the header.
+    path = _append_header(cube_file, tmp_path / "huge.fits", NAXIS1=100000, NAXIS2=100000)
+    with pytest.raises(CubeFormatError, match=r"extension EXTRA claims data of shape \(100000, 100000\) "
+                                              r"\(80000000000 bytes\), but the file holds 0 bytes"):
+        read_cube(path)
+    # the last required plane (DQ) with a header that lies the same way, and no data
+    with fits.open(cube_file) as hdul:
+        start = hdul.fileinfo(hdul.index_of("DQ"))["hdrLoc"]
+        header = hdul["DQ"].header.copy()
+    header["NAXIS1"] = header["NAXIS2"] = 100000
+    (tmp_path / "dq.fits").write_bytes(cube_file.read_bytes()[:start] + header.tostring().encode())
+    with pytest.raises(CubeFormatError, match=r"extension DQ claims data of shape \(100000, 100000\)"):
+        read_cube(tmp_path / "dq.fits")
+
+
+def test_tile_compressed_planes_are_refused_from_their_header(cube, tmp_path):
+    with fits.open(write_cube(cube, tmp_path / "plain.fits")) as hdul:
+        hdus = [hdul[0].copy()] + [fits.CompImageHDU(h.data, h.header, name=h.name) if h.name == "SIGMA"
+                                   else h.copy() for h in hdul[1:]]
+    fits.HDUList(hdus).writeto(tmp_path / "compressed.fits")
+    with pytest.raises(CubeFormatError, match="extension SIGMA must be an image extension"):
+        read_cube(tmp_path / "compressed.fits")
+
+
+@pytest.mark.filterwarnings("ignore:File may have been truncated")
+def test_messages_name_the_given_file_name_not_the_path(cube_file, tmp_path):
+    path = tmp_path / "garbage.fits"
+    path.write_bytes(bytes(range(256)) * 40)
+    for bad in (path, _rewrite(cube_file, tmp_path / "bad.fits", _set_header(0, "GAIN", None)),
+                _append_header(cube_file, tmp_path / "huge.fits", NAXIS1=10, NAXIS2=10**9)):
+        with pytest.raises(CubeFormatError) as info:
+            read_cube(bad, name="their cube.fits")
+        assert str(info.value).startswith("their cube.fits: ") and str(tmp_path) not in str(info.value)
+
+
 def test_unit_aliases_are_accepted(cube, cube_file, tmp_path):
     path = _rewrite(cube_file, tmp_path / "alias.fits", _set_header("DELTA", "BUNIT", "e-"))
     assert read_cube(path).cube_id == cube.cube_id

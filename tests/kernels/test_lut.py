@@ -1,6 +1,7 @@
 """Tests of kernels/lut.py: the threshold table against direct inversion of F, its domain, storage, cache."""
 
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -10,9 +11,11 @@ from rtnstream.kernels.lut import (
     TABLE_FORMAT_VERSION,
     ThresholdTable,
     build_table,
+    clear_table_cache,
     get_table,
     poisson_normal_cdf,
     poisson_normal_quantile,
+    table_cache_path,
 )
 
 ALPHA = 0.003
@@ -186,13 +189,15 @@ def tmp_cache(tmp_path, monkeypatch):
     """An empty RTNSTREAM_CACHE; get_table's memory cache cleared before and after."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("RTNSTREAM_CACHE", str(cache))
-    get_table.cache_clear()
+    clear_table_cache()
     yield cache
-    get_table.cache_clear()
+    clear_table_cache()
 
 
 def _cache_file(cache, alpha=ALPHA):
-    return cache / f"threshold-table-v{TABLE_FORMAT_VERSION}-alpha{alpha:.6g}.npz"
+    path = table_cache_path(alpha)
+    assert path.parent == cache
+    return path
 
 
 def test_get_table_reads_the_disk_cache(tmp_cache):
@@ -220,9 +225,43 @@ def test_get_table_rebuilds_a_corrupt_cache_file(tmp_cache, table):
     assert sorted(os.listdir(tmp_cache)) == [path.name]
     # a fresh process (memory cache cleared) now reads it instead of building again
     mtime = path.stat().st_mtime_ns
-    get_table.cache_clear()
+    clear_table_cache()
     assert get_table(ALPHA).table_id == rebuilt.table_id
     assert path.stat().st_mtime_ns == mtime
+
+
+def test_alpha_per_job_cache_key_is_the_exact_alpha(tmp_cache):
+    # Issue 10 (alpha per job): 0.4999999 and 0.49999999 both print as 0.5 with 6 digits, and shared one
+    # cache file: asking for one overwrote the other's table. Each must keep its own file and table.
+    close = (0.4999999, 0.49999999)
+    tmp_cache.mkdir()
+    markers = {}
+    for alpha in close:  # small grids of their own: get_table must return exactly these, built by nobody
+        markers[alpha] = build_table(alpha, np.linspace(0, 100, 5), np.array([0.5, 1.0, 2.0]))
+        markers[alpha].save(_cache_file(tmp_cache, alpha))
+    assert _cache_file(tmp_cache, close[0]) != _cache_file(tmp_cache, close[1])
+    for alpha in close:
+        got = get_table(alpha)
+        assert got.alpha == alpha and got.table_id == markers[alpha].table_id
+    assert _cache_file(tmp_cache, 0.003).name == "threshold-table-v1-alpha0.003.npz"  # existing caches stay valid
+    for alpha in close:
+        assert ThresholdTable.load(_cache_file(tmp_cache, alpha)).table_id == markers[alpha].table_id
+
+
+def test_concurrent_requests_for_a_new_alpha_share_one_build(tmp_cache, table):
+    # Two jobs asking at once for an alpha not yet built: one build, both get that very table; and the
+    # numbers are the default grid's (same builder as the session's 0.003 table, bit for bit on its grid).
+    alpha = 0.01
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(get_table(alpha))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert len(results) == 2 and results[0] is results[1]
+    assert results[0].alpha == alpha
+    np.testing.assert_array_equal(results[0].lambda_nodes, table.lambda_nodes)
+    assert sorted(os.listdir(tmp_cache)) == [table_cache_path(alpha).name]
 
 
 # ---- lambda_max ----------------------------------------------------------------------------------

@@ -220,3 +220,44 @@ def test_bias_offset_is_served_as_fits(api, server, sim, cube_id):
         assert hdul[0].header["BUNIT"] == "adu" and hdul[0].header["SERIES"] == "fits one"
         assert hdul[0].data.shape == sim.cube.shape
     api.stop_job(job)
+
+
+def _upload(server, name: str, data: bytes) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/cubes", files={"file": (name, data, "application/fits")})
+
+
+@pytest.mark.filterwarnings("ignore:File may have been truncated")
+def test_defect10_cube_claiming_a_huge_last_extension_is_a_422_not_a_500(server, sim):
+    # Issue 10: a 270 KB cube whose last extension claims 100000 x 100000 made the service try to allocate
+    # the plane (500). It is refused from the header, naming the extension and the client's file only.
+    header = fits.Header([("XTENSION", "IMAGE"), ("BITPIX", -64), ("NAXIS", 2), ("NAXIS1", 100000),
+                          ("NAXIS2", 100000), ("PCOUNT", 0), ("GCOUNT", 1), ("EXTNAME", "EXTRA"), ("DATASUM", "0")])
+    r = _upload(server, "huge.fits", sim.cube_path.read_bytes() + header.tostring().encode())
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_cube"
+    message = r.json()["error"]["message"]
+    assert message.startswith("huge.fits: extension EXTRA claims data of shape (100000, 100000)")
+    assert str(server.settings.data_dir) not in message
+
+
+@pytest.mark.parametrize(("plane", "value"), [("GAIN", 1e308), ("SIGMA", 1e-300), ("DELTA", -1.0)])
+def test_defect10_absurd_cube_values_are_a_422_naming_the_key(server, sim, plane, value):
+    with fits.open(sim.cube_path) as hdul:
+        hdul = fits.HDUList([h.copy() for h in hdul])
+    if plane == "GAIN":
+        hdul[0].header["GAIN"] = value
+    else:
+        data = hdul[plane].data.copy()
+        data[np.isfinite(data)] = value
+        hdul[plane].data = data
+    out = io.BytesIO()
+    hdul.writeto(out, checksum=True)
+    r = _upload(server, "absurd.fits", out.getvalue())
+    assert r.status_code == 422 and r.json()["error"]["field"] == "file"
+    assert r.json()["error"]["message"].startswith(f"absurd.fits: {plane} must be")
+
+
+def test_error_messages_show_no_server_paths(server, cube_id):
+    r = httpx.post(f"{server.url}/v1/jobs", json=_job_body(cube_id, preset="no-such-camera"))
+    assert r.status_code == 404 and r.json()["error"]["field"] == "preset"
+    message = r.json()["error"]["message"]
+    assert "<presets_dir>" in message and str(server.settings.presets_dir) not in message
