@@ -45,10 +45,11 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` with each option's default, except where there is none to show (None, a flag's False)."""
+    """``--help`` with each option's default, except where there is none to show (None, a flag's False, an
+    empty list)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False or action.required:
+        if action.default is None or action.default is False or action.default == [] or action.required:
             return action.help
         return super()._get_help_string(action)
 
