@@ -220,7 +220,9 @@ def test_every_config_file_compose_and_the_image_reference_exists_and_validates(
     for path in presets:
         preset = load_preset(service_toml.presets_dir, path.stem)
         assert preset.shape == (6388, 9576) and preset.dtype == "<u2"
-    assert ServiceSettings().presets_dir.samefile(CAMERAS)  # the default: the presets rtnstream is installed with
+    default = ServiceSettings().presets_dir  # the presets rtnstream is installed with: those of config/cameras
+    assert {p.name: p.read_bytes() for p in default.glob("*.toml")} == \
+        {p.name: p.read_bytes() for p in CAMERAS.glob("*.toml")}
 
 
 def test_camera_presets_hold_the_documented_values():

@@ -53,9 +53,9 @@ def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
         return ServiceSettings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = "".join(f"{p}: " for p in first["loc"][:1])  # none for a rule across settings
+        field = ".".join(str(p) for p in first["loc"])  # none for a rule across settings
         message = first["msg"].removeprefix("Value error, ")
-        raise SystemExit(f"rtnstream serve: error: {field}{message}") from None
+        raise SystemExit(f"rtnstream serve: error: {f'{field}: ' if field else ''}{message}") from None
     except SettingsError as exc:
         raise SystemExit(f"rtnstream serve: error: {exc}") from None
 
