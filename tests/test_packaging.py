@@ -276,6 +276,9 @@ def test_the_base_install_simulates_fits_and_corrects(base_venv):
     info = json.loads(base_venv.run("rtnstream", "cube", "info", "fitted.fits").stdout)
     assert info["shape"] == [24, 32] and info["n_rtn"] > 0
     assert _simulate_and_correct(base_venv)["frames"] == 24
+    gpu = base_venv.run("rtnstream", "correct", "--cube", "sim/cube.fits", "sim/stars_00000.fits", "-o", "gpu",
+                        "--backend", "cupy", check=False)
+    assert gpu.returncode == 2 and "pip install 'rtnstream[gpu]'" in gpu.stderr  # the GPU extra, named
 
 
 @pytest.mark.parametrize("argv", [["serve"], ["demo"], ["status"], ["camera", "--ingest", "tcp://127.0.0.1:1"],
