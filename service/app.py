@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import zmq
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from rtnstream import __version__
 from rtnstream.service.cubes import CubeStore
@@ -60,8 +61,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             context.term()
             redis_handle.close()
 
-    app = FastAPI(title="rtnstream", version=__version__, lifespan=lifespan,
-                  summary="Live RTN correction of CMOS camera frames: control plane")
+    # /docs and /redoc with the Swagger UI and ReDoc assets of the fastapi-offline package, served by this
+    # app (under /static-offline-docs), not from a CDN: they work at an observatory without internet
+    app = FastAPIOffline(title="rtnstream", version=__version__, lifespan=lifespan,
+                         summary="Live RTN correction of CMOS camera frames: control plane")
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(health.router)

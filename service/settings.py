@@ -6,9 +6,11 @@ configuration file named by ``config_file``, the built-in defaults.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import tomllib
 from functools import lru_cache
+from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,7 +18,7 @@ from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
-__all__ = ["ServiceSettings", "get_settings", "read_toml"]
+__all__ = ["ServiceSettings", "get_settings", "read_toml", "is_loopback_host"]
 
 #: Settings holding a path: a relative path in a configuration file is taken relative to the file's folder.
 _PATH_SETTINGS = ("data_dir", "redis_db_file", "presets_dir", "socket_dir", "zmq_curve_secret_file",
@@ -28,8 +30,18 @@ def _default_data_dir() -> Path:
 
 
 def _default_presets_dir() -> Path:
-    """``config/cameras`` of the source tree this module belongs to."""
-    return Path(__file__).resolve().parent.parent / "config" / "cameras"
+    """The camera presets packaged with rtnstream (``config/cameras`` of the source tree)."""
+    return Path(str(files("rtnstream.config").joinpath("cameras")))
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) reaches only this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
 
 
 def read_toml(path: Path, what: str) -> dict[str, Any]:
@@ -99,7 +111,11 @@ class ServiceSettings(BaseSettings):
     redis_db_file : pathlib.Path or None
         Database file of the embedded server (default ``data_dir/redis.db``).
     token : SecretStr or None
-        Bearer token required on every mutating call when set.
+        Bearer token required on every mutating call when set. Required when ``host`` is not a loopback
+        address, unless ``allow_insecure_bind``.
+    allow_insecure_bind : bool
+        Serve HTTP on a non-loopback ``host`` without a token (``RTNSTREAM_ALLOW_INSECURE_BIND``): anyone who
+        reaches the port can then create and stop jobs. Default False: such settings are refused.
     data_dir : pathlib.Path
         Cube storage (``cubes/``), bias offset maps (``jobs/``) and the embedded Redis database.
     backend : {'auto', 'numpy', 'cupy'}
@@ -131,7 +147,7 @@ class ServiceSettings(BaseSettings):
         needs its own, stable across restarts (in containers, set ``RTNSTREAM_NODE_ID``).
     presets_dir : pathlib.Path
         Folder of the camera presets (``<name>.toml``) that ``POST /v1/jobs`` may name (default: the
-        source tree's ``config/cameras``).
+        presets packaged with rtnstream, ``config/cameras`` of the source tree).
     max_upload_bytes : int >= 1
         Largest request body ``POST /v1/cubes`` takes, bytes (multipart overhead included); a larger one is
         answered 413 before it is read (``Content-Length``) or as soon as it passes the limit (chunked).
@@ -163,6 +179,7 @@ class ServiceSettings(BaseSettings):
                                                                       "redis_url"))
     redis_db_file: Path | None = None
     token: SecretStr | None = None
+    allow_insecure_bind: bool = False
     data_dir: Path = Field(default_factory=_default_data_dir)
     backend: Literal["auto", "numpy", "cupy"] = "auto"
     queue_frames: int = Field(8, ge=1, le=4096)
@@ -205,6 +222,14 @@ class ServiceSettings(BaseSettings):
             raise ValueError("set both zmq_curve_secret_file and zmq_curve_clients_dir, or neither")
         if self.token is not None and not self.token.get_secret_value():
             self.token = None
+        return self
+
+    @model_validator(mode="after")
+    def _safe_bind(self) -> ServiceSettings:
+        if not is_loopback_host(self.host) and self.token is None and not self.allow_insecure_bind:
+            raise ValueError(f"host {self.host!r} is not a loopback address: set a token (RTNSTREAM_TOKEN) so "
+                             f"that only its holders can change jobs, or allow_insecure_bind = true "
+                             f"(RTNSTREAM_ALLOW_INSECURE_BIND=1) to serve it without one")
         return self
 
     @property

@@ -1,33 +1,42 @@
-"""Deployment: Dockerfile and docker-compose.yml checked statically (no Docker engine here), the config files
-they reference parsed and validated, the settings precedence of ``rtnstream serve --config``, and camera
-presets over the real HTTP API."""
+"""Deployment: the Dockerfile, .dockerignore and docker-compose.yml checked statically (deploy/check-image.sh
+builds and runs them where Docker can start), the config files they reference parsed and validated, the
+settings precedence of ``rtnstream serve --config``, the refusal of a non-loopback address without a token,
+and camera presets over the real HTTP API."""
 
 import fnmatch
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from rtnstream.cli import build_parser
 from rtnstream.commands.serve import settings_from_args
 from rtnstream.service.jobs import load_preset
-from rtnstream.service.server import BackgroundServer
+from rtnstream.service.server import BackgroundServer, free_port
 from rtnstream.service.settings import ServiceSettings
 from tests.service._support import CAMERAS, SHAPE, loopback, make_sim, service_settings, write_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_IN_IMAGE = "/etc/rtnstream"
 SERVICE_TOML = f"{CONFIG_IN_IMAGE}/service.toml"
+COMPOSE_V1 = Path("/usr/bin/docker-compose")  # Debian 12's docker-compose 1.29
 
 
 # ------------------------------------------------------------------------------------------- Dockerfile
-def dockerfile_stages() -> dict[str, dict]:
-    """Stages of the Dockerfile: name -> {"base": image, "instructions": [(KEYWORD, argument text)]}."""
-    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
-    args, stages, current = {}, {}, None
+def dockerfile_stages(path: Path = ROOT / "Dockerfile") -> dict[str, dict]:
+    """Stages of a Dockerfile: name -> {"base": image, "instructions": [(KEYWORD, argument text)]}; the
+    global ARG defaults are under the key ``None``."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    args, stages, current = {}, {None: {}}, None
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
@@ -36,11 +45,11 @@ def dockerfile_stages() -> dict[str, dict]:
         keyword, rest = keyword.upper(), rest.strip()
         if keyword == "ARG" and current is None:
             name, _, default = rest.partition("=")
-            args[name] = default
+            args[name] = stages[None][name] = default
         elif keyword == "FROM":
             base, _, name = rest.partition(" AS ")
             base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], base.strip())
-            current = stages[name.strip()] = {"base": base, "instructions": []}
+            current = stages[name.strip() or "-"] = {"base": base, "instructions": []}
         else:
             current["instructions"].append((keyword, rest))
     return stages
@@ -71,19 +80,24 @@ def compose():
 
 @pytest.fixture(scope="module")
 def service_toml():
-    return ServiceSettings(config_file=ROOT / "config" / "service.toml")
+    # the container's settings serve on 0.0.0.0: valid only with a token (or allow_insecure_bind)
+    return ServiceSettings(config_file=ROOT / "config" / "service.toml", allow_insecure_bind=True)
 
 
-@pytest.mark.parametrize("target, base", [("cpu", r"python:3\.11-slim"), ("gpu", r"nvidia/cuda:12\.[\d.]+-runtime-")])
-def test_dockerfile_targets(stages, service_toml, target, base):
+@pytest.mark.parametrize("target, extras", [("cpu", "service"), ("gpu", "service,gpu")])
+def test_dockerfile_targets(stages, service_toml, target, extras):
     chain = stage_chain(stages, target)
-    assert re.match(base, chain[-1]["base"]), chain[-1]["base"]
+    assert chain[-1]["base"] == stages[None]["BASE_IMAGE"] == "debian:bookworm-slim"  # a build argument
+    external = {st["base"] for name, st in stages.items() if name is not None and st["base"] not in stages}
+    assert external == {"debian:bookworm-slim"}  # the one base image, for both targets: no CUDA image
     copies = instructions(stages, target, "COPY")
     build_stage = next(c.split()[0].removeprefix("--from=") for c in copies if c.startswith("--from="))
     assert build_stage in stages and build_stage != target  # multi-stage: the venv is built elsewhere
     assert any("/opt/venv" in c for c in copies if c.startswith("--from="))
+    assert not any(s["base"] == build_stage for s in chain)  # no compiler or sources in the runtime image
     install = " ".join(instructions(stages, build_stage, "RUN"))
-    assert re.findall(r'pip install "?(\.[^"\s]*)"?', install) == [".[gpu]" if target == "gpu" else "."]
+    assert re.findall(r'pip install \$\{PIP_OPTIONS\} "([^"]+)"', install) == [f"/src[{extras}]"]
+    assert "COPY . /src" in [f"COPY {c}" for c in instructions(stages, build_stage, "COPY")]
     user = instructions(stages, target, "USER")
     assert user and user[-1] not in ("root", "0")  # runs as a non-root user
     assert f"config/ {CONFIG_IN_IMAGE}/" in copies
@@ -97,47 +111,59 @@ def test_dockerfile_targets(stages, service_toml, target, base):
     assert volumes == [str(service_toml.data_dir)]
 
 
-def test_dockerignore_keeps_what_the_build_copies(stages):
+def test_the_redis_image_is_debians_redis_on_the_same_base():
+    stages = dockerfile_stages(ROOT / "deploy" / "redis.Dockerfile")
+    assert stages[None]["BASE_IMAGE"] == dockerfile_stages()[None]["BASE_IMAGE"]
+    (stage,) = [v for k, v in stages.items() if k is not None]
+    run = " ".join(rest for k, rest in stage["instructions"] if k == "RUN")
+    assert "apt-get install" in run and "redis-server" in run
+    assert [rest for k, rest in stage["instructions"] if k == "USER"] == ["redis"]
+
+
+def dockerignore_keeps(path: str, patterns: list[str]) -> bool:
+    """Whether the build context holds ``path`` under these .dockerignore patterns (the last match wins;
+    a pattern that matches a folder matches what is inside it)."""
+    parts = path.split("/")
+    keep = True
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pattern = pattern.removeprefix("!").rstrip("/")
+        candidates = ["/".join(parts[:k]) for k in range(1, len(parts) + 1)]
+        if pattern.startswith("**/"):
+            candidates += ["/".join(parts[k:j]) for k in range(len(parts)) for j in range(k + 1, len(parts) + 1)]
+            pattern = pattern.removeprefix("**/")
+        if any(fnmatch.fnmatchcase(c, pattern) for c in candidates):
+            keep = negate
+    return keep
+
+
+def test_dockerignore_sends_the_package_sources_and_little_else():
     patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()
                 if p.strip() and not p.startswith("#")]
-    sources = {c.split()[0].rstrip("/") for stage in stages.values() for k, c in stage["instructions"]
-               if k == "COPY" and not c.startswith("--from=")}
-    sources |= {src for stage in stages.values() for k, c in stage["instructions"] if k == "COPY"
-                and not c.startswith("--from=") for src in c.split()[:-1]}
-    sources = {s.rstrip("/") for s in sources}
-    assert {"pyproject.toml", "README.md", "rtnstream", "kernels", "service", "clients", "calibration",
-            "config"} <= sources
-    for src in sources:
-        assert (ROOT / src).exists(), src
-        assert not any(fnmatch.fnmatch(src, p) for p in patterns), f"{src} is excluded by .dockerignore"
-    for heavy in (".venv", ".git", "tests"):
-        assert any(fnmatch.fnmatch(heavy, p) for p in patterns), f"{heavy} would be sent to the build"
+    tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    folders = ("rtnstream/", "kernels/", "service/", "clients/", "calibration/", "config/")
+    needed = [p for p in tracked if p.startswith(folders)] + ["pyproject.toml", "setup.py", "README.md"]
+    assert not [p for p in needed if not dockerignore_keeps(p, patterns)], "excluded from the build context"
+    assert dockerignore_keeps("wheelhouse/numpy-2.0-cp311-cp311-manylinux_2_17_x86_64.whl", patterns)
+    for heavy in (".venv/bin/python", ".git/HEAD", "tests/test_deploy.py", "docs/deploy.md", "bench/engine.py",
+                  "kernels/__pycache__/cube.cpython-311.pyc", "build/lib/x.py", "dist/rtnstream.whl"):
+        assert not dockerignore_keeps(heavy, patterns), f"{heavy} would be sent to the build"
 
 
 # ------------------------------------------------------------------------------------------- compose
-def published(ports: list[str]) -> dict[int, str]:
-    """Container port -> host side of each ``host:container`` mapping (ranges expanded)."""
-    out = {}
-    for entry in ports:
-        host, _, container = str(entry).rpartition(":")
-        if "-" in container:
-            lo, hi = map(int, container.split("-"))
-            hosts = host.split("-")
-            for k, port in enumerate(range(lo, hi + 1)):
-                out[port] = str(int(hosts[0]) + k)
-        else:
-            out[int(container)] = host
-    return out
-
-
 def test_compose_services_profiles_and_health(compose, service_toml):
     services = compose["services"]
     assert set(services) == {"redis", "rtnstream", "rtnstream-gpu", "camera", "sink"}
+    assert "name" not in compose and "version" not in compose  # compose 1.29 reads neither as v2 does
+    for name, svc in services.items():
+        assert svc["network_mode"] == "host" and "ports" not in svc, name  # the host's network, no mapping
     redis = services["redis"]
-    assert re.match(r"redis:\d", redis["image"]) and "profiles" not in redis
-    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert redis["build"]["dockerfile"] == "redis.Dockerfile" and redis["build"]["context"] == "deploy"
+    assert "profiles" not in redis and redis["command"][:2] == ["--bind", "127.0.0.1"]
+    assert "${RTNSTREAM_REDIS_PORT:-6379}" in redis["command"] and "--appendonly" in redis["command"]
+    assert redis["healthcheck"]["test"][:2] == ["CMD", "redis-cli"]
     assert any(v.endswith(":/data") and v.split(":")[0] in compose["volumes"] for v in redis["volumes"])
-    assert "--appendonly" in redis["command"]  # job state survives a Redis restart
 
     cpu, gpu = services["rtnstream"], services["rtnstream-gpu"]
     assert "profiles" not in cpu and cpu["build"]["target"] == "cpu"  # the default
@@ -146,27 +172,39 @@ def test_compose_services_profiles_and_health(compose, service_toml):
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
     assert "deploy" not in cpu
     for svc in (cpu, gpu):
-        assert svc["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+        assert svc["build"]["args"]["BASE_IMAGE"] == "${RTNSTREAM_BASE_IMAGE:-debian:bookworm-slim}"
+        env = svc["environment"]
+        assert env["REDIS_URL"] == "redis://127.0.0.1:${RTNSTREAM_REDIS_PORT:-6379}/0"
+        assert env["RTNSTREAM_HOST"] == "${RTNSTREAM_HOST:-127.0.0.1}"  # loopback unless asked
+        assert env["RTNSTREAM_ALLOW_INSECURE_BIND"] == "${RTNSTREAM_ALLOW_INSECURE_BIND:-false}"
         assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
         assert f"./config:{CONFIG_IN_IMAGE}:ro" in svc["volumes"]
         data = [v for v in svc["volumes"] if v.endswith(f":{service_toml.data_dir}")]
         assert len(data) == 1 and data[0].split(":")[0] in compose["volumes"]  # a named, persistent volume
-        assert service_toml.port in published(svc["ports"])  # the HTTP port of config/service.toml
-        assert "healthcheck" not in svc  # the image's HEALTHCHECK on /healthz applies
-    host_ports = [set(published(s["ports"]).values()) for s in (cpu, gpu)]
-    assert not any(p.isdigit() for p in host_ports[0] & host_ports[1])  # both profiles can run on one host
+        health = " ".join(svc["healthcheck"]["test"])
+        assert f"http://127.0.0.1:{env['RTNSTREAM_PORT']}/healthz" in health.replace(" ", "").replace("'", "")
+    assert cpu["environment"]["RTNSTREAM_PORT"] != gpu["environment"]["RTNSTREAM_PORT"]  # both on one host
 
+    ingest = {}
     for name in ("camera", "sink"):
         svc = services[name]
-        assert svc["profiles"] == ["sim"] and svc["build"]["target"] == "cpu"
+        assert svc["profiles"] == ["sim"] and svc["image"] == cpu["image"]
         assert svc["healthcheck"] == {"disable": True}  # clients: no HTTP server to check
         assert svc["depends_on"]["rtnstream"]["condition"] == "service_healthy"
         assert svc["entrypoint"] == ["rtnstream", name]
         endpoint = svc["command"][svc["command"].index("--ingest" if name == "camera" else "--endpoint") + 1]
-        host, port = re.match(r"tcp://([\w-]+):(\d+)$", endpoint).groups()
-        assert host == "rtnstream" and int(port) in published(cpu["ports"])
-        args = build_parser("camera" if name == "camera" else "sink").parse_args([name, *svc["command"]])
+        ingest[name] = re.fullmatch(r"tcp://127\.0\.0\.1:\$\{(\w+):-(\d+)\}", endpoint).groups()
+        argv = [a.replace("${RTNSTREAM_SIM_FRAMES:-600}", "600") for a in svc["command"]]
+        args = build_parser(name).parse_args([name, *argv])
         assert args.command == name  # the command line parses
+    assert ingest["camera"] != ingest["sink"]
+
+
+@pytest.mark.skipif(not COMPOSE_V1.exists(), reason="Debian's docker-compose 1.29 is not installed")
+def test_compose_v1_reads_the_file():
+    proc = subprocess.run([str(COMPOSE_V1), "-f", str(ROOT / "docker-compose.yml"), "--profile", "sim",
+                           "--profile", "gpu", "config", "-q"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_every_config_file_compose_and_the_image_reference_exists_and_validates(compose, service_toml):
@@ -182,6 +220,9 @@ def test_every_config_file_compose_and_the_image_reference_exists_and_validates(
     for path in presets:
         preset = load_preset(service_toml.presets_dir, path.stem)
         assert preset.shape == (6388, 9576) and preset.dtype == "<u2"
+    default = ServiceSettings().presets_dir  # the presets rtnstream is installed with: those of config/cameras
+    assert {p.name: p.read_bytes() for p in default.glob("*.toml")} == \
+        {p.name: p.read_bytes() for p in CAMERAS.glob("*.toml")}
 
 
 def test_camera_presets_hold_the_documented_values():
@@ -297,3 +338,81 @@ def test_a_preset_that_does_not_apply_is_refused_naming_the_field(preset_server,
     assert (err["code"], err["field"]) == (code, "preset") and words in err["message"]
     assert httpx.get(f"{preset_server.url}/v1/jobs").json()["jobs"] == before  # no job was made
 
+
+
+# ------------------------------------------------------------------------------------------- safe defaults
+@pytest.fixture
+def no_service_env(monkeypatch, tmp_path):
+    for name in [k for k in os.environ if k.startswith("RTNSTREAM_")] + ["REDIS_URL"]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no .env of the checkout
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_a_loopback_address_needs_no_token(no_service_env, host):
+    assert ServiceSettings(host=host).token is None
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10", "node7.example.org"])
+def test_a_non_loopback_address_needs_a_token_or_the_explicit_setting(no_service_env, monkeypatch, host):
+    with pytest.raises(ValidationError, match=r"is not a loopback address: set a token \(RTNSTREAM_TOKEN\)"):
+        ServiceSettings(host=host)
+    with pytest.raises(ValidationError, match="RTNSTREAM_ALLOW_INSECURE_BIND"):
+        ServiceSettings(host=host, token="")  # an empty token is no token
+    assert ServiceSettings(host=host, token="s3cret").token.get_secret_value() == "s3cret"
+    assert ServiceSettings(host=host, allow_insecure_bind=True).allow_insecure_bind
+    monkeypatch.setenv("RTNSTREAM_HOST", host)
+    monkeypatch.setenv("RTNSTREAM_ALLOW_INSECURE_BIND", "1")
+    assert ServiceSettings().host == host
+
+
+def test_the_container_settings_alone_are_refused(no_service_env, monkeypatch):
+    toml = ROOT / "config" / "service.toml"
+    with pytest.raises(SystemExit, match=r"^rtnstream serve: error: host '0\.0\.0\.0' is not a loopback"):
+        settings_from_args(_serve_args("--config", str(toml)))
+    monkeypatch.setenv("RTNSTREAM_TOKEN", "s3cret")
+    assert settings_from_args(_serve_args("--config", str(toml))).host == "0.0.0.0"
+
+
+def _serve(tmp_path: Path, *argv: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RTNSTREAM_") and k != "REDIS_URL"}
+    return subprocess.Popen([str(Path(sys.executable).parent / "rtnstream"), "serve", "--data-dir",
+                             str(tmp_path / "state"), *argv], cwd=tmp_path, env={**clean, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_serve_refuses_every_interface_without_a_token(tmp_path):
+    proc = _serve(tmp_path, "--host", "0.0.0.0", "--port", str(free_port()))
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert out.strip() == ("rtnstream serve: error: host '0.0.0.0' is not a loopback address: set a token "
+                           "(RTNSTREAM_TOKEN) so that only its holders can change jobs, or allow_insecure_bind = "
+                           "true (RTNSTREAM_ALLOW_INSECURE_BIND=1) to serve it without one")
+
+
+@pytest.mark.parametrize("host, argv, env, logged", [
+    ("127.0.0.1", [], {}, "(loopback only, no token)"),
+    ("127.0.0.1", ["--token", "s3cret"], {}, ": a bearer token is required on every mutating call"),
+    ("0.0.0.0", [], {"RTNSTREAM_ALLOW_INSECURE_BIND": "1"},
+     "WARNING rtnstream.commands.serve: HTTP on http://0.0.0.0:{port} WITHOUT a token (allow_insecure_bind)"),
+])
+def test_serve_logs_how_http_is_guarded(tmp_path, host, argv, env, logged):
+    port = free_port()
+    proc = _serve(tmp_path, "--host", host, "--port", str(port), *argv, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # only ever talked to on 127.0.0.1
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "no answer on /healthz"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert logged.format(port=port) in out
+    assert "Traceback" not in out

@@ -6,8 +6,6 @@ import argparse
 import logging
 from pathlib import Path
 
-from rtnstream.clients.camera import run_camera
-from rtnstream.clients.stream import FrameSender
 from rtnstream.kernels.cube import write_cube
 from rtnstream.kernels.simulate import Scene, SensorModel
 
@@ -25,7 +23,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="frame shape, pixels")
     parser.add_argument("--frames", type=int, default=100, help="frames in the series")
     parser.add_argument("--fps", type=float, default=10.0, help="frames/s (0: as fast as possible)")
-    parser.add_argument("--scene", choices=("bias", "flat", "stars", "varying"), default="stars")
+    parser.add_argument("--scene", choices=("bias", "flat", "stars", "varying"), default="stars",
+                        help="what the frames show")
     parser.add_argument("--sky-e", type=float, default=20.0, help="sky level, electron/pixel/frame")
     parser.add_argument("--rtn-fraction", type=float, default=0.05, help="fraction of RTN pixels")
     parser.add_argument("--sensor-seed", type=int, default=0, help="seed of the sensor (its RTN pixels)")
@@ -37,6 +36,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Send the series (or write the cube); returns 0."""
+    from rtnstream.clients.camera import run_camera  # ZeroMQ: the service extra
+    from rtnstream.clients.stream import FrameSender
+
     try:
         shape = (args.shape[0], args.shape[1])
         model = SensorModel.random(shape, rtn_fraction=args.rtn_fraction, seed=args.sensor_seed)

@@ -21,13 +21,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flat", nargs="+", default=[], metavar="FILE", help="flat FITS files")
     parser.add_argument("--exptime-key", default="EXPTIME", help="header keyword of the exposure time, s")
     parser.add_argument("--region", type=int, default=2000, metavar="PX",
-                        help="side of the central square region, pixels (default 2000)")
+                        help="side of the central square region, pixels")
     parser.add_argument("--gain-e-per-adu", type=float, default=None,
                         help="gain for dark current in electrons when the flats cannot give one, e-/ADU")
     parser.add_argument("--saturation-adu", type=float, default=None,
                         help="flat saturation level, adu (default: SATURATE keyword or the integer maximum)")
     parser.add_argument("--min-pixel-flats", type=int, default=10,
-                        help="fewest flats at one exposure time for the pixel-level maps (default 10)")
+                        help="fewest flats at one exposure time for the pixel-level maps")
     parser.add_argument("--memory-mb", type=float, default=256, help="memory budget of one row band, MiB")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="REPORTDIR",

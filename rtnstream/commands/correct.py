@@ -15,12 +15,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="FITS files in time order, each a 2-D frame or a 3-D stack")
     parser.add_argument("--cube", required=True, help="RTN calibration file (FITS)")
     parser.add_argument("-o", "--outdir", required=True, help="output folder")
-    parser.add_argument("--reference", choices=("temporal", "causal", "spatial"), default="temporal")
+    parser.add_argument("--reference", choices=("temporal", "causal", "spatial"), default="temporal",
+                        help="reference of each pixel: neighbouring frames (centred or past only) or pixels")
     parser.add_argument("--window", type=int, default=10, help="temporal window W, even >= 4 (frames)")
     parser.add_argument("--spatial-size", type=int, default=5, help="spatial neighbourhood k (odd >= 3)")
     parser.add_argument("--alpha", type=float, default=0.003, help="significance of the jump test")
     parser.add_argument("--k-var", type=float, default=1.5, help="variability veto factor")
-    parser.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
+    parser.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
+                        help="compute backend (auto: CuPy when a GPU is usable, else NumPy)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

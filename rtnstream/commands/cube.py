@@ -7,26 +7,38 @@ import json
 
 import numpy as np
 
+from rtnstream.commands.fit import gain_from_args
 from rtnstream.kernels.cube import import_paper, read_cube, write_cube
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="cube_command", metavar="ACTION", required=True)
-    imp = sub.add_parser("import-paper", help="convert the RTN paper's 6-plane parameter file")
+    imp = sub.add_parser("import-paper", help="convert the RTN paper's 6-plane parameter file",
+                         formatter_class=parser.formatter_class)
     imp.add_argument("params", metavar="PARAMS.fits", help="6 planes: mu e-, A, B_low, Delta e-, sigma e-, "
                                                            "lambda_max")
-    imp.add_argument("--gain-adu-per-e", type=float, required=True, help="the paper's gain, ADU per electron")
+    gain = imp.add_mutually_exclusive_group(required=True)
+    gain.add_argument("--gain-e-per-adu", type=float, metavar="G",
+                      help="conversion gain, e-/ADU (FITS GAIN convention, as everywhere in rtnstream)")
+    gain.add_argument("--gain-adu-per-e", type=float, metavar="G",
+                      help="conversion gain given the other way, ADU/e- (the RTN paper writes 3.26)")
     imp.add_argument("--mean-bias", help="mean bias map (adu), FITS")
     imp.add_argument("--read-noise", help="read noise map (electron), FITS")
     imp.add_argument("-o", "--output", required=True, help="cube file to write")
-    imp.add_argument("--overwrite", action="store_true")
-    info = sub.add_parser("info", help="validate a cube and print its summary as JSON")
+    imp.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    info = sub.add_parser("info", help="validate a cube and print its summary as JSON",
+                          formatter_class=parser.formatter_class)
     info.add_argument("cube", metavar="CUBE.fits")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.cube_command == "import-paper":
-        cube = import_paper(args.params, args.gain_adu_per_e, args.mean_bias, args.read_noise)
+        try:
+            gain_e_per_adu = gain_from_args(args)
+        except ValueError as exc:
+            raise SystemExit(f"rtnstream cube import-paper: error: {exc}") from None
+        gain_adu_per_e = args.gain_adu_per_e if args.gain_adu_per_e is not None else 1.0 / gain_e_per_adu
+        cube = import_paper(args.params, gain_adu_per_e, args.mean_bias, args.read_noise)
         write_cube(cube, args.output, overwrite=args.overwrite)
     else:
         cube = read_cube(args.cube)

@@ -15,18 +15,16 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
 
-from rtnstream.clients.camera import run_camera
-from rtnstream.clients.control import ControlClient
-from rtnstream.clients.sink import write_frame
-from rtnstream.clients.stream import FrameReceiver, FrameSender
 from rtnstream.kernels.cube import write_cube
 from rtnstream.kernels.simulate import Scene, SensorModel, SimulatedFrame
-from rtnstream.service.settings import ServiceSettings
+
+if TYPE_CHECKING:
+    from rtnstream.clients.stream import FrameReceiver
 
 __all__ = ["configure", "run", "TruthScore"]
 
@@ -80,22 +78,31 @@ class TruthScore:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``rtnstream demo``."""
-    parser.add_argument("--frames", type=int, default=400, help="frames the camera sends (default 400)")
-    parser.add_argument("--fps", type=float, default=20.0, help="camera frame rate, frames/s (default 20)")
+    parser.add_argument("--frames", type=int, default=400, help="frames the camera sends")
+    parser.add_argument("--fps", type=float, default=20.0, help="camera frame rate, frames/s")
     parser.add_argument("--shape", nargs=2, type=int, default=[512, 512], metavar=("NY", "NX"),
-                        help="frame shape, pixels (default 512 512)")
-    parser.add_argument("--reference", choices=("temporal", "causal", "spatial"), default="temporal")
+                        help="frame shape, pixels")
+    parser.add_argument("--reference", choices=("temporal", "causal", "spatial"), default="temporal",
+                        help="reference of each pixel: neighbouring frames (centred or past only) or pixels")
     parser.add_argument("--window", type=int, default=10, help="temporal window W, frames")
-    parser.add_argument("--scene", choices=("bias", "flat", "stars", "varying"), default="stars")
+    parser.add_argument("--scene", choices=("bias", "flat", "stars", "varying"), default="stars",
+                        help="what the frames show")
     parser.add_argument("--sky-e", type=float, default=1.0,
-                        help="sky level, electron/pixel/frame (default 1: short exposures)")
-    parser.add_argument("--overload", choices=("block", "passthrough", "drop"), default="block")
-    parser.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
+                        help="sky level, electron/pixel/frame (1: short exposures)")
+    parser.add_argument("--overload", choices=("block", "passthrough", "drop"), default="block",
+                        help="what the job does when frames come faster than it corrects them")
+    parser.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
+                        help="compute backend (auto: CuPy when a GPU is usable, else NumPy)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated sensor and scene")
-    parser.add_argument("-o", "--outdir", type=Path, help="also write the corrected frames here as FITS")
+    parser.add_argument("-o", "--outdir", type=Path,
+                        help="also write the corrected frames here as FITS (new files named "
+                             "<camera>_<series>_<seq>.fits of this run's new series; nothing there is removed; "
+                             "default: write none)")
 
 
 def _sink(receiver: FrameReceiver, truth: TruthScore, outdir: Path | None, done: threading.Event) -> None:
+    from rtnstream.clients.sink import write_frame
+
     while not done.is_set():
         msg = receiver.recv(0.2)
         if msg is None:
@@ -120,7 +127,11 @@ def _live(bar: tqdm, status: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; returns 0."""
-    from rtnstream.service.server import BackgroundServer, free_port  # FastAPI loads only when the demo runs
+    from rtnstream.clients.camera import run_camera  # the service extra loads only when the demo runs
+    from rtnstream.clients.control import ControlClient
+    from rtnstream.clients.stream import FrameReceiver, FrameSender
+    from rtnstream.service.server import BackgroundServer, free_port
+    from rtnstream.service.settings import ServiceSettings
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll would bury the progress bar
     if args.frames < 1 or args.fps <= 0:

@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-__all__ = ["configure", "run", "parse_size"]
+__all__ = ["configure", "run", "parse_size", "gain_from_args"]
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +36,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``rtnstream fit`` to ``parser``."""
     parser.add_argument("bias", nargs="+", metavar="BIAS",
                         help="bias FITS files: 2D frames or 3D stacks, in any mix, in time order")
-    parser.add_argument("--gain-e-per-adu", type=float, required=True, metavar="G",
-                        help="conversion gain, e-/ADU (FITS GAIN convention)")
+    gain = parser.add_mutually_exclusive_group(required=True)
+    gain.add_argument("--gain-e-per-adu", type=float, metavar="G",
+                      help="conversion gain, e-/ADU (FITS GAIN convention)")
+    gain.add_argument("--gain-adu-per-e", type=float, metavar="G",
+                      help="conversion gain given the other way, ADU/e- (e.g. 3.26 for 0.3067 e-/ADU)")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="CUBE.fits",
                         help="RTN calibration cube to write; the JSON report goes beside it")
     parser.add_argument("--frames", type=int, default=None, metavar="N", help="use only the first N frames")
     parser.add_argument("--plots", type=Path, default=None, metavar="DIR",
                         help="folder for the PNG plots (default: <cube stem>_plots beside the cube)")
     parser.add_argument("--no-plots", action="store_true", help="write no plots")
-    parser.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default 1)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes")
     parser.add_argument("--memory-limit", type=parse_size, default="1G", metavar="SIZE",
-                        help="memory for bands and work arrays of all workers, e.g. 512M, 4G (default 1G)")
-    parser.add_argument("--alpha", type=float, default=0.003, help="jump-test significance (default 0.003)")
+                        help="memory for bands and work arrays of all workers, e.g. 512M, 4G")
+    parser.add_argument("--alpha", type=float, default=0.003, help="jump-test significance")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cube and report")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -60,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
     from rtnstream.kernels.exceptions import RTNStreamError
 
     out: Path = args.output
+    try:
+        gain_e_per_adu = gain_from_args(args)
+    except ValueError as exc:
+        return _fail(str(exc))
     report = report_path(out)
     if not args.overwrite:
         existing = [p for p in (out, report) if p.exists()]
@@ -70,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = FitSettings(alpha=args.alpha)
         result = fit_bias_stack(
-            args.bias, args.gain_e_per_adu, n_frames=args.frames, settings=settings,
+            args.bias, gain_e_per_adu, n_frames=args.frames, settings=settings,
             memory_limit_bytes=args.memory_limit, workers=args.workers, progress=not args.no_progress,
         )
     except RTNStreamError:  # unreadable or mismatched files: reported by the CLI
@@ -85,6 +92,21 @@ def run(args: argparse.Namespace) -> int:
         plots = write_plots(result, folder)
         log.info("wrote %d plots to %s", len(plots), folder)
     return 0
+
+
+def gain_from_args(args: argparse.Namespace) -> float:
+    """The conversion gain, e-/ADU, from ``--gain-e-per-adu`` or ``--gain-adu-per-e`` (its inverse).
+
+    Raises
+    ------
+    ValueError
+        The gain given is not a positive finite number (the message names the option).
+    """
+    name, value = (("--gain-e-per-adu", args.gain_e_per_adu) if args.gain_e_per_adu is not None
+                   else ("--gain-adu-per-e", args.gain_adu_per_e))
+    if not (0 < value < float("inf")):
+        raise ValueError(f"{name} must be a positive number, got {value}")
+    return value if name == "--gain-e-per-adu" else 1.0 / value
 
 
 def _fail(message: str) -> int:

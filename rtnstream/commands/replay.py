@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 
-from rtnstream.clients.replay import replay_files
-from rtnstream.clients.stream import FrameSender
-
 __all__ = ["configure", "run"]
 
 log = logging.getLogger(__name__)
@@ -24,6 +21,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Send the files' frames; returns 0."""
+    from rtnstream.clients.replay import replay_files  # ZeroMQ: the service extra
+    from rtnstream.clients.stream import FrameSender
+
     if args.fps < 0:
         raise SystemExit(f"rtnstream replay: error: --fps must be >= 0, got {args.fps}")
     with FrameSender(args.ingest, args.camera) as sender:

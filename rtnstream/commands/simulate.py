@@ -16,16 +16,18 @@ from rtnstream.kernels.simulate import Scene, SensorModel
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--outdir", required=True, help="output folder")
-    parser.add_argument("--shape", type=int, nargs=2, default=(256, 256), metavar=("NY", "NX"))
+    parser.add_argument("--shape", type=int, nargs=2, default=(256, 256), metavar=("NY", "NX"),
+                        help="frame shape, pixels")
     parser.add_argument("--frames", type=int, default=100, help="number of frames")
-    parser.add_argument("--scene", choices=("bias", "flat", "stars", "varying"), default="bias")
+    parser.add_argument("--scene", choices=("bias", "flat", "stars", "varying"), default="bias",
+                        help="what the frames show")
     parser.add_argument("--sky-e", type=float, default=20.0, help="sky level, electron/pixel/frame")
-    parser.add_argument("--n-stars", type=int, default=20)
-    parser.add_argument("--rtn-fraction", type=float, default=0.05)
-    parser.add_argument("--gain-e-per-adu", type=float, default=1 / 3.26)
+    parser.add_argument("--n-stars", type=int, default=20, help="stars in the 'stars' and 'varying' scenes")
+    parser.add_argument("--rtn-fraction", type=float, default=0.05, help="fraction of RTN pixels")
+    parser.add_argument("--gain-e-per-adu", type=float, default=1 / 3.26, help="conversion gain, e-/ADU")
     parser.add_argument("--frames-per-file", type=int, default=0,
                         help="split into files of this many frames (0: one 3-D stack; 1: 2-D frames)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sensor, scene and noise")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="DIR",
                         help="folder for bias/, dark/, flat/ and truth.json")
     parser.add_argument("--shape", nargs=2, type=int, default=list(d.shape), metavar=("NY", "NX"),
-                        help=f"frame shape, pixels (default {d.shape[0]} {d.shape[1]})")
+                        help="frame shape, pixels")
     parser.add_argument("--gain-e-per-adu", type=float, default=d.gain_e_per_adu, help="gain, e-/ADU")
     parser.add_argument("--read-noise-e", type=float, default=d.read_noise_e, help="median read noise, e-")
     parser.add_argument("--dark-current-e-per-s", type=float, default=d.dark_current_e_per_s,

@@ -6,9 +6,6 @@ import argparse
 import logging
 from pathlib import Path
 
-from rtnstream.clients.sink import run_sink
-from rtnstream.clients.stream import FrameReceiver
-
 __all__ = ["configure", "run"]
 
 log = logging.getLogger(__name__)
@@ -27,6 +24,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write frames until stopped (Ctrl-C), ``--frames`` or ``--idle-timeout``; returns 0."""
+    from rtnstream.clients.sink import run_sink  # ZeroMQ: the service extra
+    from rtnstream.clients.stream import FrameReceiver
+
     with FrameReceiver(args.endpoint, "pull" if args.pull else "sub") as receiver:
         try:
             n = run_sink(receiver, args.outdir, args.frames, args.idle_timeout)

@@ -7,8 +7,6 @@ import logging
 import time
 from typing import Any
 
-from rtnstream.clients.control import ControlClient
-
 __all__ = ["configure", "run", "format_jobs"]
 
 _COLUMNS = ("job", "camera", "state", "backend", "in", "out", "rejected", "dropped", "pass", "gaps", "low",
@@ -49,6 +47,8 @@ def format_jobs(jobs: list[dict[str, Any]]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Print the table (repeatedly with ``--watch``); returns 0."""
+    from rtnstream.clients.control import ControlClient  # httpx: the service extra
+
     logging.getLogger("httpx").setLevel(logging.WARNING)
     with ControlClient(args.url, args.token) as api:
         while True:
