@@ -20,6 +20,7 @@ from rtnstream.service.metrics import make_registry
 from rtnstream.service.redis_conn import open_redis
 from rtnstream.service.routers import cubes, health, jobs
 from rtnstream.service.settings import ServiceSettings, get_settings
+from rtnstream.service.uploads import STREAMED_UPLOADS, BodyGuard
 
 __all__ = ["create_app"]
 
@@ -66,6 +67,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app = FastAPIOffline(title="rtnstream", version=__version__, lifespan=lifespan,
                          summary="Live RTN correction of CMOS camera frames: control plane")
     app.state.settings = settings
+    # the token of a mutating call is checked, and bodies held to their limits, before any byte is read
+    app.add_middleware(BodyGuard, settings=settings, streamed=STREAMED_UPLOADS)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(cubes.router)

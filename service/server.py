@@ -1,7 +1,7 @@
 """Run the control plane with uvicorn: in the foreground (``rtnstream serve``) or in a background thread.
 
-The app is served behind :class:`~rtnstream.service.uploads.BodyGuard` (the token of a mutating call is
-checked before its body; bodies are size-limited). Around uvicorn, for as long as it serves: the soft
+The app (:func:`~rtnstream.service.app.create_app`, behind its body guard) is served by uvicorn. Around
+uvicorn, for as long as it serves: the soft
 limit of open files raised to the hard limit (idle connections cannot take the last descriptors),
 connections that send no complete request head within ``header_timeout_s`` closed, the threshold tables
 of ``lut_alphas`` built in the background, and freed heap memory handed back every ``memory_trim_s``.
@@ -24,14 +24,10 @@ from rtnstream.kernels.lut import get_table
 from rtnstream.service.app import create_app
 from rtnstream.service.memory import HeapTrimmer, can_trim_heap
 from rtnstream.service.settings import ServiceSettings
-from rtnstream.service.uploads import BodyGuard
 
-__all__ = ["STREAMED_UPLOADS", "serve", "BackgroundServer", "free_port", "raise_open_file_limit"]
+__all__ = ["serve", "BackgroundServer", "free_port", "raise_open_file_limit"]
 
 log = logging.getLogger(__name__)
-
-#: Routes that stream their body to disk under ``max_upload_bytes``; every other body: ``max_body_bytes``.
-STREAMED_UPLOADS = frozenset({("POST", "/v1/cubes")})
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -95,10 +91,8 @@ class _HeadTimeoutProtocol(H11Protocol):
 
 def _config(settings: ServiceSettings, log_level: str) -> uvicorn.Config:
     protocol = type("HeadTimeoutProtocol", (_HeadTimeoutProtocol,), {"head_timeout_s": settings.header_timeout_s})
-    app = create_app(settings)
-    app.add_middleware(BodyGuard, settings=settings, streamed=STREAMED_UPLOADS)
-    return uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level, lifespan="on",
-                          http=protocol, timeout_keep_alive=settings.keep_alive_timeout_s)
+    return uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level=log_level,
+                          lifespan="on", http=protocol, timeout_keep_alive=settings.keep_alive_timeout_s)
 
 
 def _build_tables(alphas: list[float]) -> None:

@@ -29,7 +29,7 @@ from rtnstream.service.deps import token_refusal
 from rtnstream.service.errors import ServiceError, error_response
 from rtnstream.service.settings import ServiceSettings
 
-__all__ = ["UPLOAD_FIELD", "UPLOAD_MEDIA_TYPES", "BodyGuard", "upload_openapi", "receive_upload"]
+__all__ = ["STREAMED_UPLOADS", "UPLOAD_FIELD", "UPLOAD_MEDIA_TYPES", "BodyGuard", "upload_openapi", "receive_upload"]
 
 #: Name of the multipart form field that holds the file.
 UPLOAD_FIELD = "file"
@@ -39,6 +39,9 @@ UPLOAD_MEDIA_TYPES = ("application/fits", "image/fits", "application/octet-strea
 _WRITE_BATCH = 1 << 20  # bytes collected before one write to disk (in a worker thread)
 _CLOSE = {"Connection": "close"}  # the rest of a refused body is not read: the connection cannot be reused
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9._+-]")
+
+#: Routes that stream their body to disk under ``max_upload_bytes``; every other body: ``max_body_bytes``.
+STREAMED_UPLOADS = frozenset({("POST", "/v1/cubes")})
 
 
 def upload_openapi(description: str) -> dict:
