@@ -122,6 +122,15 @@ class ServiceSettings(BaseSettings):
     presets_dir : pathlib.Path
         Folder of the camera presets (``<name>.toml``) that ``POST /v1/jobs`` may name (default: the
         source tree's ``config/cameras``).
+    instance_lease_s : float > state_flush_s
+        Lease of this service process in Redis, renewed every ``state_flush_s``: another process (of any
+        ``node_id``) marks a job ``interrupted`` only once the lease of the process that ran it expired, s.
+    retention_jobs : int >= 0
+        Finished jobs of this ``node_id`` kept (newest first); older ones are deleted with their bias maps.
+    retention_days : float > 0 or None
+        Finished jobs of this ``node_id`` last updated longer ago than this are deleted (None: no limit).
+    redis_restart_s : float > 0
+        Pause before the embedded Redis server is restarted after it died, s.
     """
 
     model_config = SettingsConfigDict(env_prefix="RTNSTREAM_", env_file=".env", extra="ignore",
@@ -144,6 +153,11 @@ class ServiceSettings(BaseSettings):
     stop_timeout_s: float = Field(60.0, gt=0)
     node_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
     presets_dir: Path = Field(default_factory=_default_presets_dir)
+    # job state in Redis: leases, retention, embedded server supervision
+    instance_lease_s: float = Field(15.0, gt=0)
+    retention_jobs: int = Field(1000, ge=0)
+    retention_days: float | None = Field(30.0, gt=0)
+    redis_restart_s: float = Field(0.5, gt=0)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
@@ -161,6 +175,13 @@ class ServiceSettings(BaseSettings):
                              "not both")
         if self.token is not None and not self.token.get_secret_value():
             self.token = None
+        return self
+
+    @model_validator(mode="after")
+    def _lease_outlives_renewal(self) -> ServiceSettings:
+        if not self.instance_lease_s > self.state_flush_s:
+            raise ValueError(f"instance_lease_s ({self.instance_lease_s}) must exceed state_flush_s "
+                             f"({self.state_flush_s}), which is how often the lease is renewed")
         return self
 
     @property
