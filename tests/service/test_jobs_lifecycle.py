@@ -48,10 +48,13 @@ def _finished_job(api, cube_id) -> str:
 
 
 @pytest.mark.parametrize("suffix", [":series", ":events", "%3Aseries", "X" * 12, "0" * 11, "0" * 13])
-def test_job_ids_that_are_not_12_hex_digits_are_404_on_every_route(server, api, cube_id, suffix):
+def test_job_ids_that_are_not_12_hex_digits_are_404_on_every_route(server, api, sim, cube_id, suffix):
     """Issue 10: ``GET /v1/jobs/<id>:series`` answered 500 (it read the series hash as a job) and
     ``<id>:events`` 503; every route answers 404 for a string that is not a job id."""
-    job = _finished_job(api, cube_id)
+    job = api.create_job("cam", cube_id, loopback(), loopback(), push=loopback(), reference="spatial")
+    _stream(api, job, {"night": sim.frames[:2]})  # the job has a series hash and an event stream
+    api.stop_job(job)
+    wait_for(lambda: _manager(server).store.pending == 0, what="written")
     bad = (job + suffix) if suffix.startswith((":", "%")) else suffix
     for method, path, params in [("GET", f"/v1/jobs/{bad}", None), ("POST", f"/v1/jobs/{bad}/stop", None),
                                  ("DELETE", f"/v1/jobs/{bad}", None),
@@ -115,6 +118,11 @@ def test_the_job_list_comes_in_pages(tmp_path, sim):
         r = httpx.get(f"{server.url}/v1/jobs", params={"cursor": "not-a-cursor"})
         assert r.status_code == 422 and r.json()["error"]["field"] == "cursor"
         assert httpx.get(f"{server.url}/v1/jobs", params={"limit": 0}).status_code == 422
+
+
+def test_the_lease_must_outlive_its_renewal(tmp_path):
+    with pytest.raises(ValueError, match="instance_lease_s .* must exceed state_flush_s"):
+        service_settings(tmp_path, instance_lease_s=0.1)
 
 
 def test_retention_keeps_the_newest_finished_jobs_of_this_node(tmp_path, sim):
