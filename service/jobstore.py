@@ -120,6 +120,13 @@ class JobStore:
             self._since = time.monotonic()
         self._wake.set()
 
+    def _append(self, buffer: deque, item: Any, what: str) -> None:
+        """Buffer ``item`` (caller holds ``_lock``); a full buffer drops its oldest item, with a warning."""
+        if len(buffer) == buffer.maxlen:
+            log.warning("%d job %s waiting for Redis: the oldest is dropped", len(buffer), what)
+        buffer.append(item)
+        self._buffered()
+
     def put_job(self, record: dict[str, Any]) -> None:
         """Write (or overwrite) the hash of job ``record['id']`` (buffered).
 
@@ -145,10 +152,7 @@ class JobStore:
         keys.check_job_id(job_id)
         event = {"kind": kind, "time": f"{time.time():.3f}", **{k: str(v) for k, v in fields.items()}}
         with self._lock:
-            if len(self._events) == self._events.maxlen:
-                log.warning("%d job events waiting for Redis: the oldest is dropped", len(self._events))
-            self._events.append([job_id, event, self._entry_id(), False])
-            self._buffered()
+            self._append(self._events, [job_id, event, self._entry_id(), False], "events")
 
     def _entry_id(self) -> str:
         """A stream entry id ``<ms>-<n>`` above every one this store made (caller holds ``_lock``)."""
@@ -167,8 +171,7 @@ class JobStore:
         """
         keys.check_job_id(job_id)
         with self._lock:
-            self._series.append((job_id, str(index), json.dumps(summary)))
-            self._buffered()
+            self._append(self._series, (job_id, str(index), json.dumps(summary)), "series")
 
     @property
     def pending(self) -> int:
@@ -274,13 +277,13 @@ class JobStore:
         limit : int >= 1, optional
             At most this many.
         """
-        ids = self._read(lambda: self._ids_after(after, limit))
-        records = []
-        for job_id in ids:
-            rec = self.get_job(job_id)
-            if rec is not None:
-                records.append(rec)
-        return records
+        def read() -> list[dict[str, Any]]:
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in filter(keys.is_job_id, self._ids_after(after, limit)):
+                pipe.hgetall(keys.job(job_id))
+            return [_decode(raw) for raw in pipe.execute() if raw]
+
+        return self._read(read)
 
     def _ids_after(self, after: tuple[float, str] | None, limit: int | None) -> list[str]:
         if limit is None and after is None:
