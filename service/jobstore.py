@@ -185,11 +185,6 @@ class JobStore:
         with self._lock:
             return None if self._since is None else time.monotonic() - self._since
 
-    @property
-    def available(self) -> bool:
-        """Whether the last write to Redis succeeded."""
-        return self._available
-
     def flush(self) -> bool:
         """Write everything buffered now (in the caller's thread); True when nothing is left."""
         with self._flush_lock:

@@ -74,6 +74,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    except PermissionError:  # someone else's process
+        return True
     return Path(f"/proc/{pid}").exists() and "Z" not in _proc_state(pid)
 
 
@@ -91,6 +93,8 @@ def _terminate_pid(pid: int, what: str, timeout_s: float = 10.0) -> None:
             os.kill(pid, sig)
         except ProcessLookupError:
             return
+        except PermissionError:
+            raise EmbeddedRedisError(f"{what} (pid {pid}) runs as another user and cannot be stopped") from None
         deadline = time.monotonic() + timeout_s
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
