@@ -30,6 +30,7 @@ __all__ = [
     "JobStatus",
     "JobList",
     "Health",
+    "Readiness",
 ]
 
 #: Camera preset names: the file name ``<name>.toml`` in the presets folder (no path separators).
@@ -263,6 +264,8 @@ class SeriesSummary(BaseModel):
     frames: int
     finished_at: float
     bias_offset: bool = Field(description="whether the bias offset map can be downloaded")
+    index: int | None = Field(None, description="1-based ordinal of the series in the job (a series id may "
+                                                "be used more than once; each keeps its own map)")
 
 
 class JobStatus(BaseModel):
@@ -288,12 +291,15 @@ class JobStatus(BaseModel):
     created_at: float
     updated_at: float | None = None
     node: str | None = Field(None, description="node_id of the service process that runs (or ran) the job")
+    instance: str | None = Field(None, description="instance id of the service process that runs (or ran) "
+                                                   "the job")
 
 
 class JobList(BaseModel):
     """``GET /v1/jobs``."""
 
     jobs: list[JobStatus]
+    next_cursor: str | None = Field(None, description="pass as ``cursor`` for the next page; null on the last")
 
 
 class Health(BaseModel):
@@ -302,3 +308,10 @@ class Health(BaseModel):
     status: Literal["ok", "ready", "not_ready"]
     redis: bool | None = None
     jobs_running: int | None = None
+
+
+class Readiness(Health):
+    """``/readyz``: whether Redis answers, and how far the buffered job state writes are behind."""
+
+    pending_writes: int = Field(0, description="job state writes waiting for Redis")
+    oldest_pending_s: float | None = Field(None, description="age of the oldest waiting write, s")

@@ -167,6 +167,15 @@ class ServiceSettings(BaseSettings):
     memory_trim_s : float >= 0
         Period at which freed heap memory is handed back to the operating system (glibc ``malloc_trim``;
         nothing elsewhere), s; 0 turns it off.
+    instance_lease_s : float > state_flush_s
+        Lease of this service process in Redis, renewed every ``state_flush_s``: another process (of any
+        ``node_id``) marks a job ``interrupted`` only once the lease of the process that ran it expired, s.
+    retention_jobs : int >= 0
+        Finished jobs of this ``node_id`` kept (newest first); older ones are deleted with their bias maps.
+    retention_days : float > 0 or None
+        Finished jobs of this ``node_id`` last updated longer ago than this are deleted (None: no limit).
+    redis_restart_s : float > 0
+        Pause before the embedded Redis server is restarted after it died, s.
     """
 
     model_config = SettingsConfigDict(env_prefix="RTNSTREAM_", env_file=".env", extra="ignore",
@@ -203,6 +212,11 @@ class ServiceSettings(BaseSettings):
     keep_alive_timeout_s: float = Field(5.0, gt=0)
     lut_alphas: list[Annotated[float, Field(gt=0, lt=0.5)]] = Field(default_factory=lambda: [0.003])
     memory_trim_s: float = Field(30.0, ge=0)
+    # job state in Redis: leases, retention, embedded server supervision
+    instance_lease_s: float = Field(15.0, gt=0)
+    retention_jobs: int = Field(1000, ge=0)
+    retention_days: float | None = Field(30.0, gt=0)
+    redis_restart_s: float = Field(0.5, gt=0)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
@@ -230,6 +244,13 @@ class ServiceSettings(BaseSettings):
             raise ValueError(f"host {self.host!r} is not a loopback address: set a token (RTNSTREAM_TOKEN) so "
                              f"that only its holders can change jobs, or allow_insecure_bind = true "
                              f"(RTNSTREAM_ALLOW_INSECURE_BIND=1) to serve it without one")
+        return self
+
+    @model_validator(mode="after")
+    def _lease_outlives_renewal(self) -> ServiceSettings:
+        if not self.instance_lease_s > self.state_flush_s:
+            raise ValueError(f"instance_lease_s ({self.instance_lease_s}) must exceed state_flush_s "
+                             f"({self.state_flush_s}), which is how often the lease is renewed")
         return self
 
     @property

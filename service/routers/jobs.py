@@ -1,13 +1,17 @@
-"""``/v1/jobs``: create, inspect and stop correction jobs; download bias offset maps."""
+"""``/v1/jobs``: create, list, inspect, stop and delete correction jobs; download bias offset maps.
+
+A ``{job_id}`` that is not 12 lower-case hex digits is answered 404 on every route, like an unknown id.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import FileResponse
 
 from rtnstream.kernels.exceptions import BackendUnavailableError
+from rtnstream.service import keys
 from rtnstream.service.deps import ManagerDep, require_token
 from rtnstream.service.errors import ServiceError
 from rtnstream.service.jobs import (
@@ -48,10 +52,13 @@ def to_status(record: dict[str, Any]) -> JobStatus:
 
 
 def _lookup(fn, job_id: str):
+    """``fn()``, with a job id that is not 12 hex digits, an unknown job, or Redis away as error envelopes."""
     try:
+        if not keys.is_job_id(job_id):
+            raise JobNotFoundError(job_id)
         return fn()
     except JobNotFoundError:
-        raise ServiceError(404, "not_found", f"no job with id {job_id!r}", "job_id") from None
+        raise ServiceError(404, "not_found", f"job_id: no job with id {job_id!r:.40}", "job_id") from None
     except StoreUnavailableError as exc:
         raise ServiceError(503, "store_unavailable", str(exc)) from None
 
@@ -80,9 +87,19 @@ def create_job(body: JobCreate, manager: ManagerDep) -> JobCreated:
 
 
 @router.get("", response_model=JobList)
-def list_jobs(manager: ManagerDep) -> JobList:
-    """Every job known to Redis, with live figures for the jobs of this process."""
-    return JobList(jobs=[to_status(r) for r in manager.list()])
+def list_jobs(manager: ManagerDep,
+              limit: Annotated[int, Query(ge=1, le=1000, description="jobs per page")] = 100,
+              cursor: Annotated[str | None, Query(max_length=80,
+                                                  description="next_cursor of the previous page")] = None
+              ) -> JobList:
+    """Jobs known to Redis, oldest first, a page at a time, with live figures for the jobs of this process."""
+    try:
+        records, next_cursor = manager.list(limit, cursor)
+    except ValueError as exc:
+        raise ServiceError(422, "invalid_request", str(exc), "cursor") from None
+    except StoreUnavailableError as exc:
+        raise ServiceError(503, "store_unavailable", str(exc)) from None
+    return JobList(jobs=[to_status(r) for r in records], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobStatus)
@@ -100,15 +117,29 @@ def stop_job(job_id: str, manager: ManagerDep) -> JobStatus:
         raise ServiceError(409, "not_running", str(exc), "job_id") from None
 
 
+@router.delete("/{job_id}", status_code=204, response_class=Response, **_AUTH)
+def delete_job(job_id: str, manager: ManagerDep) -> Response:
+    """Delete a finished job (stopped, failed or interrupted): its record, events, series and bias offset
+    maps (409 while it is active)."""
+    try:
+        _lookup(lambda: manager.delete(job_id), job_id)
+    except JobStateError as exc:
+        raise ServiceError(409, "job_active", str(exc), "job_id") from None
+    return Response(status_code=204)
+
+
 @router.get("/{job_id}/bias-offset", response_class=FileResponse,
             responses={200: {"content": {"application/fits": {}},
                              "description": "bias offset map, FITS, (ny, nx) float64, adu"}})
 def bias_offset(job_id: str, manager: ManagerDep,
-                series: Annotated[str, Query(min_length=1, description="series id")]) -> FileResponse:
+                series: Annotated[str, Query(min_length=1, description="series id")],
+                index: Annotated[int | None, Query(ge=1, description="ordinal of the series in the job, to "
+                                                   "choose among series of one id (default: the last)")] = None
+                ) -> FileResponse:
     """Bias offset map of a finished series (ALGORITHM.md section 5), FITS in adu."""
     try:
-        path = _lookup(lambda: manager.bias_offset_path(job_id, series), job_id)
+        path = _lookup(lambda: manager.bias_offset_path(job_id, series, index), job_id)
     except KeyError:
-        raise ServiceError(404, "not_found", f"series: job {job_id} has no finished series {series!r}",
-                           "series") from None
+        raise ServiceError(404, "not_found", f"series: job {job_id} has no finished series {series!r}"
+                           + (f" number {index}" if index is not None else ""), "series") from None
     return FileResponse(path, media_type="application/fits", filename=path.name)

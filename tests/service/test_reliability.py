@@ -150,7 +150,7 @@ def test_a_vanished_producer_leaves_its_series_open_until_the_next_one_flushes_i
 
 def test_a_producer_restarting_the_same_series_starts_it_afresh(api, cube_id, sim):
     """A new 'start' for the series id already open: the frames before it form one series, the frames after
-    it another (each corrected as if alone); the finished-series record keeps the last one."""
+    it another (each corrected as if alone); the finished-series records keep both (ordinals 1 and 2)."""
     settings = EngineSettings(reference="temporal", window=4)
     job, ep = _job(api, cube_id, window=4)
     before, after = sim.frames[:9], sim.frames[9:20]
@@ -171,7 +171,8 @@ def test_a_producer_restarting_the_same_series_starts_it_afresh(api, cube_id, si
     c = final["counters"]
     assert c["series_started"] == c["series_finished"] == 2 and c["seq_gaps"] == 0
     assert c["frames_in"] == c["frames_out"] == len(before) + len(after) and counters_add_up(c)
-    assert [(s["series"], s["frames"]) for s in final["series"]] == [("night", len(after))]
+    assert [(s["series"], s["index"], s["frames"]) for s in final["series"]] == [("night", 1, len(before)),
+                                                                                 ("night", 2, len(after))]
 
 
 def test_seq_going_back_to_zero_is_counted_and_corrected_in_arrival_order(api, cube_id, sim, caplog):
@@ -217,13 +218,15 @@ def test_every_mutating_route_refuses_calls_without_the_token_and_changes_nothin
     paths = httpx.get(f"{url}/openapi.json").json()["paths"]
     mutating = sorted((m.upper(), p) for p, ops in paths.items() for m in ops if m in ("post", "put", "patch",
                                                                                         "delete"))
-    assert mutating == [("POST", "/v1/cubes"), ("POST", "/v1/jobs"), ("POST", "/v1/jobs/{job_id}/stop")]
+    assert mutating == [("DELETE", "/v1/jobs/{job_id}"), ("POST", "/v1/cubes"), ("POST", "/v1/jobs"),
+                        ("POST", "/v1/jobs/{job_id}/stop")]
     other = tmp_path / "other.fits"  # a valid cube not stored yet: an upload would add it
     write_cube(SensorModel.random((16, 24), seed=99).true_cube(), other)
     requests = {
         "/v1/cubes": {"files": {"file": ("other.fits", other.read_bytes(), "application/fits")}},
         "/v1/jobs": {"json": {"camera": "x", "cube_id": cube, "ingest": loopback(), "publish": loopback()}},
         "/v1/jobs/{job_id}/stop": {},
+        "/v1/jobs/{job_id}": {},
     }
     cubes_before = sorted(p.name for p in (guarded.settings.cube_dir).iterdir())
     for method, path in mutating:
