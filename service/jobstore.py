@@ -109,9 +109,10 @@ class JobStore:
         while not self._closing.is_set():
             self._wake.wait()
             self._wake.clear()
-            if not self.flush():
-                self._wake.set()  # try again after the pause (or at once when closing)
-                self._closing.wait(self.retry_s)
+            if not self.flush():  # something is left: written while this flush ran, or Redis is away
+                self._wake.set()
+                if not self._available:  # try again after the pause (or at once when closing)
+                    self._closing.wait(self.retry_s)
 
     # ------------------------------------------------------------------ writes (buffered, never blocking)
     def _buffered(self) -> None:

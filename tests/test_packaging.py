@@ -220,8 +220,8 @@ def test_serve_answers_healthz_and_runs_a_job(served, service_venv, cube_id):
     job = httpx.post(f"{served}/v1/jobs", json=body, timeout=60)
     assert job.status_code == 201, job.text
     job_id = job.json()["id"]
-    service_venv.run("rtnstream", "camera", "--ingest", body["ingest"], "--shape", "32", "48", "--frames", "20",
-                     "--fps", "0")
+    service_venv.run("rtnstream", "camera", "--ingest", body["ingest"], "--camera", body["camera"], "--shape", "32",
+                     "48", "--frames", "20", "--fps", "0")
     deadline = time.monotonic() + 60
     while (status := httpx.get(f"{served}/v1/jobs/{job_id}").json())["counters"]["frames_out"] < 20:
         assert time.monotonic() < deadline, status

@@ -4,6 +4,7 @@ only with their maps on disk, and jobs stopped in parallel at shutdown."""
 
 import io
 import threading
+from contextlib import ExitStack
 
 import httpx
 import numpy as np
@@ -16,7 +17,7 @@ from rtnstream.kernels.engine import EngineSettings, RTNEngine
 from rtnstream.service import keys
 from rtnstream.service.jobs import bias_offset_file
 from rtnstream.service.server import BackgroundServer
-from tests.service._support import loopback, receive_series, service_settings, wait_for
+from tests.service._support import Collector, loopback, receive_series, service_settings, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -220,8 +221,11 @@ def test_shutdown_stops_jobs_in_parallel(tmp_path, sim):
         wait_for(lambda: [j.state for j in manager.local_jobs()] == ["stopping", "stopping"], 20,
                  "both jobs stopping at once")
     finally:
-        receivers = [FrameReceiver(ep["push"], "pull") for ep in endpoints]  # the consumers come
-        stopper.join(150)
+        receivers = [FrameReceiver(ep["push"], "pull") for ep in endpoints]  # the consumers come and read
+        with ExitStack() as reading:
+            for rx in receivers:
+                reading.enter_context(Collector(rx))
+            stopper.join(150)
         for sock in (*receivers, *senders):
             sock.close()
     assert [j.state for j in manager.local_jobs()] == ["stopped", "stopped"]
