@@ -240,8 +240,7 @@ def header_gain(headers: Sequence[fits.Header], names: Sequence[str | os.PathLik
         found = f"EGAIN is in {has_egain} of {len(headers)} frames; " if has_egain else "no frame has EGAIN; "
         found += (f"GAIN in {has_gain} frames is the camera's gain setting (no e-/ADU unit in its comment)"
                   if has_gain else "no frame has GAIN")
-        raise ValueError(f"no conversion gain in the headers ({found}): give --gain-e-per-adu (e-/ADU) or "
-                         "--gain-adu-per-e")
+        raise ValueError(f"no conversion gain in the headers ({found}): give --gain-e-per-adu (e-/ADU)")
     for i, v in enumerate(values):
         if isinstance(v, bool) or not isinstance(v, int | float) or not (math.isfinite(v) and v > 0):
             raise ValueError(f"{labels[i]}: {key} = {v!r} is not a finite positive conversion gain; give "
@@ -260,9 +259,12 @@ def frame_kind(header: fits.Header) -> str | None:
     """The frame type of a header: a key of :data:`FRAME_KINDS`, the value itself (lower case) when it is
     none of those, or None when neither ``IMAGETYP`` nor ``FRAME`` is present."""
     key, value = _first(header, ("IMAGETYP", "FRAME"))
-    if key is None:
-        return None
-    text = re.sub(r"\s+", " ", str(value).strip().lower())
+    return None if key is None else _kind(str(value))
+
+
+def _kind(value: str) -> str:
+    """The key of :data:`FRAME_KINDS` that ``value`` spells, else ``value`` normalised (lower case)."""
+    text = re.sub(r"\s+", " ", value.strip().lower())
     text = re.sub(r"[ _-]?(frame|field)$", "", text).strip()
     for kind, spellings in FRAME_KINDS.items():
         if text in spellings:
@@ -281,7 +283,8 @@ def check_frame_kinds(headers: Sequence[fits.Header], names: Sequence[str | os.P
     names : sequence of str or path-like, optional
         The frames' files, named in the error message.
     allowed : iterable of str
-        Frame kinds accepted (keys of :data:`FRAME_KINDS`, or other IMAGETYP values in lower case).
+        Frame kinds accepted: keys of :data:`FRAME_KINDS` or any spelling of them (``'Dark Frame'``), or
+        other IMAGETYP values (compared in lower case).
         Frames without ``IMAGETYP`` / ``FRAME`` are accepted and counted under ``'unknown'``.
 
     Returns
@@ -295,7 +298,7 @@ def check_frame_kinds(headers: Sequence[fits.Header], names: Sequence[str | os.P
         A frame of another type: the message names the file, the keyword's value and the option
         ``--allow-imagetyp``.
     """
-    allowed = {str(a).strip().lower() for a in allowed}
+    allowed = {_kind(str(a)) for a in allowed}
     labels = [str(n) for n in names] if names is not None else [f"frame {i}" for i in range(len(headers))]
     seen: dict[str, int] = {}
     for i, header in enumerate(headers):

@@ -61,6 +61,7 @@ def test_check_frame_kinds_refuses_light_frames_by_file(tmp_path):
     with pytest.raises(ValueError, match=r"star.fits: IMAGETYP = 'Light Frame' \(light frame\).*--allow-imagetyp"):
         check_frame_kinds(headers, names)
     assert check_frame_kinds(headers, names, allowed=("bias", "light"))["light"] == 1
+    assert check_frame_kinds(headers, names, allowed=("BIAS", "Light Frame"))["light"] == 1
 
 
 def test_nina_header_gives_egain_and_the_gain_setting(tmp_path):
