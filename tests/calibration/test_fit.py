@@ -16,6 +16,7 @@ from rtnstream.calibration.fit import (
     REJECTION_RULES,
     FitSettings,
     fit_bias_stack,
+    moments_band,
     plan_bands,
     predicted_read_noise,
 )
@@ -322,6 +323,25 @@ def test_continuous_float_frames_are_binned(tmp_path, sensor):
     assert np.median(np.abs(res.cube.delta_e.ravel()[pix] / sensor.delta_e[found] - 1)) < 0.03
     assert np.median(np.abs(res.cube.sigma_e.ravel()[pix] / sigma - 1)) < 0.05
     assert abs(np.median(res.cube.sigma_e.ravel()[pix] / sigma - 1)) < 0.01  # no bias from the binning
+
+
+def test_moments_leave_out_non_finite_values():
+    rng = np.random.default_rng(5)
+    data = rng.normal(1000.0, 3.0, (60, 4, 5))
+    data[3, 0, 0] = np.nan
+    data[:, 1, 1] = np.nan
+    data[:59, 2, 2] = np.inf  # one finite value: a mean, no standard deviation
+    data[7, 3, 4] = -np.inf
+    mean, std, n_valid, bad = moments_band(data)
+    finite = np.isfinite(data)
+    for y, x in np.ndindex(4, 5):
+        kept = data[:, y, x][finite[:, y, x]]
+        if kept.size > 1:
+            assert mean[y, x] == pytest.approx(kept.mean(), rel=1e-12)
+            assert std[y, x] == pytest.approx(kept.std(ddof=1), rel=1e-9)
+    assert np.isnan(mean[1, 1]) and np.isnan(std[1, 1]) and np.isnan(std[2, 2]) and mean[2, 2] == data[59, 2, 2]
+    np.testing.assert_array_equal(n_valid, finite.sum(axis=0))
+    np.testing.assert_array_equal(bad, (~finite).sum(axis=(1, 2)))
 
 
 # ---- frames as acquisition software writes them ------------------------------------------------------
