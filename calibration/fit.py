@@ -220,8 +220,8 @@ def moments_band(data: np.ndarray, max_bytes: int = 64 * 1024**2
     integer = np.issubdtype(data.dtype, np.integer)
     acc = np.int64 if integer else np.float64
     bad_per_frame = np.zeros(n, dtype=np.int64)
-    if not integer:
-        bad_per_frame = np.count_nonzero(~np.isfinite(data), axis=(1, 2)).astype(np.int64)
+    if not integer:  # frame by frame: no band-sized temporary
+        bad_per_frame[:] = [frame.size - np.count_nonzero(np.isfinite(frame)) for frame in data]
     if not bad_per_frame.any():
         ref = data[0].astype(acc)
         n_valid = np.full(ref.shape, n, dtype=np.int64)
@@ -423,32 +423,40 @@ def _moments_task(stack: FitsStack, y0: int, y1: int, work_bytes: int) -> tuple[
     return moments_band(_read_band(stack, y0, y1), work_bytes)
 
 
-def fill_non_finite(data: np.ndarray) -> np.ndarray:
+def fill_non_finite(data: np.ndarray, inplace: bool = False) -> np.ndarray:
     """``data`` with each non-finite value replaced by the mean of its pixel's finite values (0 where the
     pixel has none), as the candidate test's clipping replaces outliers; float data only, else unchanged.
 
     Parameters
     ----------
     data : numpy.ndarray, shape (n_frames, n_rows, n_cols), adu
+    inplace : bool
+        Replace in ``data`` itself (no band-sized copy) instead of in a copy.
 
     Returns
     -------
-    numpy.ndarray, same shape and dtype (a copy when anything was replaced)
+    numpy.ndarray, same shape and dtype (``data`` itself when nothing was replaced or ``inplace``)
     """
     if np.issubdtype(data.dtype, np.integer):
         return data
-    bad = ~np.isfinite(data)
-    if not bad.any():
+    holed = np.zeros(data.shape[1:], dtype=bool)
+    for frame in data:  # frame by frame: no band-sized temporary
+        holed |= ~np.isfinite(frame)
+    if not holed.any():
         return data
-    kept = np.where(bad, 0.0, data)
-    n_ok = (~bad).sum(axis=0)
+    values = data[:, holed]  # (n_frames, pixels with a hole): few
+    finite = np.isfinite(values)
+    n_ok = finite.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(n_ok > 0, kept.sum(axis=0) / n_ok, 0.0)
-    return np.where(bad, mean, data).astype(data.dtype, copy=False)
+        mean = np.where(n_ok > 0, np.where(finite, values, 0.0).sum(axis=0) / n_ok, 0.0)
+    out = data if inplace else data.copy()
+    out[:, holed] = np.where(finite, values, mean)
+    return out
 
 
 def _anderson_task(stack: FitsStack, y0: int, y1: int, work_bytes: int, settings: FitSettings) -> np.ndarray:
-    return anderson_darling_band(fill_non_finite(_read_band(stack, y0, y1)), y0, seed=settings.dither_seed,
+    band = fill_non_finite(_read_band(stack, y0, y1), inplace=True)  # the band is this task's own
+    return anderson_darling_band(band, y0, seed=settings.dither_seed,
                                  clip_sigma=settings.clip_sigma, clip_iterations=settings.clip_iterations,
                                  max_bytes=work_bytes)
 

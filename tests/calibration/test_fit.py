@@ -15,6 +15,7 @@ from rtnstream.calibration.fit import (
     MAP_BYTES_PER_PIXEL,
     REJECTION_RULES,
     FitSettings,
+    fill_non_finite,
     fit_bias_stack,
     moments_band,
     plan_bands,
@@ -342,6 +343,19 @@ def test_moments_leave_out_non_finite_values():
     assert np.isnan(mean[1, 1]) and np.isnan(std[1, 1]) and np.isnan(std[2, 2]) and mean[2, 2] == data[59, 2, 2]
     np.testing.assert_array_equal(n_valid, finite.sum(axis=0))
     np.testing.assert_array_equal(bad, (~finite).sum(axis=(1, 2)))
+
+
+def test_candidate_test_sees_a_hole_as_the_pixel_mean():
+    data = np.arange(24.0, dtype=np.float32).reshape(4, 2, 3)
+    data[1, 0, 0] = np.nan
+    data[:, 1, 1] = np.inf
+    filled = fill_non_finite(data)
+    assert filled.dtype == np.float32 and np.isnan(data[1, 0, 0])  # the input is left alone
+    np.testing.assert_array_equal(filled[:, 0, 0], [0.0, 10.0, 12.0, 18.0])  # mean of 0, 12, 18
+    np.testing.assert_array_equal(filled[:, 1, 1], 0.0)  # no finite value at all
+    np.testing.assert_array_equal(np.delete(filled.reshape(4, -1), [0, 4], axis=1),
+                                  np.delete(data.reshape(4, -1), [0, 4], axis=1))
+    assert fill_non_finite(data, inplace=True) is data and np.isfinite(data).all()
 
 
 # ---- frames as acquisition software writes them ------------------------------------------------------
