@@ -82,10 +82,11 @@ def compress_values(
     Parameters
     ----------
     values : numpy.ndarray, shape (n, n_frames), integer or float, adu
-        The values of ``n`` pixels (one row each).
+        The values of ``n`` pixels (one row each). Non-finite float values (NaN, infinity) are left out:
+        they get no count (every row needs at least one finite value).
     bin_width : float or numpy.ndarray of shape (n,), optional
         Bin width (adu) to which float values are rounded; ``None`` for integer-valued data (no binning:
-        the compression is then lossless).
+        the compression is then lossless; non-finite values are then not allowed: give 1.0 instead).
 
     Returns
     -------
@@ -94,7 +95,7 @@ def compress_values(
     counts : numpy.ndarray, shape (n, n_distinct), float64
         How often each value occurs (0 in the padding).
     origin : numpy.ndarray, shape (n,), float64, adu
-        Median of each row, subtracted from ``y`` to keep the EM sums well conditioned.
+        Median of each row's finite values, subtracted from ``y`` to keep the EM sums well conditioned.
     width : numpy.ndarray, shape (n,), float64, adu
         Bin width used per pixel (1 for integer data).
     """
@@ -102,6 +103,7 @@ def compress_values(
     if values.ndim != 2 or values.shape[1] < 1:
         raise ValueError(f"values must have shape (n_pixels, n_frames), got {values.shape}")
     n, m = values.shape
+    valid = None
     if bin_width is None:
         width = np.ones(n)
         q = np.sort(values.astype(np.int64, copy=False), axis=1)
@@ -111,15 +113,29 @@ def compress_values(
         width = np.broadcast_to(np.asarray(bin_width, dtype=np.float64), (n,)).copy()
         if not np.all(width > 0):
             raise ValueError("bin_width must be positive")
-        v = np.sort(values.astype(np.float64, copy=False), axis=1)
-        origin = v[:, (m - 1) // 2].copy()
-        q = np.rint((v - origin[:, None]) / width[:, None]).astype(np.int64)
+        v = values.astype(np.float64, copy=False)
+        finite = np.isfinite(v)
+        if finite.all():
+            v = np.sort(v, axis=1)
+            origin = v[:, (m - 1) // 2].copy()
+            q = np.rint((v - origin[:, None]) / width[:, None]).astype(np.int64)
+        else:
+            n_ok = finite.sum(axis=1)
+            if not np.all(n_ok > 0):
+                raise ValueError("values: a row without any finite value")
+            v = np.sort(np.where(finite, v, np.inf), axis=1)  # the non-finite values last
+            rows = np.arange(n)
+            origin = v[rows, (n_ok - 1) // 2].copy()
+            valid = np.arange(m)[None, :] < n_ok[:, None]
+            last = v[rows, n_ok - 1][:, None]
+            q = np.rint((np.where(valid, v, last) - origin[:, None]) / width[:, None]).astype(np.int64)
     new = np.ones((n, m), dtype=bool)
     new[:, 1:] = q[:, 1:] != q[:, :-1]
     group = np.cumsum(new, axis=1) - 1  # index of the distinct value within its row
     n_distinct = int(group[:, -1].max()) + 1
     flat = (np.arange(n)[:, None] * n_distinct + group).ravel()
-    counts = np.bincount(flat, minlength=n * n_distinct).reshape(n, n_distinct).astype(np.float64)
+    weights = None if valid is None else valid.ravel().astype(np.float64)  # non-finite values: no count
+    counts = np.bincount(flat, weights, minlength=n * n_distinct).reshape(n, n_distinct).astype(np.float64)
     y = np.empty((n, n_distinct), dtype=np.float64)
     rows, cols = np.nonzero(new)
     y[rows, group[rows, cols]] = q[rows, cols]

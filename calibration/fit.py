@@ -34,8 +34,9 @@ from tqdm import tqdm
 from rtnstream import __version__
 from rtnstream.calibration._anderson import A2_CRITICAL_1PC, anderson_darling_band
 from rtnstream.calibration._em import PARAM_NAMES, compress_values, fit_three_level
+from rtnstream.calibration.acquisition import GainSource, check_frame_kinds, common_camera_record, header_gain
 from rtnstream.calibration.stacks import FitsStack
-from rtnstream.kernels.cube import DQ_RTN, RTNCube
+from rtnstream.kernels.cube import DQ_ANOMALOUS_MEAN, DQ_ANOMALOUS_STD, DQ_RTN, RTNCube
 from rtnstream.kernels.lut import ThresholdTable, get_table
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "plan_bands",
     "moments_band",
     "fit_band",
+    "fill_non_finite",
     "acceptance",
     "predicted_read_noise",
     "fit_bias_stack",
@@ -188,12 +190,13 @@ class FitResult:
 # --------------------------------------------------------------------------------------------------
 
 
-def moments_band(data: np.ndarray, max_bytes: int = 64 * 1024**2) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel mean and standard deviation (ddof = 1) of a band.
+def moments_band(data: np.ndarray, max_bytes: int = 64 * 1024**2
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-pixel mean and standard deviation (ddof = 1) of a band, over each pixel's finite values.
 
     Integer data are summed exactly in int64 after subtracting the first frame (so the sum of squares
     cannot overflow for any realistic stack and the variance suffers no cancellation); float data the
-    same way in float64.
+    same way in float64, leaving out non-finite values (NaN, infinity).
 
     Parameters
     ----------
@@ -205,26 +208,47 @@ def moments_band(data: np.ndarray, max_bytes: int = 64 * 1024**2) -> tuple[np.nd
     Returns
     -------
     mean_adu, std_adu : numpy.ndarray, shape (n_rows, n_cols), float64, adu
+        NaN where a pixel has fewer than 2 finite values.
+    n_valid : numpy.ndarray, shape (n_rows, n_cols), int64
+        Finite values of each pixel (n_frames for integer data).
+    bad_per_frame : numpy.ndarray, shape (n_frames,), int64
+        Non-finite values in each frame of the band.
     """
     if data.ndim != 3 or data.shape[0] < 2:
         raise ValueError(f"data must have shape (n_frames >= 2, n_rows, n_cols), got {data.shape}")
     n = data.shape[0]
-    acc = np.int64 if np.issubdtype(data.dtype, np.integer) else np.float64
-    ref = data[0].astype(acc)
+    integer = np.issubdtype(data.dtype, np.integer)
+    acc = np.int64 if integer else np.float64
+    bad_per_frame = np.zeros(n, dtype=np.int64)
+    if not integer:  # frame by frame: no band-sized temporary
+        bad_per_frame[:] = [frame.size - np.count_nonzero(np.isfinite(frame)) for frame in data]
+    if not bad_per_frame.any():
+        ref = data[0].astype(acc)
+        n_valid = np.full(ref.shape, n, dtype=np.int64)
+    else:
+        first = data[0].astype(np.float64)
+        ref = np.where(np.isfinite(first), first, 0.0)  # float64 sums: a shift by 0 only costs precision
+        n_valid = np.zeros(ref.shape, dtype=np.int64)
     s1 = np.zeros(ref.shape, dtype=acc)
     s2 = np.zeros(ref.shape, dtype=acc)
     budget = min(int(max_bytes), _MOMENT_GROUP_BYTES)
     group = max(1, budget // (_MOMENT_WORK_BYTES_PER_VALUE * max(1, ref.size)))
-    for f0 in range(1, n, group):
+    start = 1 if not bad_per_frame.any() else 0  # the first frame adds 0 when it is the shift
+    for f0 in range(start, n, group):
         d = data[f0 : f0 + group].astype(acc)
         d -= ref
+        if bad_per_frame.any():
+            finite = np.isfinite(d)
+            n_valid += finite.sum(axis=0)
+            d[~finite] = 0.0
         s1 += d.sum(axis=0)
         d *= d
         s2 += d.sum(axis=0)
     s1f = s1.astype(np.float64)
-    mean = ref + s1f / n
-    var = (s2.astype(np.float64) - s1f * s1f / n) / (n - 1)
-    return mean, np.sqrt(np.maximum(var, 0.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.where(n_valid > 0, ref + s1f / n_valid, np.nan)
+        var = np.where(n_valid > 1, (s2.astype(np.float64) - s1f * s1f / n_valid) / (n_valid - 1), np.nan)
+    return mean, np.sqrt(np.maximum(var, 0.0)), n_valid, bad_per_frame
 
 
 def fit_band(
@@ -263,10 +287,14 @@ def fit_band(
     for p0 in range(0, rows.size, group):
         r, c = rows[p0 : p0 + group], cols[p0 : p0 + group]
         values = data[:, r, c].T
+        finite = True if integer else np.isfinite(values)
         # float frames holding whole numbers (a converted integer stack) are integer data: binning them to
         # a finer, incommensurate grid would move every value by up to half a bin
-        whole = integer or bool(np.all(values == np.rint(values)))
-        width = None if whole else np.minimum(1.0, std_adu[r, c] / 16.0)
+        whole = integer or bool(np.all((values == np.rint(values)) | ~finite))
+        if whole:  # width 1 on whole numbers is lossless too, and leaves the non-finite values out
+            width = None if np.all(finite) else 1.0
+        else:
+            width = np.minimum(1.0, std_adu[r, c] / 16.0)
         y, counts, origin, used_width = compress_values(values, width)
         fit = fit_three_level(y, counts, used_width, max_iter=settings.max_iter, tol=settings.tol)
         mu = fit.mu + origin
@@ -391,12 +419,44 @@ def _read_band(stack: FitsStack, y0: int, y1: int) -> np.ndarray:
     return next(stack.iter_bands(one, rows=(y0, y1), dtype=None)).data
 
 
-def _moments_task(stack: FitsStack, y0: int, y1: int, work_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+def _moments_task(stack: FitsStack, y0: int, y1: int, work_bytes: int) -> tuple[np.ndarray, ...]:
     return moments_band(_read_band(stack, y0, y1), work_bytes)
 
 
+def fill_non_finite(data: np.ndarray, inplace: bool = False) -> np.ndarray:
+    """``data`` with each non-finite value replaced by the mean of its pixel's finite values (0 where the
+    pixel has none), as the candidate test's clipping replaces outliers; float data only, else unchanged.
+
+    Parameters
+    ----------
+    data : numpy.ndarray, shape (n_frames, n_rows, n_cols), adu
+    inplace : bool
+        Replace in ``data`` itself (no band-sized copy) instead of in a copy.
+
+    Returns
+    -------
+    numpy.ndarray, same shape and dtype (``data`` itself when nothing was replaced or ``inplace``)
+    """
+    if np.issubdtype(data.dtype, np.integer):
+        return data
+    holed = np.zeros(data.shape[1:], dtype=bool)
+    for frame in data:  # frame by frame: no band-sized temporary
+        holed |= ~np.isfinite(frame)
+    if not holed.any():
+        return data
+    values = data[:, holed]  # (n_frames, pixels with a hole): few
+    finite = np.isfinite(values)
+    n_ok = finite.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n_ok > 0, np.where(finite, values, 0.0).sum(axis=0) / n_ok, 0.0)
+    out = data if inplace else data.copy()
+    out[:, holed] = np.where(finite, values, mean)
+    return out
+
+
 def _anderson_task(stack: FitsStack, y0: int, y1: int, work_bytes: int, settings: FitSettings) -> np.ndarray:
-    return anderson_darling_band(_read_band(stack, y0, y1), y0, seed=settings.dither_seed,
+    band = fill_non_finite(_read_band(stack, y0, y1), inplace=True)  # the band is this task's own
+    return anderson_darling_band(band, y0, seed=settings.dither_seed,
                                  clip_sigma=settings.clip_sigma, clip_iterations=settings.clip_iterations,
                                  max_bytes=work_bytes)
 
@@ -447,8 +507,8 @@ def _bands(ny: int, rows: int, workers: int) -> list[tuple[int, int]]:
     return [(y0, min(y0 + rows, ny)) for y0 in range(0, ny, rows)]
 
 
-def _header_meta(stack: FitsStack) -> dict[str, Any]:
-    """Provenance from the frames' headers: date range of DATE-OBS, and identifiers common to all frames."""
+def _header_meta(stack: FitsStack, camera: dict[str, Any]) -> dict[str, Any]:
+    """Provenance for the cube: date range of DATE-OBS, and the camera record's identifiers and settings."""
     meta: dict[str, Any] = {}
     dates = []
     for value in stack.header_values("DATE-OBS"):
@@ -461,14 +521,10 @@ def _header_meta(stack: FitsStack) -> dict[str, Any]:
     if dates:
         meta["bias_date_begin"] = min(dates).isoformat(timespec="milliseconds")
         meta["bias_date_end"] = max(dates).isoformat(timespec="milliseconds")
-    for key, name in (("INSTRUME", "camera"), ("DETECTOR", "detector"), ("READMODE", "readout_mode"),
-                      ("GAINSET", "gain_setting"), ("OFFSET", "offset")):
-        values = {v for v in stack.header_values(key) if v is not None}
-        if len(values) == 1:
-            meta[name] = values.pop()
-    temps = [float(v) for v in stack.header_values("CCD-TEMP") if isinstance(v, int | float)]
-    if temps:
-        meta["temperature_c"] = float(np.median(temps))
+    for field_name, name in (("instrument", "camera"), ("detector", "detector"), ("readout_mode", "readout_mode"),
+                             ("gain_setting", "gain_setting"), ("offset", "offset"), ("ccd_temp_c", "temperature_c")):
+        if field_name in camera:
+            meta[name] = camera[field_name]
     return meta
 
 
@@ -493,13 +549,14 @@ def _check_inputs(stack: FitsStack, gain_e_per_adu: float, n_frames: int | None,
 
 def fit_bias_stack(
     files: Sequence[str | os.PathLike] | FitsStack,
-    gain_e_per_adu: float,
+    gain_e_per_adu: float | None = None,
     *,
     n_frames: int | None = None,
     settings: FitSettings = FitSettings(),
     memory_limit_bytes: int = 1024**3,
     workers: int = 1,
     progress: bool = False,
+    allowed_imagetyp: Sequence[str] = ("bias",),
 ) -> FitResult:
     """Fit the RTN parameters of every pixel of a bias stack.
 
@@ -507,8 +564,9 @@ def fit_bias_stack(
     ----------
     files : sequence of path, or FitsStack
         Bias FITS files (2D frames or 3D cubes in any mix), in time order.
-    gain_e_per_adu : float
-        Conversion gain, e-/ADU.
+    gain_e_per_adu : float, optional
+        Conversion gain, e-/ADU. Default: from the headers (``EGAIN``, or ``GAIN`` whose comment gives
+        the unit; :func:`rtnstream.calibration.acquisition.header_gain`). ``report["gain"]`` says which.
     n_frames : int, optional
         Use only the first ``n_frames`` frames (default: all).
     settings : FitSettings
@@ -518,6 +576,9 @@ def fit_bias_stack(
         Processes; 1 runs everything in this process.
     progress : bool
         A tqdm progress bar per pass (on stderr).
+    allowed_imagetyp : sequence of str
+        Frame types (``IMAGETYP`` / ``FRAME``, see :data:`rtnstream.calibration.acquisition.FRAME_KINDS`)
+        fitted; frames without the keyword are taken as bias frames and counted.
 
     Returns
     -------
@@ -526,31 +587,52 @@ def fit_bias_stack(
     Raises
     ------
     ValueError
-        Bad gain, frame count, worker count or memory limit (the message names the parameter).
+        Bad gain, frame count, worker count or memory limit (the message names the parameter); no gain
+        given and none in the headers; a frame of a type not allowed; frames of different camera settings
+        (the message names the file and keyword).
     rtnstream.kernels.exceptions.FrameError
         A file cannot be read or its frame shape differs from the others'.
+
+    Notes
+    -----
+    Non-finite pixel values (NaN, infinity, in float frames) are left out of every pass and counted in
+    ``report["non_finite"]``; a pixel with fewer than :data:`MIN_FRAMES` finite values is not fitted and is
+    flagged ``DQ_ANOMALOUS_MEAN | DQ_ANOMALOUS_STD`` in the cube (with the sensor's median mean bias and
+    read noise when it has fewer than 2).
     """
     stack = files if isinstance(files, FitsStack) else FitsStack(list(files))
-    n = _check_inputs(stack, gain_e_per_adu, n_frames, memory_limit_bytes, workers)
-    if n < stack.n_frames:
-        stack = stack.subset(range(n))
+    if n_frames is not None and 1 <= int(n_frames) < stack.n_frames:
+        stack = stack.subset(range(int(n_frames)))
+    names = _frame_names(stack)
+    frame_kinds = check_frame_kinds(stack.headers, names, allowed_imagetyp)
+    camera = common_camera_record(stack.headers, names)
+    if gain_e_per_adu is None:
+        gain = header_gain(stack.headers, names)
+    else:
+        gain = GainSource(gain_e_per_adu, "option", f"given: {gain_e_per_adu!r} e-/ADU")
+    n = _check_inputs(stack, gain.gain_e_per_adu, n_frames, memory_limit_bytes, workers)
+    log.info("gain %.6g e-/ADU (%s)", gain.gain_e_per_adu, gain.detail)
     if n < 1000:
         log.warning("fitting RTN from %d bias frames; 1000 or more are recommended", n)
     table = get_table(settings.alpha)
     n_ad = min(settings.ad_frames, n)
     plan = plan_bands(stack, n, n_ad, memory_limit_bytes, workers)
     ny, nx = stack.shape
-    g = float(gain_e_per_adu)
+    g = float(gain.gain_e_per_adu)
     timing: dict[str, float] = {}
 
     with _executor(workers) as pool:
         t0 = time.perf_counter()
         mean = np.empty((ny, nx))
         std = np.empty((ny, nx))
-        for y0, y1, (m, s) in _map_bands(_moments_task, stack, _bands(ny, plan.moments_rows, workers),
-                                         lambda a, b: (plan.work_bytes,), pool, workers, "pass 1/3 moments",
-                                         progress):
-            mean[y0:y1], std[y0:y1] = m, s
+        n_valid = np.empty((ny, nx), dtype=np.int64)
+        bad_per_frame = np.zeros(n, dtype=np.int64)
+        for y0, y1, (m, s, k, b) in _map_bands(_moments_task, stack, _bands(ny, plan.moments_rows, workers),
+                                               lambda a, b: (plan.work_bytes,), pool, workers,
+                                               "pass 1/3 moments", progress):
+            mean[y0:y1], std[y0:y1], n_valid[y0:y1] = m, s, k
+            bad_per_frame += b
+        usable = n_valid >= MIN_FRAMES
         read_noise = std * g
         timing["pass1_moments_s"] = time.perf_counter() - t0
 
@@ -563,7 +645,7 @@ def fit_bias_stack(
             a2[y0:y1] = res
         rn_median = float(np.nanmedian(read_noise))
         non_normal = a2 > settings.a2_critical
-        candidate = non_normal & (read_noise > rn_median)
+        candidate = non_normal & (read_noise > rn_median) & usable
         timing["pass2_candidates_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -578,14 +660,51 @@ def fit_bias_stack(
         fit = {k: np.concatenate([p[k] for p in ordered]) for k in keys} if ordered else _empty_fit()
         timing["pass3_fit_s"] = time.perf_counter() - t0
 
+    inputs = {"gain": {"e_per_adu": g, "source": gain.source, "detail": gain.detail},
+              "frame_kinds": frame_kinds, "camera": camera,
+              "non_finite": _non_finite_report(stack, names, n_valid, bad_per_frame)}
+    mean, std, dq_bad = _fill_unusable(mean, std, usable)
     return _assemble(stack, g, settings, table, plan, mean, std, a2, non_normal, candidate, rn_median, fit,
-                     timing, memory_limit_bytes, workers)
+                     timing, memory_limit_bytes, workers, inputs, dq_bad)
+
+
+def _frame_names(stack: FitsStack) -> list[str]:
+    """``file`` or ``file[plane]`` of each frame, for messages."""
+    return [str(s.path) if s.plane is None else f"{s.path}[{s.plane}]" for s in stack.frames]
+
+
+def _non_finite_report(stack: FitsStack, names: Sequence[str], n_valid: np.ndarray, bad_per_frame: np.ndarray
+                       ) -> dict[str, Any]:
+    """Counts of the non-finite values left out (logged when there are any)."""
+    n = stack.n_frames
+    frames = np.flatnonzero(bad_per_frame)
+    worst = frames[np.argsort(-bad_per_frame[frames], kind="stable")][:10]
+    out = {"values": int(bad_per_frame.sum()), "pixels": int(np.count_nonzero(n_valid < n)),
+           "pixels_not_fitted": int(np.count_nonzero(n_valid < MIN_FRAMES)), "frames": int(frames.size),
+           "worst_frames": [{"frame": names[i], "values": int(bad_per_frame[i])} for i in worst]}
+    if out["values"]:
+        log.warning("left out %d non-finite pixel values (NaN or infinite) in %d frames (most in %s), at %d "
+                    "pixels; %d pixels have fewer than %d finite values and are not fitted", out["values"],
+                    out["frames"], names[worst[0]], out["pixels"], out["pixels_not_fitted"], MIN_FRAMES)
+    return out
+
+
+def _fill_unusable(mean: np.ndarray, std: np.ndarray, usable: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and std with the sensor medians where a pixel has no value (fewer than 2 finite ones), and the
+    cube DQ flags of the pixels with too few finite values to fit."""
+    missing = ~(np.isfinite(mean) & np.isfinite(std))
+    if missing.any():
+        mean = np.where(missing, np.nanmedian(mean) if (~missing).any() else 0.0, mean)
+        std = np.where(missing, np.nanmedian(std) if (~missing).any() else 0.0, std)
+    dq_bad = np.where(usable, 0, DQ_ANOMALOUS_MEAN | DQ_ANOMALOUS_STD).astype(np.uint16)
+    return mean, std, dq_bad
 
 
 def _assemble(stack: FitsStack, g: float, settings: FitSettings, table: ThresholdTable, plan: BandPlan,
               mean: np.ndarray, std: np.ndarray, a2: np.ndarray, non_normal: np.ndarray, candidate: np.ndarray,
               rn_median: float, fit: dict[str, np.ndarray], timing: dict[str, float], memory_limit_bytes: int,
-              workers: int) -> FitResult:
+              workers: int, inputs: dict[str, Any], dq_bad: np.ndarray) -> FitResult:
     """Acceptance, lambda_max, the cube, and the report."""
     ny, nx = stack.shape
     index = np.flatnonzero(candidate)  # row-major, the order fit_band returns the candidates in
@@ -607,9 +726,9 @@ def _assemble(stack: FitsStack, g: float, settings: FitSettings, table: Threshol
     accepted = np.zeros(ny * nx, dtype=bool)
     accepted[index[ok]] = True
     accepted = accepted.reshape(ny, nx)
-    dq = np.where(accepted, DQ_RTN, 0).astype(np.uint16)
+    dq = np.where(accepted, DQ_RTN, 0).astype(np.uint16) | dq_bad
     meta = {"n_bias_frames": stack.n_frames, "alpha": settings.alpha, "software_version": __version__,
-            **_header_meta(stack)}
+            **_header_meta(stack, inputs["camera"])}
     cube = RTNCube(
         mu_adu=plane(fit["mu_adu"]), delta_e=plane(delta_e), sigma_e=plane(sigma_e),
         frac_c=plane(fit["frac_c"]), frac_lo=plane(fit["frac_lo"]), frac_hi=plane(fit["frac_hi"]),
@@ -643,6 +762,10 @@ def _assemble(stack: FitsStack, g: float, settings: FitSettings, table: Threshol
         "n_frames_anderson": min(settings.ad_frames, stack.n_frames),
         "shape_px": [ny, nx],
         "gain_e_per_adu": g,
+        "gain": inputs["gain"],
+        "frame_kinds": inputs["frame_kinds"],
+        "camera": inputs["camera"],
+        "non_finite": inputs["non_finite"],
         "settings": asdict(settings),
         "counts": counts,
         "rtn_fraction": counts["accepted"] / n_pix,

@@ -4,19 +4,48 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from tqdm import tqdm
 
 from rtnstream.clients.stream import FrameSender
 from rtnstream.kernels.simulate import Scene, SensorModel, SimulatedFrame
 
-__all__ = ["run_camera"]
+__all__ = ["run_camera", "camera_meta"]
+
+#: Readout mode written by the simulated camera (its sensor has one).
+READOUT_MODE = "simulated"
+
+
+def camera_meta(model: SensorModel, scene: Scene | None) -> dict[str, object]:
+    """The camera keywords every frame of the simulated camera carries in ``meta`` (as N.I.N.A. names them).
+
+    Returns
+    -------
+    dict
+        ``INSTRUME``, ``DETECTOR``, ``IMAGETYP`` (``'BIAS'`` for a bias scene, ``'FLAT'``, else ``'LIGHT'``),
+        ``EGAIN`` (the sensor's conversion gain, e-/ADU), ``READOUTM``, ``XBINNING`` / ``YBINNING`` (1).
+    """
+    kind = "bias" if scene is None else scene.kind
+    imagetyp = {"bias": "BIAS", "flat": "FLAT"}.get(kind, "LIGHT")
+    return {"INSTRUME": "rtnstream simulated camera", "DETECTOR": f"simulated {model.shape[0]}x{model.shape[1]}",
+            "IMAGETYP": imagetyp, "EGAIN": float(model.gain_e_per_adu), "READOUTM": READOUT_MODE,
+            "XBINNING": 1, "YBINNING": 1}
+
+
+def _date_obs(start: datetime) -> str:
+    """ISO 8601 UTC with milliseconds, as FITS DATE-OBS (no offset)."""
+    return start.strftime("%Y-%m-%dT%H:%M:%S.") + f"{start.microsecond // 1000:03d}"
 
 
 def run_camera(sender: FrameSender, model: SensorModel, n_frames: int, fps: float | None = None,
                scene: Scene | None = None, series: str | None = None, seed: int = 1, exptime_s: float = 1.0,
                on_frame: Callable[[int, SimulatedFrame], None] | None = None, progress: bool = False) -> str:
     """Send one series of ``n_frames`` simulated frames (start, frames, end); returns the series id.
+
+    Each frame's exposure is taken to end when it is sent: its ``timestamp`` and ``meta['DATE-OBS']`` are
+    the start of the exposure (send time less ``exptime_s``), ``meta['EXPTIME']`` is ``exptime_s``, and
+    ``meta`` has the keywords of :func:`camera_meta`.
 
     Parameters
     ----------
@@ -49,7 +78,8 @@ def run_camera(sender: FrameSender, model: SensorModel, n_frames: int, fps: floa
         raise ValueError(f"n_frames must be >= 1, got {n_frames}")
     if fps is not None and not fps > 0:
         raise ValueError(f"fps must be > 0 (frames/s), got {fps}")
-    series = sender.start_series(series, meta={"INSTRUME": "rtnstream simulated camera"})
+    keywords = camera_meta(model, scene)
+    series = sender.start_series(series, meta=keywords)
     t0 = time.monotonic()
     frames = tqdm(model.frames(n_frames, scene, seed=seed), total=n_frames, unit="frame", desc="camera",
                   disable=not progress)
@@ -60,6 +90,8 @@ def run_camera(sender: FrameSender, model: SensorModel, n_frames: int, fps: floa
                 time.sleep(delay)
         if on_frame is not None:
             on_frame(seq, frame)
-        sender.send_frame(frame.data, exptime=exptime_s)
+        start = _date_obs(datetime.now(UTC) - timedelta(seconds=exptime_s))
+        sender.send_frame(frame.data, exptime=exptime_s, timestamp=start,
+                          meta={**keywords, "DATE-OBS": start, "EXPTIME": exptime_s})
     sender.end_series()
     return series

@@ -36,9 +36,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``rtnstream fit`` to ``parser``."""
     parser.add_argument("bias", nargs="+", metavar="BIAS",
                         help="bias FITS files: 2D frames or 3D stacks, in any mix, in time order")
-    gain = parser.add_mutually_exclusive_group(required=True)
+    gain = parser.add_mutually_exclusive_group()
     gain.add_argument("--gain-e-per-adu", type=float, metavar="G",
-                      help="conversion gain, e-/ADU (FITS GAIN convention)")
+                      help="conversion gain, e-/ADU (FITS GAIN convention; default: the headers' EGAIN, or GAIN "
+                           "when its comment says e-/ADU)")
     gain.add_argument("--gain-adu-per-e", type=float, metavar="G",
                       help="conversion gain given the other way, ADU/e- (e.g. 3.26 for 0.3067 e-/ADU)")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="CUBE.fits",
@@ -53,6 +54,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=0.003, help="jump-test significance")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cube and report")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--allow-imagetyp", action="append", default=[], metavar="KIND",
+                        help="also fit frames whose IMAGETYP is KIND (e.g. dark); repeatable; default: bias only")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,18 +75,23 @@ def run(args: argparse.Namespace) -> int:
         existing = [p for p in (out, report) if p.exists()]
         if existing:
             return _fail(f"{', '.join(map(str, existing))} exists; give --overwrite to replace it")
-    if not out.parent.is_dir():
-        return _fail(f"--output: folder {out.parent} does not exist")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return _fail(f"--output: cannot create folder {out.parent}: {exc}")
     try:
         settings = FitSettings(alpha=args.alpha)
         result = fit_bias_stack(
             args.bias, gain_e_per_adu, n_frames=args.frames, settings=settings,
             memory_limit_bytes=args.memory_limit, workers=args.workers, progress=not args.no_progress,
+            allowed_imagetyp=("bias", *args.allow_imagetyp),
         )
     except RTNStreamError:  # unreadable or mismatched files: reported by the CLI
         raise
     except ValueError as exc:  # bad option values (the message names the option)
         return _fail(str(exc))
+    print(f"rtnstream fit: gain {result.report['gain']['e_per_adu']:.6g} e-/ADU "
+          f"({result.report['gain']['detail']})")
     write_cube(result.cube, out, overwrite=args.overwrite)
     write_report_json(result, report)
     log.info("wrote %s (%d RTN pixels) and %s", out, result.cube.n_rtn, report)
@@ -94,14 +102,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def gain_from_args(args: argparse.Namespace) -> float:
-    """The conversion gain, e-/ADU, from ``--gain-e-per-adu`` or ``--gain-adu-per-e`` (its inverse).
+def gain_from_args(args: argparse.Namespace) -> float | None:
+    """The conversion gain, e-/ADU, from ``--gain-e-per-adu`` or ``--gain-adu-per-e`` (its inverse); None
+    when neither is given (the fit then takes it from the headers).
 
     Raises
     ------
     ValueError
         The gain given is not a positive finite number (the message names the option).
     """
+    if args.gain_e_per_adu is None and args.gain_adu_per_e is None:
+        return None
     name, value = (("--gain-e-per-adu", args.gain_e_per_adu) if args.gain_e_per_adu is not None
                    else ("--gain-adu-per-e", args.gain_adu_per_e))
     if not (0 < value < float("inf")):

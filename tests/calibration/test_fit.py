@@ -15,14 +15,16 @@ from rtnstream.calibration.fit import (
     MAP_BYTES_PER_PIXEL,
     REJECTION_RULES,
     FitSettings,
+    fill_non_finite,
     fit_bias_stack,
+    moments_band,
     plan_bands,
     predicted_read_noise,
 )
 from rtnstream.calibration.fit_report import PLOT_FILES, report_path
 from rtnstream.calibration.stacks import FitsStack
 from rtnstream.cli import main
-from rtnstream.kernels.cube import DQ_RTN, read_cube
+from rtnstream.kernels.cube import DQ_ANOMALOUS_MEAN, DQ_ANOMALOUS_STD, DQ_RTN, read_cube
 from rtnstream.kernels.lut import get_table
 from rtnstream.kernels.simulate import SensorModel
 
@@ -322,3 +324,110 @@ def test_continuous_float_frames_are_binned(tmp_path, sensor):
     assert np.median(np.abs(res.cube.delta_e.ravel()[pix] / sensor.delta_e[found] - 1)) < 0.03
     assert np.median(np.abs(res.cube.sigma_e.ravel()[pix] / sigma - 1)) < 0.05
     assert abs(np.median(res.cube.sigma_e.ravel()[pix] / sigma - 1)) < 0.01  # no bias from the binning
+
+
+def test_moments_leave_out_non_finite_values():
+    rng = np.random.default_rng(5)
+    data = rng.normal(1000.0, 3.0, (60, 4, 5))
+    data[3, 0, 0] = np.nan
+    data[:, 1, 1] = np.nan
+    data[:59, 2, 2] = np.inf  # one finite value: a mean, no standard deviation
+    data[7, 3, 4] = -np.inf
+    mean, std, n_valid, bad = moments_band(data)
+    finite = np.isfinite(data)
+    for y, x in np.ndindex(4, 5):
+        kept = data[:, y, x][finite[:, y, x]]
+        if kept.size > 1:
+            assert mean[y, x] == pytest.approx(kept.mean(), rel=1e-12)
+            assert std[y, x] == pytest.approx(kept.std(ddof=1), rel=1e-9)
+    assert np.isnan(mean[1, 1]) and np.isnan(std[1, 1]) and np.isnan(std[2, 2]) and mean[2, 2] == data[59, 2, 2]
+    np.testing.assert_array_equal(n_valid, finite.sum(axis=0))
+    np.testing.assert_array_equal(bad, (~finite).sum(axis=(1, 2)))
+
+
+def test_candidate_test_sees_a_hole_as_the_pixel_mean():
+    data = np.arange(24.0, dtype=np.float32).reshape(4, 2, 3)
+    data[1, 0, 0] = np.nan
+    data[:, 1, 1] = np.inf
+    filled = fill_non_finite(data)
+    assert filled.dtype == np.float32 and np.isnan(data[1, 0, 0])  # the input is left alone
+    np.testing.assert_array_equal(filled[:, 0, 0], [0.0, 10.0, 12.0, 18.0])  # mean of 0, 12, 18
+    np.testing.assert_array_equal(filled[:, 1, 1], 0.0)  # no finite value at all
+    np.testing.assert_array_equal(np.delete(filled.reshape(4, -1), [0, 4], axis=1),
+                                  np.delete(data.reshape(4, -1), [0, 4], axis=1))
+    assert fill_non_finite(data, inplace=True) is data and np.isfinite(data).all()
+
+
+# ---- frames as acquisition software writes them ------------------------------------------------------
+
+
+def write_nina_frames(folder, data: np.ndarray, imagetyp: str = "BIAS", egain: bool = True) -> list:
+    """One file per frame with the cards N.I.N.A. writes (GAIN the gain setting, EGAIN e-/ADU, READOUTM)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, frame in enumerate(data):
+        hdr = fits.Header([("IMAGETYP", imagetyp, "Type of exposure"), ("EXPTIME", 0.0, "[s] Exposure duration"),
+                           ("DATE-OBS", f"2026-03-01T20:{k // 60 % 60:02d}:{k % 60:02d}.000"),
+                           ("XBINNING", 1), ("YBINNING", 1), ("GAIN", 56, "Sensor gain"),
+                           ("OFFSET", 30, "Sensor gain offset"), ("INSTRUME", "QHY600M"),
+                           ("SET-TEMP", -10.0), ("CCD-TEMP", -10.0 + 0.1 * (k % 3 - 1)),
+                           ("READOUTM", "High Gain Mode 16bit", "Sensor readout mode")])
+        if egain:
+            hdr["EGAIN"] = (0.3067, "[e-/ADU] Electrons per A/D unit")
+        paths.append(folder / f"BIAS_{k}.fits")  # N.I.N.A.-style: not zero-padded
+        fits.PrimaryHDU(frame, header=hdr).writeto(paths[-1])
+    return paths
+
+
+def test_cli_takes_egain_records_the_camera_and_leaves_out_non_finite_values(tmp_path, stack_data, sensor,
+                                                                              result, capsys):
+    data = stack_data[:300].astype(np.float32)
+    rtn = sensor.rtn_index[np.argmax(sensor.delta_e / sensor.sigma_e.ravel()[sensor.rtn_index])]
+    ry, rx = divmod(int(rtn), SHAPE[1])
+    data[5, ry, rx] = np.nan  # one glitch at an RTN pixel
+    data[:, 0, 0] = np.nan  # a dead pixel, NaN in every frame
+    data[7, 3, 4] = np.inf
+    files = write_nina_frames(tmp_path / "night", data)
+    out = tmp_path / "new" / "folder" / "cube.fits"  # created by the command
+    assert main(["fit", *map(str, files), "-o", str(out), "--no-progress", "--no-plots"]) == 0
+    assert "gain 0.3067 e-/ADU (EGAIN = 0.3067 e-/ADU in all 300 frames)" in capsys.readouterr().out
+    report = json.loads(report_path(out).read_text())
+    assert report["gain"] == {"e_per_adu": 0.3067, "source": "EGAIN",
+                              "detail": "EGAIN = 0.3067 e-/ADU in all 300 frames"}
+    assert report["frame_kinds"] == {"bias": 300}
+    nf = report["non_finite"]
+    assert (nf["values"], nf["pixels"], nf["pixels_not_fitted"], nf["frames"]) == (302, 3, 1, 300)
+    assert nf["worst_frames"][0] == {"frame": str(files[5]), "values": 2}
+    cam = report["camera"]
+    assert (cam["instrument"], cam["readout_mode"], cam["gain_setting"], cam["offset"]) == \
+        ("QHY600M", "High Gain Mode 16bit", 56, 30)
+    assert (cam["x_binning"], cam["set_temp_c"], cam["ccd_temp_c"]) == (1, -10.0, pytest.approx(-10.0))
+    cube = read_cube(out)
+    assert (cube.meta["readout_mode"], cube.meta["gain_setting"], cube.meta["camera"]) == \
+        ("High Gain Mode 16bit", 56, "QHY600M")
+    assert cube.dq[0, 0] == DQ_ANOMALOUS_MEAN | DQ_ANOMALOUS_STD and np.isfinite(cube.meanbias_adu[0, 0])
+    # the RTN pixel with one value left out is fitted from its other 299 values
+    clean = data[:, ry, rx][np.isfinite(data[:, ry, rx])].astype(np.float64)
+    assert cube.rtn_mask[ry, rx]
+    assert cube.meanbias_adu[ry, rx] == pytest.approx(clean.mean(), rel=1e-12)
+    assert cube.readnoise_e[ry, rx] == pytest.approx(clean.std(ddof=1) * 0.3067, rel=1e-9)
+    assert cube.delta_e[ry, rx] == pytest.approx(sensor.delta_e[sensor.rtn_index == rtn][0], rel=0.05)
+
+
+def test_cli_refuses_light_frames_and_a_gain_setting_without_egain(tmp_path, stack_data, capsys):
+    lights = write_nina_frames(tmp_path / "lights", stack_data[:60], imagetyp="LIGHT")
+    out = tmp_path / "c.fits"
+    assert main(["fit", *map(str, lights), "-o", str(out), "--no-progress", "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert f"{lights[0]}: IMAGETYP = 'LIGHT' (light frame)" in err and "--allow-imagetyp light" in err
+    assert main(["fit", *map(str, lights), "-o", str(out), "--no-progress", "--no-plots",
+                 "--allow-imagetyp", "light"]) == 0
+    assert json.loads(report_path(out).read_text())["frame_kinds"] == {"light": 60}
+    no_egain = write_nina_frames(tmp_path / "sharpcap", stack_data[:60], imagetyp="Bias Frame", egain=False)
+    assert main(["fit", *map(str, no_egain), "-o", str(out), "--overwrite", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "no frame has EGAIN; GAIN in 60 frames is the camera's gain setting" in err
+    assert "--gain-e-per-adu" in err
+    assert main(["fit", *map(str, no_egain), "-o", str(out), "--overwrite", "--no-progress", "--no-plots",
+                 "--gain-e-per-adu", "0.5"]) == 0
+    assert "gain 0.5 e-/ADU (given: 0.5 e-/ADU)" in capsys.readouterr().out

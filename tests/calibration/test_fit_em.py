@@ -36,6 +36,28 @@ def test_compression_is_lossless():
         np.testing.assert_array_equal(back, np.sort(values[row]))
 
 
+def test_non_finite_values_get_no_count():
+    values = draw(20, seed=4).astype(np.float64)
+    holed = values.copy()
+    holed[:, ::7] = np.nan
+    holed[3, 1] = np.inf
+    holed[4, 2] = -np.inf
+    y, counts, origin, width = compress_values(holed, 1.0)
+    kept = np.isfinite(holed)
+    assert np.all(counts.sum(axis=1) == kept.sum(axis=1)) and np.all(width == 1)
+    for row in range(values.shape[0]):
+        back = np.repeat(y[row] + origin[row], counts[row].astype(int))
+        np.testing.assert_array_equal(back, np.sort(values[row][kept[row]]))
+    # fitting the finite values with holes gives the fit of the finite values alone
+    fit_holed = fit_three_level(y, counts, width)
+    y2, counts2, origin2, _ = compress_values(values[5:6, kept[5]].astype(np.int64))
+    alone = fit_three_level(y2, counts2)
+    assert fit_holed.mu[5] + origin[5] == pytest.approx(alone.mu[0] + origin2[0], abs=1e-9)
+    assert fit_holed.delta[5] == pytest.approx(alone.delta[0], abs=1e-9)
+    with pytest.raises(ValueError, match="without any finite value"):
+        compress_values(np.full((1, 5), np.nan), 1.0)
+
+
 def test_float_values_are_binned_to_the_width():
     values = np.random.default_rng(3).normal(0, 4, (5, 300))
     y, counts, origin, width = compress_values(values, 0.25)

@@ -52,7 +52,7 @@ def test_replay_sends_2d_and_3d_files_as_one_series(api, sim, tmp_path):
     for m, w in zip(got, offline(sim.cube, sim.frames[:11], EngineSettings(window=4)), strict=True):
         np.testing.assert_array_equal(m.data, w.data)
     assert got[0].header.meta["FILENAME"] == "a.fits"
-    assert got[5].header.meta == {"FILENAME": "b.fits", "FILTER": "r", "FRAMENUM": 4}
+    assert got[5].header.meta == {"FILENAME": "b.fits", "EXPTIME": 2.0, "FILTER": "r", "FRAMENUM": 4}
     assert got[5].header.exptime == 2.0
     api.stop_job(status["id"])
 
