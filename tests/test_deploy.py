@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -23,7 +22,7 @@ from rtnstream.commands.serve import settings_from_args
 from rtnstream.service.jobs import load_preset
 from rtnstream.service.server import BackgroundServer, free_port
 from rtnstream.service.settings import ServiceSettings
-from tests.service._support import CAMERAS, SHAPE, loopback, make_sim, service_settings, write_preset
+from tests.service._support import CAMERAS, SHAPE, loopback, make_sim, service_settings, wait_healthy, write_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_IN_IMAGE = "/etc/rtnstream"
@@ -400,16 +399,7 @@ def test_serve_logs_how_http_is_guarded(tmp_path, host, argv, env, logged):
     port = free_port()
     proc = _serve(tmp_path, "--host", host, "--port", str(port), *argv, env=env)
     try:
-        deadline = time.monotonic() + 120
-        while True:  # only ever talked to on 127.0.0.1
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "no answer on /healthz"
-            time.sleep(0.2)
+        wait_healthy(f"http://127.0.0.1:{port}", proc)  # only ever talked to on 127.0.0.1
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=120)

@@ -27,6 +27,7 @@ import httpx
 import pytest
 
 from rtnstream.cli import _COMMANDS
+from tests.service._support import wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -178,16 +179,7 @@ def served(service_venv, tmp_path_factory) -> Iterator[str]:
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, "rtnstream serve exited"
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "rtnstream serve never answered /healthz"
-            time.sleep(0.2)
+        wait_healthy(url, proc)
         yield url
     finally:
         proc.send_signal(signal.SIGINT)

@@ -188,11 +188,18 @@ def write_preset(directory: Path, name: str, shape: tuple[int, int], **job: str 
     return path
 
 
-def _healthy(url: str) -> bool:
+def healthy(url: str) -> bool:
+    """True when ``url/healthz`` answers 200."""
     try:
-        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    """Wait until the service process ``proc`` answers on ``url`` (fails the test if it exits first)."""
+    wait_for(lambda: proc.poll() is not None or healthy(url), timeout_s, f"an answer on {url}/healthz")
+    assert proc.poll() is None, f"the service process exited with status {proc.returncode}"
 
 
 @contextmanager
@@ -205,7 +212,7 @@ def serve_process(data_dir: Path, *args: str, env: dict[str, str] | None = None)
                              str(data_dir), "--backend", "numpy", "--log-level", "warning", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
     try:
-        wait_for(lambda: _healthy(url), 60, "service process up")
+        wait_healthy(url, proc, 60)
         yield url
     finally:
         os.kill(proc.pid, signal.SIGKILL)
