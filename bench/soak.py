@@ -201,6 +201,7 @@ def _soak(api: ControlClient, job: str, ep: dict[str, str], frames: list[np.ndar
           consumer_restart_s: float) -> None:
     sent: set[tuple[str, int]] = set()
     received: set[tuple[str, int]] = set()
+    ended: set[str] = set()
     done_sending = threading.Event()
     t0 = time.monotonic()
 
@@ -220,8 +221,9 @@ def _soak(api: ControlClient, job: str, ep: dict[str, str], frames: list[np.ndar
                 if msg.header.kind == "frame":
                     received.add((msg.header.series, msg.header.seq))
                     bar.update(1)
-                elif msg.header.kind == "end":
-                    result.series_received += 1
+                elif msg.header.kind == "end":  # a set: after a consumer restart an end may come twice
+                    ended.add(msg.header.series)
+                    result.series_received = len(ended)
         rx.close()
 
     def attack() -> None:
