@@ -54,7 +54,7 @@ def frame_cards(settings: EngineSettings, cube_id: str, counts: FrameCounts, cor
         cards["BUNIT"] = ("adu", "physical unit of the array values")
     for key, value, comment in rtn_header_cards(settings, cube_id, counts, corrected, mode=mode, **provenance):
         cards[key] = (value, comment)
-    cards.add_history(history_line(cube_id, counts, mode, corrected))
+    cards.add_history(history_line(cube_id, mode, corrected))
     return cards
 
 

@@ -101,15 +101,13 @@ def rtn_header_cards(settings: EngineSettings, cube_id: str, counts: FrameCounts
     return cards
 
 
-def history_line(cube_id: str, counts: FrameCounts, mode: Mode, corrected: bool) -> str:
-    """The HISTORY line of an output frame."""
+def history_line(cube_id: str, mode: Mode, corrected: bool) -> str:
+    """The HISTORY line of an output frame (one card; the counts are in RTNNLO / RTNNHI / RTNNVETO)."""
     if mode == "mask":
-        return (f"rtnstream {__version__}: RTN jumps flagged in DQ/MASK, pixels unchanged, cube {cube_id} "
-                f"({counts.low} low, {counts.high} high)")
+        return f"rtnstream {__version__}: RTN jumps flagged (mask mode), cube {cube_id}"
     if not corrected:
-        return f"rtnstream {__version__}: frame passed through uncorrected, cube {cube_id}"
-    return (f"rtnstream {__version__}: RTN jumps corrected with cube {cube_id} "
-            f"({counts.low} low, {counts.high} high, {counts.vetoed} vetoed)")
+        return f"rtnstream {__version__}: passed through uncorrected, cube {cube_id}"
+    return f"rtnstream {__version__}: RTN jumps corrected, cube {cube_id}"
 
 
 @dataclass
