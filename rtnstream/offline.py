@@ -121,7 +121,8 @@ def correct_files(
     temperature_tolerance_c : float
         Largest sensor temperature difference (degrees C) between frame and cube.
     dry_run : bool
-        Only plan: return the series (``summary['plan']``), write nothing.
+        Only plan: return the series (``summary['plan']``, a line each, with the reason a series would be
+        refused), write nothing.
 
     Returns
     -------
@@ -149,9 +150,17 @@ def correct_files(
         if (outdir / f.path.name).resolve() == f.path.resolve():
             raise FrameError(f"{f.path}: the output would overwrite the input; choose another -o")
     series = plan(files, max_gap=max_gap, order_key=order_key)
-    checks = [_check_series(s, cube, settings, force, temperature_tolerance_c, origin_keys) for s in series]
+    checks, refused = [], {}
+    for s in series:
+        try:
+            checks.append(_check_series(s, cube, settings, force, temperature_tolerance_c, origin_keys))
+        except (FrameError, SeriesError) as exc:
+            if not dry_run:
+                raise
+            refused[s.number] = str(exc)
     summary: dict[str, Any] = {
-        "plan": plan_lines(series),
+        "plan": [line + (f" REFUSED: {refused[s.number]}" if s.number in refused else "")
+                 for s, line in zip(series, plan_lines(series), strict=True)],
         "skipped": [{"file": str(p), "reason": r} for p, r in skipped],
         "bad": [{"file": str(p), "reason": r} for p, r in bad],
     }
