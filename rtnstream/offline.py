@@ -151,13 +151,18 @@ def correct_files(
             raise FrameError(f"{f.path}: the output would overwrite the input; choose another -o")
     series = plan(files, max_gap=max_gap, order_key=order_key)
     checks, refused = [], {}
-    for s in series:
-        try:
-            checks.append(_check_series(s, cube, settings, force, temperature_tolerance_c, origin_keys))
-        except (FrameError, SeriesError) as exc:
-            if not dry_run:
-                raise
-            refused[s.number] = str(exc)
+    for check in (lambda s: checks.append(_check_series(s, cube, settings, force, temperature_tolerance_c,
+                                                        origin_keys)),
+                  lambda s: _check_length(s, settings)):  # every frame's guards first, then the lengths
+        for s in series:
+            if s.number in refused:
+                continue
+            try:
+                check(s)
+            except (FrameError, SeriesError) as exc:
+                if not dry_run:
+                    raise
+                refused[s.number] = str(exc)
     summary: dict[str, Any] = {
         "plan": [line + (f" REFUSED: {refused[s.number]}" if s.number in refused else "")
                  for s, line in zip(series, plan_lines(series), strict=True)],
@@ -206,11 +211,14 @@ def _check_series(s: Series, cube: RTNCube, settings: EngineSettings, force: boo
     first = s.files[0]
     origin = frame_origin(first.header, first.shape, cube.shape, str(first.path), origin_keys)
     forced = {f.path: check_frame_header(f.header, cube, str(f.path), force, tolerance) for f in s.files}
+    return origin, forced
+
+
+def _check_length(s: Series, settings: EngineSettings) -> None:
     if settings.temporal and s.n_frames < settings.window + 1:
-        raise SeriesError(f"series {s.number} ({first.path.name} .. {s.files[-1].path.name}): window "
+        raise SeriesError(f"series {s.number} ({s.files[0].path.name} .. {s.files[-1].path.name}): window "
                           f"{settings.window} needs a series of at least {settings.window + 1} frames, got "
                           f"{s.n_frames}")
-    return origin, forced
 
 
 def _run_series(s: Series, cube: RTNCube, origin: tuple[int, int] | None, forced: dict[Path, tuple[str, ...]],
