@@ -17,6 +17,7 @@ from rtnstream import __version__
 from rtnstream.kernels.cube import DQ_ANOMALOUS_MEAN, DQ_ANOMALOUS_STD, DQ_HOT, DQ_TWO_TRAP, RTNCube
 from rtnstream.kernels.engine import BackendName, CorrectedFrame, EngineSettings, RTNEngine
 from rtnstream.kernels.numpy_backend import STATE_HIGH, STATE_LOW, STATE_VETO, FrameCounts
+from rtnstream.kernels.pixels import PixelParams
 
 __all__ = [
     "DQ_BITS",
@@ -30,6 +31,7 @@ __all__ = [
     "DQF_HOT",
     "Mode",
     "FrameProducts",
+    "FrameModel",
     "SeriesCorrector",
     "rtn_header_cards",
     "history_line",
@@ -144,8 +146,94 @@ class FrameProducts:
     tag: Any
 
 
+class FrameModel:
+    """What the cube says about each pixel of a frame: the DQ bits and the uncertainty model.
+
+    Parameters
+    ----------
+    cube : RTNCube
+        The RTN parameters of the pixels of the frames (a subframe's part of the sensor's cube).
+    params : PixelParams
+        The engine's view of ``cube`` (its RTN pixel order is the order of the engine's states).
+
+    Notes
+    -----
+    Uncertainty (adu) of a pixel: ``sqrt(RN_eff^2 + F) / g`` with ``F = max(0, (x - b) g)`` the frame's
+    signal in electrons (``b`` the pixel's central level MU for RTN pixels, MEANBIAS elsewhere) and
+    ``RN_eff`` the effective read noise after correction (ALGORITHM.md section 6, step 5):
+    ``sigma + (RN - sigma) min(1, F / lambda_max)`` at RTN pixels of a corrected frame that were not
+    vetoed in it, READNOISE at every other pixel (and at every pixel in masking mode).
+    """
+
+    def __init__(self, cube: RTNCube, params: PixelParams) -> None:
+        self._index = params.index
+        self._g = float(cube.gain_e_per_adu)
+        flat = cube.dq.reshape(-1)
+        static = np.zeros(flat.size, dtype=np.uint16)
+        static[params.index] |= DQF_RTN
+        static[params.index[~params.sigma_ok.astype(bool)]] |= DQF_NOT_CORRECTABLE
+        static[(flat & DQ_TWO_TRAP) != 0] |= DQF_TWO_TRAP
+        static[(flat & (DQ_ANOMALOUS_MEAN | DQ_ANOMALOUS_STD)) != 0] |= DQF_ANOMALOUS
+        static[(flat & DQ_HOT) != 0] |= DQF_HOT
+        self._static_dq = static
+        self._level_adu = cube.meanbias_adu.reshape(-1).copy()
+        self._level_adu[params.index] = params.mu_adu
+        self._rn_e = cube.readnoise_e.reshape(-1)
+        self._sigma_e = cube.sigma_e.reshape(-1)[params.index]
+        self._lammax_e = cube.lammax_e.reshape(-1)[params.index]
+
+    def products(self, data: np.ndarray, states: np.ndarray | None, corrected: bool, mode: Mode, dq: bool,
+                 uncertainty: bool) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """DQ, uncertainty and mask of one output frame.
+
+        Parameters
+        ----------
+        data : numpy.ndarray, shape (ny, nx)
+            The output pixels (adu).
+        states : numpy.ndarray, shape (n_rtn,), uint8, or None
+            The engine's decisions in this frame (:attr:`CorrectedFrame.states`); None when unknown (the
+            per-frame bits LOW / HIGH / VETO are then left clear).
+        corrected : bool
+            The frame's RTN pixels were corrected.
+        mode : {'correct', 'mask'}
+        dq, uncertainty : bool
+            Which products to build.
+
+        Returns
+        -------
+        dq : numpy.ndarray, shape (ny, nx), uint16, or None
+        uncertainty : numpy.ndarray, shape (ny, nx), float32, adu, or None
+        mask : numpy.ndarray, shape (ny, nx), bool, or None
+            Masking mode: the pixels with a jump.
+        """
+        shape = data.shape
+        idx = self._index
+        signal_e = np.maximum((data.reshape(-1).astype(np.float64) - self._level_adu) * self._g, 0.0)
+        flags = mask = uncert = None
+        if dq:
+            flags = self._static_dq.copy()
+            flags[idx[signal_e[idx] >= self._lammax_e]] |= DQF_NOT_CORRECTABLE
+            if states is not None:
+                flags[idx[states == STATE_LOW]] |= DQF_LOW
+                flags[idx[states == STATE_HIGH]] |= DQF_HIGH
+                flags[idx[states == STATE_VETO]] |= DQF_VETOED
+            flags = flags.reshape(shape)
+            if mode == "mask":
+                mask = (flags & (DQF_LOW | DQF_HIGH)) != 0
+        if uncertainty:
+            rn_e = self._rn_e.copy()
+            if mode == "correct" and corrected:
+                frac = np.ones(idx.size)
+                np.divide(signal_e[idx], self._lammax_e, out=frac, where=self._lammax_e > 0)
+                eff = self._sigma_e + (rn_e[idx] - self._sigma_e) * np.minimum(frac, 1.0)
+                keep = states != STATE_VETO if states is not None else np.ones(idx.size, bool)
+                rn_e[idx[keep]] = eff[keep]
+            uncert = (np.sqrt(rn_e * rn_e + signal_e) / self._g).astype(np.float32).reshape(shape)
+        return flags, uncert, mask
+
+
 class SeriesCorrector:
-    """Correct one series with the engine and build each frame's DQ, uncertainty and mask.
+    """Correct one series with the engine and build each frame's DQ, uncertainty and mask (:class:`FrameModel`).
 
     Parameters
     ----------
@@ -156,15 +244,7 @@ class SeriesCorrector:
     mode : {'correct', 'mask'}
         ``'mask'``: the pixels are left as they are; the jumps are flagged in DQ and the mask.
     dq, uncertainty : bool
-        Build the DQ flags / the uncertainty.
-
-    Notes
-    -----
-    Uncertainty (adu) of a pixel: ``sqrt(RN_eff^2 + F) / g`` with ``F = max(0, (x - b) g)`` the frame's
-    signal in electrons (``b`` the pixel's central level MU for RTN pixels, MEANBIAS elsewhere) and
-    ``RN_eff`` the effective read noise after correction (ALGORITHM.md section 6, step 5):
-    ``sigma + (RN - sigma) min(1, F / lambda_max)`` at RTN pixels corrected in this frame's series and
-    not vetoed, READNOISE at every other pixel (and at every pixel in masking mode).
+        Build the DQ flags / the uncertainty (masking mode always builds DQ).
     """
 
     def __init__(self, cube: RTNCube, settings: EngineSettings, backend: BackendName = "numpy",
@@ -175,22 +255,7 @@ class SeriesCorrector:
         self.want_dq = bool(dq) or mode == "mask"
         self.want_uncertainty = bool(uncertainty)
         self.engine = RTNEngine(cube, settings, backend=backend, track_states=self.want_dq or self.want_uncertainty)
-        p = self.engine.params
-        self._index = p.index
-        self._g = float(cube.gain_e_per_adu)
-        flat = cube.dq.reshape(-1)
-        static = np.zeros(flat.size, dtype=np.uint16)
-        static[p.index] |= DQF_RTN
-        static[p.index[~p.sigma_ok.astype(bool)]] |= DQF_NOT_CORRECTABLE
-        static[(flat & DQ_TWO_TRAP) != 0] |= DQF_TWO_TRAP
-        static[(flat & (DQ_ANOMALOUS_MEAN | DQ_ANOMALOUS_STD)) != 0] |= DQF_ANOMALOUS
-        static[(flat & DQ_HOT) != 0] |= DQF_HOT
-        self._static_dq = static
-        self._level_adu = cube.meanbias_adu.reshape(-1).copy()
-        self._level_adu[p.index] = p.mu_adu
-        self._rn_e = cube.readnoise_e.reshape(-1)
-        self._sigma_e = cube.sigma_e.reshape(-1)[p.index]
-        self._lammax_e = cube.lammax_e.reshape(-1)[p.index]
+        self.model = FrameModel(cube, self.engine.params)
         self.engine.start_series()
 
     @property
@@ -212,30 +277,6 @@ class SeriesCorrector:
     def _products(self, out: CorrectedFrame) -> FrameProducts:
         frame, tag = out.tag
         data = out.data if self.mode == "correct" else frame
-        shape = data.shape
-        idx = self._index
-        signal_e = np.maximum((data.reshape(-1).astype(np.float64) - self._level_adu) * self._g, 0.0)
-        states = out.states
-        dq = mask = uncert = None
-        if self.want_dq:
-            dq = self._static_dq.copy()
-            nocor = signal_e[idx] >= self._lammax_e
-            dq[idx[nocor]] |= DQF_NOT_CORRECTABLE
-            if states is not None:
-                dq[idx[states == STATE_LOW]] |= DQF_LOW
-                dq[idx[states == STATE_HIGH]] |= DQF_HIGH
-                dq[idx[states == STATE_VETO]] |= DQF_VETOED
-            dq = dq.reshape(shape)
-            if self.mode == "mask":
-                mask = (dq & (DQF_LOW | DQF_HIGH)) != 0
-        if self.want_uncertainty:
-            rn_e = self._rn_e.copy()
-            if self.mode == "correct" and out.corrected:
-                rtn_rn = rn_e[idx]
-                frac = np.ones_like(rtn_rn)
-                np.divide(signal_e[idx], self._lammax_e, out=frac, where=self._lammax_e > 0)
-                eff = self._sigma_e + (rtn_rn - self._sigma_e) * np.minimum(frac, 1.0)
-                keep = states != STATE_VETO if states is not None else np.ones(idx.size, bool)
-                rn_e[idx[keep]] = eff[keep]
-            uncert = (np.sqrt(rn_e * rn_e + signal_e) / self._g).astype(np.float32).reshape(shape)
+        dq, uncert, mask = self.model.products(data, out.states, out.corrected, self.mode, self.want_dq,
+                                               self.want_uncertainty)
         return FrameProducts(out.index, data, dq, uncert, mask, out.counts, out.corrected, tag)
