@@ -176,9 +176,12 @@ class FrameModel:
         static[(flat & (DQ_ANOMALOUS_MEAN | DQ_ANOMALOUS_STD)) != 0] |= DQF_ANOMALOUS
         static[(flat & DQ_HOT) != 0] |= DQF_HOT
         self._static_dq = static
-        self._level_adu = cube.meanbias_adu.reshape(-1).copy()
-        self._level_adu[params.index] = params.mu_adu
-        self._rn_e = cube.readnoise_e.reshape(-1)
+        # full-frame planes in float32 (the uncertainty is written as float32): two frame-sized temporaries
+        level = cube.meanbias_adu.reshape(-1).copy()
+        level[params.index] = params.mu_adu
+        self._level_adu = level.astype(np.float32)
+        self._rn2_e2 = (cube.readnoise_e.reshape(-1) ** 2).astype(np.float32)
+        self._rn_rtn_e = cube.readnoise_e.reshape(-1)[params.index]
         self._sigma_e = cube.sigma_e.reshape(-1)[params.index]
         self._lammax_e = cube.lammax_e.reshape(-1)[params.index]
 
@@ -208,11 +211,15 @@ class FrameModel:
         """
         shape = data.shape
         idx = self._index
-        signal_e = np.maximum((data.reshape(-1).astype(np.float64) - self._level_adu) * self._g, 0.0)
+        signal_e = data.reshape(-1).astype(np.float32)
+        signal_e -= self._level_adu
+        signal_e *= np.float32(self._g)
+        np.maximum(signal_e, 0, out=signal_e)
+        signal_rtn = signal_e[idx].astype(np.float64)
         flags = mask = uncert = None
         if dq:
             flags = self._static_dq.copy()
-            flags[idx[signal_e[idx] >= self._lammax_e]] |= DQF_NOT_CORRECTABLE
+            flags[idx[signal_rtn >= self._lammax_e]] |= DQF_NOT_CORRECTABLE
             if states is not None:
                 flags[idx[states == STATE_LOW]] |= DQF_LOW
                 flags[idx[states == STATE_HIGH]] |= DQF_HIGH
@@ -221,14 +228,17 @@ class FrameModel:
             if mode == "mask":
                 mask = (flags & (DQF_LOW | DQF_HIGH)) != 0
         if uncertainty:
-            rn_e = self._rn_e.copy()
+            var = signal_e  # reused in place: variance in e-^2, then the standard deviation in adu
+            var += self._rn2_e2
             if mode == "correct" and corrected:
                 frac = np.ones(idx.size)
-                np.divide(signal_e[idx], self._lammax_e, out=frac, where=self._lammax_e > 0)
-                eff = self._sigma_e + (rn_e[idx] - self._sigma_e) * np.minimum(frac, 1.0)
+                np.divide(signal_rtn, self._lammax_e, out=frac, where=self._lammax_e > 0)
+                eff = self._sigma_e + (self._rn_rtn_e - self._sigma_e) * np.minimum(frac, 1.0)
                 keep = states != STATE_VETO if states is not None else np.ones(idx.size, bool)
-                rn_e[idx[keep]] = eff[keep]
-            uncert = (np.sqrt(rn_e * rn_e + signal_e) / self._g).astype(np.float32).reshape(shape)
+                var[idx[keep]] = eff[keep] ** 2 + signal_rtn[keep]
+            np.sqrt(var, out=var)
+            var /= np.float32(self._g)
+            uncert = var.reshape(shape)
         return flags, uncert, mask
 
 
