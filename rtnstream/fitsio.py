@@ -21,6 +21,12 @@ from astropy.io import fits
 
 from rtnstream.kernels.exceptions import FrameError
 
+try:  # a corrupt tile-compressed image raises this plain Exception subclass of astropy's C extension
+    from astropy.io.fits.hdu.compressed._compression import CfitsioException as _TileError
+except ImportError:  # another astropy layout: its errors are among the ones caught anyway
+    _TileError = OSError
+_READ_ERRORS = (OSError, ValueError, TypeError, IndexError, _TileError)
+
 __all__ = ["FrameSource", "FrameSink", "merged_header", "image_hdu_index", "check_complete", "read_image",
            "extension_hdus", "write_atomic", "write_frame_file"]
 
@@ -245,7 +251,7 @@ def read_image(path: str | os.PathLike, index: int) -> np.ndarray:
     try:
         with fits.open(path, memmap=False) as hdul:
             data = np.asarray(hdul[index].data)
-    except (OSError, ValueError, TypeError, IndexError) as exc:
+    except _READ_ERRORS as exc:
         raise FrameError(f"{path}: cannot read the image data ({exc})") from exc
     return data.astype(data.dtype.newbyteorder("="), copy=False)
 
@@ -343,7 +349,7 @@ def write_frame_file(path: str | os.PathLike, data: np.ndarray, cards: fits.Head
                     out.append(hdu)
             checksum = any("CHECKSUM" in h.header for h in src)
             return write_atomic(fits.HDUList([*out, *extensions]), path, checksum=checksum)
-    except (OSError, ValueError, TypeError, IndexError) as exc:
+    except _READ_ERRORS as exc:
         raise FrameError(f"{like}: cannot copy the layout ({exc})") from exc
 
 

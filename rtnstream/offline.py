@@ -66,6 +66,7 @@ class _Options:
     dq: bool
     uncertainty: bool
     cube_file: str | None
+    skip_bad: bool
 
 
 def correct_files(
@@ -82,6 +83,7 @@ def correct_files(
     uncertainty: bool = True,
     force: bool = False,
     skip_bad: bool = False,
+    skip_short: bool = False,
     order_key: str = "DATE-OBS",
     max_gap: float = 5.0,
     origin_keys: Sequence[str] = ("XORGSUBF", "YORGSUBF"),
@@ -112,6 +114,8 @@ def correct_files(
         guards are recorded in RTNFORCE.
     skip_bad : bool
         Pass over corrupt or truncated files (listed in the summary) instead of stopping.
+    skip_short : bool
+        Pass over series too short for the temporal window (listed) instead of stopping.
     order_key : str
         Header key giving each frame's time (ISO date or a number); natural name order when a file lacks it.
     max_gap : float
@@ -135,7 +139,7 @@ def correct_files(
         A corrupt or truncated input (without ``skip_bad``), a frame the guards refuse, a frame that does
         not fit the cube, or an output that would overwrite an input. Raised before anything is written.
     SeriesError
-        A series with fewer frames than the temporal window needs.
+        A series with fewer frames than the temporal window needs (without ``skip_short``).
     """
     outdir = Path(outdir)
     paths, skipped = discover(inputs)
@@ -150,43 +154,55 @@ def correct_files(
         if (outdir / f.path.name).resolve() == f.path.resolve():
             raise FrameError(f"{f.path}: the output would overwrite the input; choose another -o")
     series = plan(files, max_gap=max_gap, order_key=order_key)
-    checks, refused = [], {}
-    for check in (lambda s: checks.append(_check_series(s, cube, settings, force, temperature_tolerance_c,
-                                                        origin_keys)),
-                  lambda s: _check_length(s, settings)):  # every frame's guards first, then the lengths
-        for s in series:
-            if s.number in refused:
-                continue
-            try:
-                check(s)
-            except (FrameError, SeriesError) as exc:
-                if not dry_run:
-                    raise
+    checks: dict[int, tuple[tuple[int, int] | None, dict[Path, tuple[str, ...]]]] = {}
+    refused: dict[int, str] = {}
+    short: dict[int, str] = {}
+    for s in series:  # every frame's guards first (the clearest refusal), then the series lengths
+        try:
+            checks[s.number] = _check_series(s, cube, force, temperature_tolerance_c, origin_keys)
+        except FrameError as exc:
+            if not dry_run:
+                raise
+            refused[s.number] = str(exc)
+    for s in series:
+        try:
+            _check_length(s, settings)
+        except SeriesError as exc:
+            if skip_short:
+                short[s.number] = str(exc)
+                log.warning("skipped %s", exc)
+            elif not dry_run:
+                raise
+            elif s.number not in refused:
                 refused[s.number] = str(exc)
+    notes = {n: f" SKIPPED: {m}" for n, m in short.items()} | {n: f" REFUSED: {m}" for n, m in refused.items()}
     summary: dict[str, Any] = {
-        "plan": [line + (f" REFUSED: {refused[s.number]}" if s.number in refused else "")
-                 for s, line in zip(series, plan_lines(series), strict=True)],
+        "plan": [line + notes.get(s.number, "") for s, line in zip(series, plan_lines(series), strict=True)],
         "skipped": [{"file": str(p), "reason": r} for p, r in skipped],
         "bad": [{"file": str(p), "reason": r} for p, r in bad],
+        "short": [{"series": n, "reason": m} for n, m in short.items()],
     }
     if dry_run:
         return summary
+    series = [s for s in series if s.number not in short]
     outdir.mkdir(parents=True, exist_ok=True)
-    opts = _Options(settings, backend, mode, dq, uncertainty, Path(cube_path).name if cube_path else None)
+    opts = _Options(settings, backend, mode, dq, uncertainty, Path(cube_path).name if cube_path else None,
+                    skip_bad)
     total = sum(s.n_frames for s in series)
     t0 = time.perf_counter()
     results = []
     with tqdm(total=total, unit="frame", desc="correct",
               disable=(not progress) if progress is not None else None) as bar:
-        for s, (origin, forced) in zip(series, checks, strict=True):
+        for s in series:
+            origin, forced = checks[s.number]
             results.append(_run_series(s, cube_part(cube, origin, s.files[0].shape), origin, forced, opts,
-                                       outdir, bar))
+                                       outdir, bar, summary["bad"]))
     elapsed = time.perf_counter() - t0
     totals = FrameCounts()
     for r in results:
         totals = _add(totals, r["counts"])
     summary.update({
-        "frames": total,
+        "frames": sum(r["frames"] for r in results),
         "series": [{**{k: v for k, v in r.items() if k != "files"}, "counts": asdict(r["counts"])} for r in results],
         "files": [entry for r in results for entry in r["files"]],
         "corrections": asdict(totals),
@@ -205,9 +221,9 @@ def correct_files(
     return summary
 
 
-def _check_series(s: Series, cube: RTNCube, settings: EngineSettings, force: bool, tolerance: float,
-                  origin_keys: Sequence[str]) -> tuple[tuple[int, int] | None, dict[Path, tuple[str, ...]]]:
-    """Everything that can refuse the series, before anything is written: origin, guards, length."""
+def _check_series(s: Series, cube: RTNCube, force: bool, tolerance: float, origin_keys: Sequence[str]
+                  ) -> tuple[tuple[int, int] | None, dict[Path, tuple[str, ...]]]:
+    """What can refuse the frames of a series, before anything is written: their origin and the guards."""
     first = s.files[0]
     origin = frame_origin(first.header, first.shape, cube.shape, str(first.path), origin_keys)
     forced = {f.path: check_frame_header(f.header, cube, str(f.path), force, tolerance) for f in s.files}
@@ -222,7 +238,7 @@ def _check_length(s: Series, settings: EngineSettings) -> None:
 
 
 def _run_series(s: Series, cube: RTNCube, origin: tuple[int, int] | None, forced: dict[Path, tuple[str, ...]],
-                opts: _Options, outdir: Path, bar: tqdm) -> dict[str, Any]:
+                opts: _Options, outdir: Path, bar: tqdm, bad: list[dict[str, str]]) -> dict[str, Any]:
     frames_2d = not all(f.is_stack for f in s.files)  # stacks carry no DQ / UNCERT: do not build them
     corrector = SeriesCorrector(cube, opts.settings, opts.backend, opts.mode, opts.dq and frames_2d,
                                 opts.uncertainty and frames_2d)
@@ -257,6 +273,7 @@ def _run_series(s: Series, cube: RTNCube, origin: tuple[int, int] | None, forced
             os.replace(tmp, outdir / f.path.name)
             del stacks[k]
 
+    pushed = 0
     try:
         for k, f in enumerate(s.files):
             if f.is_stack:
@@ -264,10 +281,20 @@ def _run_series(s: Series, cube: RTNCube, origin: tuple[int, int] | None, forced
                     for i in range(src.n_frames):
                         for out in corrector.push(src.read(i), tag=(k, i)):
                             write(out)
+                        pushed += 1
                         bar.update(1)
             else:
-                for out in corrector.push(read_image(f.path, f.hdu_index), tag=(k, 0)):
+                try:
+                    frame = read_image(f.path, f.hdu_index)
+                except FrameError as exc:  # header and size were fine, the data are not
+                    if not opts.skip_bad:
+                        raise
+                    bad.append({"file": str(f.path), "reason": str(exc)})
+                    log.warning("skipped bad file: %s", exc)
+                    continue
+                for out in corrector.push(frame, tag=(k, 0)):
                     write(out)
+                pushed += 1
                 bar.update(1)
         for out in corrector.finish():
             write(out)
@@ -281,7 +308,7 @@ def _run_series(s: Series, cube: RTNCube, origin: tuple[int, int] | None, forced
     if opts.mode == "correct":
         offset_path = _write_offset_map(s, corrector, total, opts, provenance, outdir / CALIB_DIR)
     return {
-        "number": s.number, "reason": s.reason, "frames": s.n_frames, "counts": total,
+        "number": s.number, "reason": s.reason, "frames": pushed, "counts": total,
         "first": s.files[0].path.name, "last": s.files[-1].path.name, "origin": origin,
         "bias_offset_map": str(offset_path) if offset_path else None,
         "files": [{"input": str(f.path), "output": str(outdir / f.path.name), "series": s.number,

@@ -221,3 +221,42 @@ def test_a_killed_run_leaves_only_complete_outputs(sensor, cube_path, tmp_path):
             assert hdul[1].header["RTNCORR"] is True and [h.name for h in hdul][-2:] == ["DQ", "UNCERT"]
             assert hdul[1].data.shape == SHAPE
     assert all(p.name.startswith(".") for p in out.iterdir() if not p.name.endswith(".fz") and p.is_file())
+
+
+def test_a_series_too_short_stops_the_run_or_is_skipped(sensor, cube, cube_path, tmp_path, capsys):
+    """Three focus frames in another filter among a night's frames: refused by name, or passed over."""
+    frames = stack(sensor, 15, seed=11)
+    start = datetime(2026, 11, 30, 22)
+    night = write_night(tmp_path / "in", frames[:12], "nina", start=start)
+    focus = write_night(tmp_path / "in", frames[12:], "nina", first=13, filt="Ha",
+                        start=start + timedelta(seconds=36))
+    assert run(cube_path, tmp_path / "in", "-o", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert f"series 2 ({focus[0].name} .. {focus[-1].name}): window 4 needs a series of at least 5 frames" in err
+    assert run(cube_path, tmp_path / "in", "-o", tmp_path / "plan", "--dry-run", "--skip-short") == 0
+    assert "SKIPPED" in capsys.readouterr().out.splitlines()[1]
+    assert run(cube_path, tmp_path / "in", "-o", tmp_path / "out", "--skip-short") == 0
+    assert "skipped series 2" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.fits")) == sorted(p.name for p in night)
+    np.testing.assert_array_equal(np.stack([fits.getdata(tmp_path / "out" / p.name) for p in night]),
+                                  engine_output(cube, frames[:12]))
+
+
+def test_corrupt_compressed_data_stop_the_run_or_are_skipped(sensor, cube, cube_path, tmp_path, capsys):
+    """A .fits.fz of the right size whose tiles do not decompress: found when read, named, never written."""
+    frames = stack(sensor, 12, seed=12)
+    paths = write_night(tmp_path / "in", frames, "ekos")
+    raw = bytearray(paths[8].read_bytes())
+    with fits.open(paths[8]) as hdul:
+        start = hdul.fileinfo(1)["datLoc"]
+    raw[start + 300 : start + 900] = b"\xff" * 600
+    paths[8].write_bytes(bytes(raw))
+    assert run(cube_path, tmp_path / "in", "-o", tmp_path / "out") == 2
+    assert paths[8].name in capsys.readouterr().err
+    assert not (tmp_path / "out" / paths[8].name).exists()
+    assert run(cube_path, tmp_path / "in", "-o", tmp_path / "out2", "--skip-bad") == 0
+    assert f"skipped {paths[8]}" in capsys.readouterr().err
+    good = [p for k, p in enumerate(paths) if k != 8]
+    assert sorted(p.name for p in (tmp_path / "out2").glob("*.fz")) == sorted(p.name for p in good)
+    np.testing.assert_array_equal(np.stack([fits.getdata(tmp_path / "out2" / p.name, 1) for p in good]),
+                                  engine_output(cube, np.delete(frames, 8, axis=0)))

@@ -30,6 +30,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the series plan and write nothing")
     parser.add_argument("--skip-bad", action="store_true",
                         help="pass over corrupt or truncated files (listed) instead of stopping")
+    parser.add_argument("--skip-short", action="store_true",
+                        help="pass over series too short for the temporal window (listed) instead of stopping")
     parser.add_argument("--force", action="store_true",
                         help="correct frames the guards refuse (already corrected, another camera or setting)")
     parser.add_argument("--order-key", default="DATE-OBS",
@@ -52,11 +54,13 @@ def run(args: argparse.Namespace) -> int:
     summary = correct_files(cube, args.inputs, args.outdir, settings, backend=args.backend,
                             progress=False if args.no_progress else None, cube_path=args.cube, mode=args.mode,
                             dq=not args.no_dq, uncertainty=not args.no_uncert, force=args.force,
-                            skip_bad=args.skip_bad, order_key=args.order_key, max_gap=args.max_gap,
-                            origin_keys=tuple(args.origin_keys), temperature_tolerance_c=args.temp_tolerance,
-                            dry_run=args.dry_run)
+                            skip_bad=args.skip_bad, skip_short=args.skip_short, order_key=args.order_key,
+                            max_gap=args.max_gap, origin_keys=tuple(args.origin_keys),
+                            temperature_tolerance_c=args.temp_tolerance, dry_run=args.dry_run)
     for entry in summary["skipped"] + summary["bad"]:
         print(f"skipped {entry['file']}: {entry['reason']}", file=sys.stderr)
+    for entry in summary["short"]:
+        print(f"skipped {entry['reason']}", file=sys.stderr)
     if args.dry_run:
         print("\n".join(summary["plan"]))
         return 0
