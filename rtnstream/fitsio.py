@@ -28,7 +28,7 @@ except ImportError:  # another astropy layout: its errors are among the ones cau
 _READ_ERRORS = (OSError, ValueError, TypeError, IndexError, _TileError)
 
 __all__ = ["FrameSource", "FrameSink", "merged_header", "image_hdu_index", "check_complete", "read_image",
-           "extension_hdus", "write_atomic", "write_frame_file"]
+           "extension_hdus", "write_atomic", "write_frame_file", "apply_cards"]
 
 # numpy dtype -> (BITPIX, BZERO, on-disk big-endian dtype)
 _DISK = {
@@ -335,7 +335,7 @@ def write_frame_file(path: str | os.PathLike, data: np.ndarray, cards: fits.Head
     """
     path = Path(path)
     if like is None:
-        return write_atomic(fits.HDUList([fits.PrimaryHDU(data, header=_with_cards(fits.Header(), cards)),
+        return write_atomic(fits.HDUList([fits.PrimaryHDU(data, header=apply_cards(fits.Header(), cards)),
                                           *extensions]), path)
     like = Path(like)
     try:
@@ -343,7 +343,7 @@ def write_frame_file(path: str | os.PathLike, data: np.ndarray, cards: fits.Head
             out = []
             for k, hdu in enumerate(src):
                 if k == like_index:
-                    out.append(_image_like(hdu, data, _with_cards(hdu.header.copy(), cards)))
+                    out.append(_image_like(hdu, data, apply_cards(hdu.header.copy(), cards)))
                 else:
                     hdu.data  # noqa: B018 - load it before the source closes
                     out.append(hdu)
@@ -353,7 +353,8 @@ def write_frame_file(path: str | os.PathLike, data: np.ndarray, cards: fits.Head
         raise FrameError(f"{like}: cannot copy the layout ({exc})") from exc
 
 
-def _with_cards(header: fits.Header, cards: fits.Header) -> fits.Header:
+def apply_cards(header: fits.Header, cards: fits.Header) -> fits.Header:
+    """Set ``cards`` on ``header`` (in place; returned): a keyword replaces its card, HISTORY / COMMENT append."""
     for card in cards.cards:
         if card.keyword in ("HISTORY", "COMMENT", ""):
             header.append(card, end=True)

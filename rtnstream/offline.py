@@ -25,7 +25,15 @@ from astropy.io import fits
 from tqdm import tqdm
 
 from rtnstream import __version__
-from rtnstream.fitsio import FrameSink, FrameSource, extension_hdus, read_image, write_atomic, write_frame_file
+from rtnstream.fitsio import (
+    FrameSink,
+    FrameSource,
+    apply_cards,
+    extension_hdus,
+    read_image,
+    write_atomic,
+    write_frame_file,
+)
 from rtnstream.guards import DEFAULT_TEMPERATURE_TOLERANCE_C, check_frame_header, cube_part, frame_origin
 from rtnstream.kernels.cube import RTNCube
 from rtnstream.kernels.engine import BackendName, EngineSettings
@@ -259,11 +267,8 @@ def _run_series(s: Series, cube: RTNCube, origin: tuple[int, int] | None, forced
             return
         if k not in stacks:
             tmp = outdir / f".{f.path.name}.{os.getpid()}.part"
-            header = f.header.copy()
-            for card in cards.cards:
-                if card.keyword not in ("HISTORY",):
-                    header[card.keyword] = (card.value, card.comment)
-            stacks[k] = (FrameSink(tmp, f.shape, out.data.dtype, f.n_frames, header, stack=True), tmp)
+            stacks[k] = (FrameSink(tmp, f.shape, out.data.dtype, f.n_frames, apply_cards(f.header.copy(), cards),
+                                   stack=True), tmp)
         sink, tmp = stacks[k]
         sink.write(out.data)
         if sink.written == sink.n_frames:

@@ -260,3 +260,18 @@ def test_corrupt_compressed_data_stop_the_run_or_are_skipped(sensor, cube, cube_
     assert sorted(p.name for p in (tmp_path / "out2").glob("*.fz")) == sorted(p.name for p in good)
     np.testing.assert_array_equal(np.stack([fits.getdata(tmp_path / "out2" / p.name, 1) for p in good]),
                                   engine_output(cube, np.delete(frames, 8, axis=0)))
+
+
+def test_order_by_another_header_key(sensor, cube, cube_path, tmp_path):
+    """MaxIm-style files whose time is in JD (a number, in days): ``--order-key JD`` orders them."""
+    frames = stack(sensor, 10, seed=13)
+    paths = write_night(tmp_path / "in", frames, "maxim")
+    order = np.random.default_rng(5).permutation(len(paths))
+    for k, path in enumerate(paths):
+        with fits.open(path, mode="update") as hdul:
+            del hdul[0].header["DATE-OBS"]
+            hdul[0].header["JD"] = 2461010.5 + 3.0 * order[k] / 86400
+    by_time = [paths[k] for k in np.argsort(order)]
+    assert run(cube_path, tmp_path / "in", "-o", tmp_path / "out", "--order-key", "JD") == 0
+    np.testing.assert_array_equal(np.stack([fits.getdata(tmp_path / "out" / p.name) for p in by_time]),
+                                  engine_output(cube, np.stack([fits.getdata(p) for p in by_time])))
