@@ -139,10 +139,15 @@ class FrameSink:
         1 writes a 2-D image, more a 3-D stack (n_frames, ny, nx).
     header : astropy.io.fits.Header, optional
         Non-structural cards to copy (plus the RTN keys, which can be updated by :meth:`update_cards`).
+    stack : bool, optional
+        Write a 3-D stack even for one frame (default: ``n_frames > 1``).
+    extname : str, optional
+        Append the frames as image extension ``extname`` to the existing file ``path`` instead of
+        writing a new file (:meth:`update_cards` is for a new file's primary header only).
     """
 
     def __init__(self, path: str | os.PathLike, shape: tuple[int, int], dtype: np.dtype, n_frames: int,
-                 header: fits.Header | None = None, stack: bool | None = None) -> None:
+                 header: fits.Header | None = None, stack: bool | None = None, extname: str | None = None) -> None:
         dtype = np.dtype(dtype).newbyteorder("=")
         if dtype not in _DISK:
             raise FrameError(f"cannot write dtype {dtype} to FITS")
@@ -159,14 +164,19 @@ class FrameSink:
         hdr["NAXIS"] = len(dims)
         for k, n in enumerate(dims, start=1):
             hdr[f"NAXIS{k}"] = n
+        if extname is None:
+            hdr["EXTEND"] = True
         if bzero is not None:
             hdr["BZERO"] = bzero
             hdr["BSCALE"] = 1
+        if extname is not None:
+            hdr["EXTNAME"] = extname
         for card in (header or fits.Header()).cards:
             if card.keyword not in _STRUCTURAL and not card.keyword.startswith("NAXIS"):
                 hdr.append(card, end=True)
         self._header = hdr
-        self.path.unlink(missing_ok=True)  # StreamingHDU would append to an existing file
+        if extname is None:
+            self.path.unlink(missing_ok=True)  # StreamingHDU appends to an existing file
         self._hdu = fits.StreamingHDU(self.path, hdr)
         self.written = 0
 
@@ -189,6 +199,11 @@ class FrameSink:
         self._hdu.close()
         if self.written != self.n_frames:
             raise FrameError(f"{self.path}: closed after {self.written} of {self.n_frames} frames")
+
+    def abort(self) -> None:
+        """Close the file without checking the frame count and remove it (an output that will not be finished)."""
+        self._hdu.close()
+        self.path.unlink(missing_ok=True)
 
     def update_cards(self, values: dict[str, object]) -> None:
         """Overwrite header cards already present (same keyword) in place, after the data are written.

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from astropy.io import fits
 from tqdm import tqdm
 
@@ -40,7 +41,7 @@ from rtnstream.kernels.engine import BackendName, EngineSettings
 from rtnstream.kernels.exceptions import FrameError, SeriesError
 from rtnstream.kernels.numpy_backend import FrameCounts
 from rtnstream.products import DQ_BITS, FrameProducts, Mode, SeriesCorrector, history_line, rtn_header_cards
-from rtnstream.series import Series, discover, plan, plan_lines, scan
+from rtnstream.series import FrameFile, Series, discover, plan, plan_lines, scan
 
 __all__ = ["CALIB_DIR", "rtn_header_cards", "correct_files", "frame_cards"]
 
@@ -247,12 +248,10 @@ def _check_length(s: Series, settings: EngineSettings) -> None:
 
 def _run_series(s: Series, cube: RTNCube, origin: tuple[int, int] | None, forced: dict[Path, tuple[str, ...]],
                 opts: _Options, outdir: Path, bar: tqdm, bad: list[dict[str, str]]) -> dict[str, Any]:
-    frames_2d = not all(f.is_stack for f in s.files)  # stacks carry no DQ / UNCERT: do not build them
-    corrector = SeriesCorrector(cube, opts.settings, opts.backend, opts.mode, opts.dq and frames_2d,
-                                opts.uncertainty and frames_2d)
+    corrector = SeriesCorrector(cube, opts.settings, opts.backend, opts.mode, opts.dq, opts.uncertainty)
     provenance = {"cube_file": opts.cube_file, "origin": origin, "series": s.number}
     counts = [FrameCounts() for _ in s.files]
-    stacks: dict[int, tuple[FrameSink, Path]] = {}
+    stacks: dict[int, _StackOutput] = {}
 
     def write(out: FrameProducts) -> None:
         k, _plane = out.tag
@@ -266,16 +265,12 @@ def _run_series(s: Series, cube: RTNCube, origin: tuple[int, int] | None, forced
                              extensions=exts)
             return
         if k not in stacks:
-            tmp = outdir / f".{f.path.name}.{os.getpid()}.part"
-            stacks[k] = (FrameSink(tmp, f.shape, out.data.dtype, f.n_frames, apply_cards(f.header.copy(), cards),
-                                   stack=True), tmp)
-        sink, tmp = stacks[k]
-        sink.write(out.data)
-        if sink.written == sink.n_frames:
-            sink.close()
-            sink.update_cards({"RTNNLO": counts[k].low, "RTNNHI": counts[k].high, "RTNNVETO": counts[k].vetoed,
-                               "RTNCORR": out.corrected and opts.mode == "correct"})
-            os.replace(tmp, outdir / f.path.name)
+            stacks[k] = _StackOutput(outdir, f, out.data.dtype, apply_cards(f.header.copy(), cards))
+        stack = stacks[k]
+        if stack.write(out):
+            stack.finish(outdir / f.path.name, {"RTNNLO": counts[k].low, "RTNNHI": counts[k].high,
+                                                "RTNNVETO": counts[k].vetoed,
+                                                "RTNCORR": out.corrected and opts.mode == "correct"})
             del stacks[k]
 
     pushed = 0
@@ -304,8 +299,8 @@ def _run_series(s: Series, cube: RTNCube, origin: tuple[int, int] | None, forced
         for out in corrector.finish():
             write(out)
     finally:
-        for _sink, tmp in stacks.values():
-            tmp.unlink(missing_ok=True)
+        for stack in stacks.values():
+            stack.discard()
     total = FrameCounts()
     for c in counts:
         total = _add(total, c)
@@ -319,6 +314,56 @@ def _run_series(s: Series, cube: RTNCube, origin: tuple[int, int] | None, forced
         "files": [{"input": str(f.path), "output": str(outdir / f.path.name), "series": s.number,
                    "frames": f.n_frames, "corrections": asdict(c)} for f, c in zip(s.files, counts, strict=True)],
     }
+
+
+class _StackOutput:
+    """A 3-D stack output written plane by plane: the frames into a hidden temporary file, each product into
+    its own; when complete the products are appended to the frames' file as extensions (streamed, plane by
+    plane) and the file renamed into place."""
+
+    def __init__(self, outdir: Path, f: FrameFile, dtype: np.dtype, header: fits.Header) -> None:
+        self._f = f
+        self._tmp = outdir / f".{f.path.name}.{os.getpid()}.part"
+        self._sink = FrameSink(self._tmp, f.shape, dtype, f.n_frames, header, stack=True)
+        self._products: dict[str, tuple[FrameSink, Path]] = {}
+
+    def write(self, out: FrameProducts) -> bool:
+        """Add the next plane and its products; True once the stack is complete."""
+        self._sink.write(out.data)
+        for name, plane in (("DQ", out.dq), ("UNCERT", out.uncertainty), ("MASK", out.mask)):
+            if plane is None:
+                continue
+            if name not in self._products:
+                tmp = self._tmp.with_name(f"{self._tmp.name}.{name}")
+                sink = FrameSink(tmp, self._f.shape, np.uint8 if name == "MASK" else plane.dtype, self._f.n_frames,
+                                 stack=True)
+                self._products[name] = (sink, tmp)
+            self._products[name][0].write(plane.view(np.uint8) if name == "MASK" else plane)
+        return self._sink.written == self._sink.n_frames
+
+    def finish(self, path: Path, cards: dict[str, Any]) -> None:
+        """Close, fill in ``cards``, append the products and rename to ``path``."""
+        self._sink.close()
+        self._sink.update_cards(cards)
+        headers = {"DQ": fits.Header([(k, bit, label[:47]) for k, (bit, label) in DQ_BITS.items()]),
+                   "UNCERT": fits.Header([("BUNIT", "adu"), ("UTYPE", "StdDevUncertainty")]),
+                   "MASK": fits.Header([("COMMENT", "1: RTN jump found and left in place (masking mode)")])}
+        for name, (sink, tmp) in self._products.items():
+            sink.close()
+            ext = FrameSink(self._tmp, self._f.shape, sink.dtype, self._f.n_frames, headers[name], stack=True,
+                            extname=name)
+            with FrameSource(tmp) as src:
+                for i in range(src.n_frames):
+                    ext.write(src.read(i))
+            ext.close()
+            tmp.unlink()
+        os.replace(self._tmp, path)
+
+    def discard(self) -> None:
+        """Close and remove the temporary files of an unfinished stack."""
+        self._sink.abort()
+        for sink, _tmp in self._products.values():
+            sink.abort()
 
 
 def _write_offset_map(s: Series, corrector: SeriesCorrector, counts: FrameCounts, opts: _Options,

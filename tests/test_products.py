@@ -280,3 +280,26 @@ def test_the_offset_map_wants_a_plain_mean_master_bias(tmp_path):
     # with the series' own frames the mean master plus the offset is the corrected mean, exactly
     np.testing.assert_allclose(corrected_mean[rtn], (frames.astype(np.float64).mean(axis=0) + offset)[rtn],
                                atol=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["correct", "mask"])
+def test_a_stack_carries_the_same_products_as_single_frames(cube, cube_path, frames, tmp_path, mode):
+    (tmp_path / "stack").mkdir()
+    stack_path = tmp_path / "stack" / "night.fits"
+    fits.PrimaryHDU(frames, header=fits.Header([("OBJECT", "M31"), ("EXPTIME", 2.0)])).writeto(stack_path)
+    paths = write_night(tmp_path / "in", frames, "nina")
+    out_single = correct("single", tmp_path, cube_path, tmp_path / "in", "--mode", mode)
+    out_stack = tmp_path / "out_stack"
+    assert main(["correct", "--cube", str(cube_path), str(stack_path), "-o", str(out_stack), "--window", str(W),
+                 "--backend", "numpy", "--no-progress", "--mode", mode]) == 0
+    with fits.open(out_stack / "night.fits") as hdul:
+        names = ["PRIMARY", "DQ", "UNCERT"] + (["MASK"] if mode == "mask" else [])
+        assert [h.name for h in hdul] == names
+        for k, path in enumerate(paths):
+            with fits.open(out_single / path.name) as single:
+                for name in names:
+                    np.testing.assert_array_equal(hdul[name].data[k], single[name].data, err_msg=f"{name} {k}")
+        assert hdul["DQ"].header["DQ_LOW"] == DQF_LOW and hdul["UNCERT"].header["BUNIT"] == "adu"
+        assert hdul[0].header["RTNCORR"] is (mode == "correct")
+    want = ["night.fits", "summary.json"] + (["calib"] if mode == "correct" else [])
+    assert sorted(p.name for p in out_stack.iterdir()) == sorted(want)  # no temporary file left
