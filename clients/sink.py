@@ -20,7 +20,7 @@ from astropy.io import fits
 from tqdm import tqdm
 
 from rtnstream.clients.stream import FrameReceiver, Message
-from rtnstream.fitsio import extension_hdus, write_frame_file
+from rtnstream.fitsio import extension_hdus, header_from_meta, write_frame_file
 from rtnstream.kernels.cube import RTNCube
 from rtnstream.kernels.lut import get_table
 from rtnstream.kernels.pixels import PixelParams
@@ -37,31 +37,11 @@ def frame_filename(header: Header) -> str:
     return f"{quote(header.camera, safe='')}_{quote(header.series, safe='')}_{header.seq:06d}.fits"
 
 
-def _meta_cards(meta: dict) -> fits.Header:
-    """``meta`` as FITS cards: scalars under their key (HIERARCH beyond 8 characters), HISTORY / COMMENT as a
-    string or a list of strings; values FITS cannot hold (nested objects) are left out."""
-    hdr = fits.Header()
-    for key, value in meta.items():
-        key = str(key).upper()
-        values = value if isinstance(value, list) else [value]
-        if key in ("HISTORY", "COMMENT"):
-            for text in values:
-                hdr.append((key, str(text)), end=True)
-        elif isinstance(value, str | int | float | bool) and key not in ("SIMPLE", "BITPIX", "EXTEND", "END"):
-            if len(key) > 8 or " " in key:
-                key = f"HIERARCH {key}"
-            try:
-                hdr[key] = value
-            except ValueError:
-                log.debug("meta %r = %r is not a FITS card; left out", key, value)
-    return hdr
-
-
 def frame_fits_header(header: Header) -> fits.Header:
     """FITS cards of an output frame: its ``meta`` (every card the producer sent), CAMERA, SERIES, SEQ,
     EXPTIME and DATE-OBS when ``meta`` lacks them, BUNIT, the provenance keywords
     (:func:`rtnstream.products.rtn_header_cards`) and a HISTORY line."""
-    hdr = _meta_cards(header.meta)
+    hdr = header_from_meta(header.meta)
     hdr["CAMERA"] = (header.camera, "camera stream")
     hdr["SERIES"] = (header.series[:68], "series id")
     hdr["SEQ"] = (header.seq, "frame number in the series")

@@ -11,6 +11,7 @@ from astropy import units as u
 from astropy.io import fits
 from astropy.nddata import CCDData, StdDevUncertainty
 
+from rtnstream.fitsio import header_from_meta
 from rtnstream.guards import DEFAULT_TEMPERATURE_TOLERANCE_C, check_frame_header, cube_part, frame_origin
 from rtnstream.kernels.cube import RTNCube
 from rtnstream.kernels.engine import BackendName, EngineSettings
@@ -22,13 +23,7 @@ __all__ = ["correct_ccddata"]
 
 def _header(frame: CCDData) -> fits.Header:
     meta = frame.meta
-    if isinstance(meta, fits.Header):
-        return meta.copy()
-    header = fits.Header()
-    for key, value in dict(meta).items():
-        if isinstance(value, str | int | float | bool) and len(str(key)) <= 8:
-            header[str(key).upper()] = value
-    return header
+    return meta.copy() if isinstance(meta, fits.Header) else header_from_meta(dict(meta))
 
 
 def correct_ccddata(

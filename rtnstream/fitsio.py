@@ -13,6 +13,7 @@ writer of offline correction, the Python API's files and the live FITS sink.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -27,8 +28,11 @@ except ImportError:  # another astropy layout: its errors are among the ones cau
     _TileError = OSError
 _READ_ERRORS = (OSError, ValueError, TypeError, IndexError, _TileError)
 
+log = logging.getLogger(__name__)
+
 __all__ = ["FrameSource", "FrameSink", "merged_header", "image_hdu_index", "check_complete", "read_image",
-           "extension_hdus", "write_atomic", "write_frame_file", "apply_cards"]
+           "extension_hdus", "write_atomic", "write_frame_file", "apply_cards",
+           "header_from_meta"]
 
 # numpy dtype -> (BITPIX, BZERO, on-disk big-endian dtype)
 _DISK = {
@@ -376,3 +380,26 @@ def apply_cards(header: fits.Header, cards: fits.Header) -> fits.Header:
         else:
             header[card.keyword] = (card.value, card.comment)
     return header
+
+
+def header_from_meta(meta: dict) -> fits.Header:
+    """A dict of header values (a live frame's ``meta``, a CCDData's ``meta``) as FITS cards.
+
+    Scalars go under their key (HIERARCH beyond 8 characters or with spaces), HISTORY / COMMENT take a
+    string or a list of strings; values FITS cannot hold (nested objects, structural keywords) are left out.
+    """
+    hdr = fits.Header()
+    for key, value in meta.items():
+        key = str(key).upper()
+        values = value if isinstance(value, list) else [value]
+        if key in ("HISTORY", "COMMENT"):
+            for text in values:
+                hdr.append((key, str(text)), end=True)
+        elif isinstance(value, str | int | float | bool) and key not in ("SIMPLE", "BITPIX", "EXTEND", "END"):
+            if len(key) > 8 or " " in key:
+                key = f"HIERARCH {key}"
+            try:
+                hdr[key] = value
+            except ValueError:
+                log.debug("meta %r = %r is not a FITS card; left out", key, value)
+    return hdr

@@ -270,6 +270,7 @@ class SeriesCorrector:
 
     @property
     def cube_id(self) -> str:
+        """Id of the cube (part) the series is corrected with."""
         return self.engine.cube_id
 
     def push(self, frame: np.ndarray, tag: Any = None) -> list[FrameProducts]:

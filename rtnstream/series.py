@@ -26,7 +26,8 @@ from astropy.io import fits
 from rtnstream.fitsio import check_complete, image_hdu_index, merged_header
 from rtnstream.kernels.exceptions import FrameError
 
-__all__ = ["SETTING_KEYS", "FrameFile", "Series", "discover", "scan", "plan", "plan_lines", "natural_key"]
+__all__ = ["SETTING_KEYS", "FrameFile", "Series", "discover", "scan", "plan", "plan_lines", "natural_key",
+           "header_value", "parse_time"]
 
 log = logging.getLogger(__name__)
 
