@@ -303,3 +303,22 @@ def test_a_stack_carries_the_same_products_as_single_frames(cube, cube_path, fra
         assert hdul[0].header["RTNCORR"] is (mode == "correct")
     want = ["night.fits", "summary.json"] + (["calib"] if mode == "correct" else [])
     assert sorted(p.name for p in out_stack.iterdir()) == sorted(want)  # no temporary file left
+
+
+def test_checksums_of_the_input_are_renewed(cube_path, frames, tmp_path):
+    """An input written with CHECKSUM/DATASUM gets valid ones in the output (its data changed)."""
+    (tmp_path / "in").mkdir()
+    paths = []
+    for k, frame in enumerate(frames):
+        h = fits.Header([("DATE-OBS", f"2026-11-30T21:00:{k:02d}"), ("OBJECT", "M31")])
+        paths.append(tmp_path / "in" / f"f{k}.fits")
+        fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(frame, header=h, name="SCI")]).writeto(paths[-1],
+                                                                                              checksum=True)
+    out = correct("checksum", tmp_path, cube_path, tmp_path / "in")
+    changed = 0
+    for path in paths:
+        with fits.open(out / path.name, checksum=True) as hdul:
+            assert hdul["SCI"].verify_checksum() == 1 and hdul["SCI"].verify_datasum() == 1
+            assert all(h.verify_checksum() != 0 and h.verify_datasum() != 0 for h in hdul)  # none stale
+            changed += np.count_nonzero(hdul["SCI"].data != fits.getdata(path, "SCI"))
+    assert changed > 0
