@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,7 +14,7 @@ from astropy.nddata import CCDData, StdDevUncertainty
 
 from rtnstream.fitsio import header_from_meta
 from rtnstream.guards import DEFAULT_TEMPERATURE_TOLERANCE_C, check_frame_header, cube_part, frame_origin
-from rtnstream.kernels.cube import RTNCube
+from rtnstream.kernels.cube import RTNCube, read_cube
 from rtnstream.kernels.engine import BackendName, EngineSettings
 from rtnstream.kernels.exceptions import FrameError
 from rtnstream.products import FrameProducts, Mode, SeriesCorrector, history_line, rtn_header_cards
@@ -28,7 +29,7 @@ def _header(frame: CCDData) -> fits.Header:
 
 def correct_ccddata(
     frames: Sequence[CCDData],
-    cube: RTNCube,
+    cube: RTNCube | str | os.PathLike,
     settings: EngineSettings | None = None,
     *,
     mode: Mode = "correct",
@@ -46,7 +47,8 @@ def correct_ccddata(
     frames : sequence of CCDData
         One series, in time order: (ny, nx) integer or float data in adu, all of one shape (the sensor's,
         or a subframe placed by ``origin_keys`` in ``meta``), with the camera's header in ``meta``.
-    cube : RTNCube
+    cube : RTNCube or path-like
+        The cube, or its file.
     settings : EngineSettings, optional
     mode : {'correct', 'mask'}
         ``'mask'``: data unchanged, the jumps flagged in ``mask`` and ``flags``.
@@ -75,6 +77,8 @@ def correct_ccddata(
         Fewer frames than the temporal window needs.
     """
     settings = settings or EngineSettings()
+    if isinstance(cube, str | os.PathLike):
+        cube = read_cube(cube)
     frames = list(frames)
     if not frames:
         return []

@@ -219,7 +219,7 @@ def test_correct_ccddata_takes_and_returns_ccddata(cube, cube_path, frames, tmp_
         np.testing.assert_array_equal(ccd.uncertainty.array, written.uncertainty.array)
         np.testing.assert_array_equal(ccd.flags, fits.getdata(out / path.name, "DQ"))
         assert ccd.unit == u.adu and ccd.meta["RTNCORR"] is True and ccd.meta["OBJECT"] == "M31"
-    masked = rtnstream.correct_ccddata(inputs, cube, EngineSettings(window=W), mode="mask")
+    masked = rtnstream.correct_ccddata(inputs, str(cube_path), EngineSettings(window=W), mode="mask")
     for c, m in zip(inputs, masked, strict=True):
         np.testing.assert_array_equal(m.data, c.data)
         assert m.mask.dtype == bool and m.meta["RTNMODE"] == "mask"
