@@ -43,12 +43,23 @@ def _same(a: Any, b: Any, tolerance: float) -> bool:
     return abs(fa - fb) <= tolerance
 
 
+def _is_setting(value: Any) -> bool:
+    """A ``GAIN`` card holds a gain setting (an integer in every camera driver) unless it is a fractional
+    number, which is the FITS convention's conversion gain in e-/ADU and not comparable with a setting."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | np.integer):
+        return True
+    return isinstance(value, float | np.floating) and float(value).is_integer()
+
+
 def check_frame_header(header: fits.Header, cube: RTNCube, name: str, force: bool = False,
                        temperature_tolerance_c: float = DEFAULT_TEMPERATURE_TOLERANCE_C) -> tuple[str, ...]:
     """Refuse a frame already corrected or taken with another camera or setting than the cube's.
 
     A key is compared only when both the cube and the frame have it; numbers are equal within 1e-6,
-    except the sensor temperature (CCD-TEMP), within ``temperature_tolerance_c`` degrees C.
+    except the sensor temperature (CCD-TEMP), within ``temperature_tolerance_c`` degrees C. A fractional
+    ``GAIN`` is a conversion gain (e-/ADU), not a gain setting, and is not compared.
 
     Parameters
     ----------
@@ -78,7 +89,7 @@ def check_frame_header(header: fits.Header, cube: RTNCube, name: str, force: boo
     for meta_key, value in cube.camera.items():
         keys = CAMERA_FRAME_KEYS.get(meta_key, ())
         key = next((k for k in keys if k in header), None)
-        if key is None:
+        if key is None or (key == "GAIN" and not _is_setting(header[key])):
             continue
         tol = temperature_tolerance_c if meta_key == "temperature_c" else 1e-6
         if not _same(header[key], value, tol):

@@ -86,8 +86,11 @@ def test_temperature_within_tolerance_is_accepted(frames, cube_path, tmp_path):
     assert check_frame_header(header, cube, "f.fits") == ()
     with pytest.raises(FrameError, match="CCD-TEMP = -8.1"):
         check_frame_header(header, cube, "f.fits", temperature_tolerance_c=1.0)
-    # keys the frame lacks are not compared
+    # keys the frame lacks are not compared; nor a fractional GAIN (e-/ADU, the FITS convention, not a setting)
     assert check_frame_header(fits.Header(), cube, "f.fits") == ()
+    assert check_frame_header(fits.Header([("GAIN", 0.3067)]), cube, "f.fits") == ()
+    with pytest.raises(FrameError, match="GAIN = 100.0"):
+        check_frame_header(fits.Header([("GAIN", 100.0)]), cube, "f.fits")
 
 
 def test_an_roi_frame_is_corrected_as_the_same_pixels_of_a_full_frame(frames, cube_path, tmp_path):
