@@ -5,10 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from astropy.io import fits
+from astropy.nddata import CCDData
 
+from rtnstream import correct_ccddata
 from rtnstream.cli import main
 from rtnstream.guards import check_frame_header, frame_origin
 from rtnstream.kernels.cube import read_cube, write_cube
+from rtnstream.kernels.engine import EngineSettings
 from rtnstream.kernels.exceptions import FrameError
 from rtnstream.kernels.simulate import Scene, SensorModel
 from tests._acquisition import CAMERA, with_camera, write_night
@@ -112,6 +115,11 @@ def test_an_roi_frame_is_corrected_as_the_same_pixels_of_a_full_frame(frames, cu
         assert (hdr["RTNXORG"], hdr["RTNYORG"]) == (x0, y0)
         changed += np.count_nonzero(fits.getdata(part) != fits.getdata(path))
     assert changed > 0
+    # the Python API places the subframe the same way
+    api = correct_ccddata([CCDData.read(p, unit="adu") for p in roi_paths], cube_path, EngineSettings(window=W))
+    for path, ccd in zip(roi_paths, api, strict=True):
+        np.testing.assert_array_equal(ccd.data, fits.getdata(tmp_path / "out_roi" / path.name))
+        np.testing.assert_array_equal(ccd.flags, fits.getdata(tmp_path / "out_roi" / path.name, "DQ"))
 
 
 def test_an_roi_frame_without_its_origin_is_refused(frames, cube_path, tmp_path, capsys):

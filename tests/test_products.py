@@ -135,6 +135,22 @@ def test_dq_bits_agree_with_the_pixels_that_changed(cube, cube_path, frames, tmp
     assert n_low > 0 and n_high > 0
 
 
+def test_dq_jumps_are_the_true_trap_states(sensor, cube, cube_path, tmp_path):
+    """On simulated truth: a pixel flagged low (high) was in the low (high) trap state in that frame."""
+    frames, states, _clean = sensor.stack(N, Scene.make("flat", SHAPE, sky_e=1.0), seed=17)
+    paths = write_night(tmp_path / "in", frames, "nina")
+    out = correct("truth", tmp_path, cube_path, tmp_path / "in")
+    flagged = {"low": [0, 0], "high": [0, 0]}
+    for path, truth in zip(paths, states, strict=True):
+        dq = fits.getdata(out / path.name, "DQ").reshape(-1)[sensor.rtn_index]
+        for name, bit, state in (("low", DQF_LOW, -1), ("high", DQF_HIGH, 1)):
+            sel = (dq & bit) != 0
+            flagged[name][0] += np.count_nonzero(sel & (truth == state))
+            flagged[name][1] += np.count_nonzero(sel)
+    for name, (right, total) in flagged.items():
+        assert total > 20 and right >= 0.9 * total, (name, right, total)
+
+
 def test_uncertainty_follows_the_read_noise_model(cube, cube_path, frames, tmp_path):
     paths = write_night(tmp_path / "in", frames, "nina")
     out = correct("uncert", tmp_path, cube_path, tmp_path / "in")
