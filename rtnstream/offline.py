@@ -179,7 +179,7 @@ def correct_files(
         except SeriesError as exc:
             if skip_short:
                 short[s.number] = str(exc)
-                log.warning("skipped %s", exc)
+                log.debug("skipped %s", exc)
             elif not dry_run:
                 raise
             elif s.number not in refused:
@@ -290,7 +290,7 @@ def _run_series(s: Series, cube: RTNCube, origin: tuple[int, int] | None, forced
                     if not opts.skip_bad:
                         raise
                     bad.append({"file": str(f.path), "reason": str(exc)})
-                    log.warning("skipped bad file: %s", exc)
+                    log.debug("skipped bad file: %s", exc)
                     continue
                 for out in corrector.push(frame, tag=(k, 0)):
                     write(out)

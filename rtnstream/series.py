@@ -181,7 +181,7 @@ def discover(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tupl
                 head = fh.read(len(_MAGIC))
             if head != _MAGIC and not cand.name.lower().endswith(FITS_SUFFIXES):
                 skipped.append((cand, "not a FITS file"))
-                log.info("skipped %s: not a FITS file", cand)
+                log.debug("skipped %s: not a FITS file", cand)
                 continue
             found.append(cand)
     return found, skipped
@@ -234,7 +234,7 @@ def scan(paths: Sequence[Path], order_key: str = "DATE-OBS", skip_bad: bool = Fa
             if not skip_bad:
                 raise
             bad.append((path, str(exc)))
-            log.warning("skipped bad file: %s", exc)
+            log.debug("skipped bad file: %s", exc)
     return files, bad
 
 
