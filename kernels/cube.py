@@ -79,7 +79,13 @@ _META_KEYS = {
     "SWVERSN": "software_version",
     "MBIASSRC": "meanbias_source",
     "RNSRC": "readnoise_source",
+    "SERIALNO": "serial",
+    "XBINNING": "binning_x",
+    "YBINNING": "binning_y",
 }
+# meta keys that identify the camera and setting the cube was fitted on (checked against every frame)
+CAMERA_META = ("camera", "detector", "serial", "gain_setting", "offset", "readout_mode", "binning_x", "binning_y",
+               "temperature_c")
 
 
 @dataclass(eq=False)
@@ -131,6 +137,11 @@ class RTNCube:
     def shape(self) -> tuple[int, int]:
         """(ny, nx) of the sensor."""
         return tuple(self.mu_adu.shape)  # type: ignore[return-value]
+
+    @property
+    def camera(self) -> dict[str, Any]:
+        """The camera and setting the cube was fitted on: the :data:`CAMERA_META` entries of ``meta`` present."""
+        return {k: self.meta[k] for k in CAMERA_META if self.meta.get(k) is not None}
 
     @property
     def rtn_mask(self) -> np.ndarray:

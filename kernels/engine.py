@@ -29,7 +29,7 @@ import numpy as np
 from rtnstream.kernels.cube import RTNCube
 from rtnstream.kernels.exceptions import BackendUnavailableError, FrameError, SeriesError
 from rtnstream.kernels.lut import ThresholdTable, get_table
-from rtnstream.kernels.numpy_backend import FrameCounts, NumpyBackend
+from rtnstream.kernels.numpy_backend import STATE_HIGH, STATE_LOW, STATE_NONE, STATE_VETO, FrameCounts, NumpyBackend
 from rtnstream.kernels.pixels import PixelParams
 
 __all__ = [
@@ -114,6 +114,11 @@ class CorrectedFrame:
         pushed with ``correct=False``.
     tag : Any
         Whatever the caller passed to :meth:`RTNEngine.push` with the frame (headers, timestamps).
+    states : numpy.ndarray, shape (n_rtn,), uint8, or None
+        With ``RTNEngine(track_states=True)``: the decision for each RTN pixel (in the order of
+        ``engine.params.index``) in this frame, ``STATE_LOW``, ``STATE_HIGH``, ``STATE_VETO`` or
+        ``STATE_NONE``, taken from the change of the per-pixel series counters (so every backend gives
+        them); None otherwise and for frames that went out uncorrected.
     """
 
     index: int
@@ -121,6 +126,7 @@ class CorrectedFrame:
     counts: FrameCounts
     corrected: bool = True
     tag: Any = None
+    states: np.ndarray | None = None
 
 
 def check_frame(frame: Any, shape: tuple[int, int], name: str = "frame") -> np.ndarray:
@@ -206,10 +212,14 @@ class RTNEngine:
     backend : {'auto', 'numpy', 'cupy'}
     table : ThresholdTable, optional
         Threshold table for ``settings.alpha`` (default: the cached default-grid table).
+    track_states : bool
+        Attach each frame's per-pixel decisions (:attr:`CorrectedFrame.states`); costs a read of the
+        per-pixel counters per frame (a device download on the GPU), so the live path leaves it off.
     """
 
     def __init__(self, cube: RTNCube, settings: EngineSettings | None = None, backend: BackendName = "numpy",
-                 table: ThresholdTable | None = None) -> None:
+                 table: ThresholdTable | None = None, track_states: bool = False) -> None:
+        self.track_states = bool(track_states)
         self.settings = settings or EngineSettings()
         self.table = table if table is not None else get_table(self.settings.alpha)
         if self.table.alpha != self.settings.alpha:
@@ -275,8 +285,9 @@ class RTNEngine:
         if not self.settings.temporal:
             if not correct:
                 return [CorrectedFrame(t, frame, FrameCounts(), False, tag)]
+            before = self._counter_snapshot()
             data, counts = self.backend.correct_spatial(frame)
-            return [CorrectedFrame(t, data, counts, True, tag)]
+            return [CorrectedFrame(t, data, counts, True, tag, self._states_since(before))]
         self.backend.store(t % (self.settings.window + 1), frame)
         series.pending.append(_Pending(t, frame, tag, correct))
         return self._emit(lambda p: self._ready(p.index, series.n_in - 1), n_frames=None)
@@ -314,9 +325,27 @@ class RTNEngine:
                 continue
             start = window_start(p.index, n_frames, w, self.settings.reference)
             window = [(start + k) % slots for k in range(w + 1) if start + k != p.index]
+            before = self._counter_snapshot()
             data, counts = self.backend.correct_temporal(p.frame, p.index % slots, window)
-            out.append(CorrectedFrame(p.index, data, counts, True, p.tag))
+            out.append(CorrectedFrame(p.index, data, counts, True, p.tag, self._states_since(before)))
         return out
+
+    def _counter_snapshot(self) -> tuple[np.ndarray, ...] | None:
+        if not self.track_states:
+            return None
+        c = self.backend.counters
+        return c.n_lo.copy(), c.n_hi.copy(), c.n_veto.copy()
+
+    def _states_since(self, before: tuple[np.ndarray, ...] | None) -> np.ndarray | None:
+        """Per-pixel decisions of the frame just corrected: which counter each pixel's decision raised."""
+        if before is None:
+            return None
+        c = self.backend.counters
+        states = np.full(self.params.n, STATE_NONE, dtype=np.uint8)
+        for code, now, then in ((STATE_LOW, c.n_lo, before[0]), (STATE_HIGH, c.n_hi, before[1]),
+                                (STATE_VETO, c.n_veto, before[2])):
+            states[now != then] = code
+        return states
 
     def check_series_length(self, n_frames: int) -> None:
         """Raise :class:`SeriesError` if a series of ``n_frames`` is too short for the temporal window."""

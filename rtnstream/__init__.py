@@ -7,4 +7,13 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "correct_ccddata"]
+
+
+def __getattr__(name: str):
+    """``rtnstream.correct_ccddata`` without importing astropy.nddata for every ``import rtnstream``."""
+    if name == "correct_ccddata":
+        from rtnstream.api import correct_ccddata
+
+        return correct_ccddata
+    raise AttributeError(f"module 'rtnstream' has no attribute {name!r}")

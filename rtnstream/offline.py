@@ -1,9 +1,13 @@
-"""Offline correction of FITS files (``rtnstream correct``): one series through the engine, frame by frame.
+"""Offline correction of FITS files (``rtnstream correct``): a night of frames, series by series.
 
-The input files, in time order, form one series (each file a 2-D frame or a 3-D stack). Frames are read
-one at a time, pushed through :class:`~rtnstream.kernels.engine.RTNEngine`, and written as they come out
-to a file of the same name, shape and dtype in the output folder, with the input header and the RTN
-provenance keys (:func:`rtn_header_cards`). ``bias_offset.fits`` (adu) and ``summary.json`` go beside them.
+The inputs (files, folders, globs: :func:`rtnstream.series.discover`) are scanned once for their headers
+(one file open at a time), checked complete, ordered by time and split into series
+(:func:`rtnstream.series.plan`). Every frame is checked against the cube before anything is written
+(:mod:`rtnstream.guards`). Each series then runs through the engine (:class:`~rtnstream.products.
+SeriesCorrector`) and each frame is written, atomically, to a file of the same name in the output folder
+with the input's layout, the provenance keywords and its ``DQ`` / ``UNCERT`` (/ ``MASK``) extensions
+(:func:`rtnstream.fitsio.write_frame_file`). The bias offset map of each series goes to ``calib/`` and
+``summary.json`` beside the frames.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,46 +26,56 @@ from astropy.io import fits
 from tqdm import tqdm
 
 from rtnstream import __version__
-from rtnstream.fitsio import FrameSink, FrameSource
+from rtnstream.fitsio import (
+    FrameSink,
+    FrameSource,
+    apply_cards,
+    extension_hdus,
+    read_image,
+    write_atomic,
+    write_frame_file,
+)
+from rtnstream.guards import DEFAULT_TEMPERATURE_TOLERANCE_C, check_frame_header, cube_part, frame_origin
 from rtnstream.kernels.cube import RTNCube
-from rtnstream.kernels.engine import BackendName, EngineSettings, RTNEngine
-from rtnstream.kernels.exceptions import FrameError
+from rtnstream.kernels.engine import BackendName, EngineSettings
+from rtnstream.kernels.exceptions import FrameError, SeriesError
 from rtnstream.kernels.numpy_backend import FrameCounts
+from rtnstream.products import DQ_BITS, FrameProducts, Mode, SeriesCorrector, history_line, rtn_header_cards
+from rtnstream.series import FrameFile, Series, discover, plan, plan_lines, scan
 
-__all__ = ["rtn_header_cards", "correct_files"]
+__all__ = ["CALIB_DIR", "rtn_header_cards", "correct_files", "frame_cards"]
 
 log = logging.getLogger(__name__)
 
-
-def rtn_header_cards(settings: EngineSettings, cube_id: str, counts: FrameCounts, corrected: bool = True
-                     ) -> list[tuple[str, Any, str]]:
-    """Provenance keywords of a corrected frame or file, as ``(keyword, value, comment)``.
-
-    RTNCORR, RTNREF, RTNWIN (or RTNSPAT for the spatial reference), RTNALPHA, RTNKVAR, RTNCUBE,
-    RTNNLO, RTNNHI, RTNNVETO, RTNVERS.
-    """
-    cards: list[tuple[str, Any, str]] = [
-        ("RTNCORR", bool(corrected), "RTN jumps corrected by rtnstream"),
-        ("RTNREF", settings.reference, "RTN reference: temporal, causal or spatial"),
-    ]
-    if settings.temporal:
-        cards.append(("RTNWIN", settings.window, "[frames] temporal reference window"))
-        cards.append(("RTNKVAR", settings.k_var, "variability veto factor"))
-    else:
-        cards.append(("RTNSPAT", settings.spatial_size, "[pixel] spatial reference size"))
-    cards += [
-        ("RTNALPHA", settings.alpha, "significance of the jump test"),
-        ("RTNCUBE", cube_id, "RTN calibration cube id"),
-        ("RTNNLO", counts.low, "pixels corrected from the low state"),
-        ("RTNNHI", counts.high, "pixels corrected from the high state"),
-        ("RTNNVETO", counts.vetoed, "RTN pixels left alone: variable source"),
-        ("RTNVERS", __version__, "rtnstream version"),
-    ]
-    return cards
+CALIB_DIR = "calib"
 
 
 def _add(a: FrameCounts, b: FrameCounts) -> FrameCounts:
     return FrameCounts(a.low + b.low, a.high + b.high, a.vetoed + b.vetoed, a.out_of_table + b.out_of_table)
+
+
+def frame_cards(settings: EngineSettings, cube_id: str, counts: FrameCounts, corrected: bool, mode: Mode,
+                had_bunit: bool, **provenance: Any) -> fits.Header:
+    """Header cards added to an output frame: BUNIT (when the input has none), the provenance keywords
+    (:func:`rtnstream.products.rtn_header_cards`) and the HISTORY line."""
+    cards = fits.Header()
+    if not had_bunit:
+        cards["BUNIT"] = ("adu", "physical unit of the array values")
+    for key, value, comment in rtn_header_cards(settings, cube_id, counts, corrected, mode=mode, **provenance):
+        cards[key] = (value, comment)
+    cards.add_history(history_line(cube_id, mode, corrected))
+    return cards
+
+
+@dataclass
+class _Options:
+    settings: EngineSettings
+    backend: BackendName
+    mode: Mode
+    dq: bool
+    uncertainty: bool
+    cube_file: str | None
+    skip_bad: bool
 
 
 def correct_files(
@@ -72,125 +86,301 @@ def correct_files(
     backend: BackendName = "auto",
     progress: bool | None = None,
     cube_path: str | None = None,
+    *,
+    mode: Mode = "correct",
+    dq: bool = True,
+    uncertainty: bool = True,
+    force: bool = False,
+    skip_bad: bool = False,
+    skip_short: bool = False,
+    order_key: str = "DATE-OBS",
+    max_gap: float = 5.0,
+    origin_keys: Sequence[str] = ("XORGSUBF", "YORGSUBF"),
+    temperature_tolerance_c: float = DEFAULT_TEMPERATURE_TOLERANCE_C,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
-    """Correct ``inputs`` (FITS files in time order, one series) into ``outdir``.
+    """Correct the frames of ``inputs`` into ``outdir``, series by series.
 
     Parameters
     ----------
     cube : RTNCube
     inputs : sequence of path-like
-        FITS files, each a (ny, nx) frame or an (n, ny, nx) stack, all of the cube's shape.
+        FITS files (each a (ny, nx) frame or an (n, ny, nx) stack), folders, or glob patterns.
     outdir : path-like
-        Created if needed; must not be the folder of an input file.
+        Created if needed; no output may overwrite an input.
     settings : EngineSettings
     backend : {'auto', 'numpy', 'cupy'}
     progress : bool or None
-        Show a progress bar (None: only on a terminal).
+        Show progress bars (None: only on a terminal).
     cube_path : str, optional
-        Recorded in the summary.
+        The cube's file, recorded in the outputs (RTNCUBEF) and the summary.
+    mode : {'correct', 'mask'}
+        ``'mask'``: pixels unchanged, jumps flagged in DQ and a MASK extension.
+    dq, uncertainty : bool
+        Write the DQ / UNCERT extensions (2-D frames).
+    force : bool
+        Correct frames the guards refuse (already corrected, another camera's setting); the overridden
+        guards are recorded in RTNFORCE.
+    skip_bad : bool
+        Pass over corrupt or truncated files (listed in the summary) instead of stopping.
+    skip_short : bool
+        Pass over series too short for the temporal window (listed) instead of stopping.
+    order_key : str
+        Header key giving each frame's time (ISO date or a number); natural name order when a file lacks it.
+    max_gap : float
+        A time step longer than ``max_gap`` times the cadence starts a new series.
+    origin_keys : (str, str)
+        Header keys of a subframe's x and y origin on the sensor.
+    temperature_tolerance_c : float
+        Largest sensor temperature difference (degrees C) between frame and cube.
+    dry_run : bool
+        Only plan: return the series (``summary['plan']``, a line each, with the reason a series would be
+        refused), write nothing.
 
     Returns
     -------
     dict
-        The summary also written to ``outdir/summary.json``.
+        The summary, also written to ``outdir/summary.json`` (not in a dry run).
 
     Raises
     ------
     FrameError
-        Unreadable input, shape differing from the cube's, unsupported dtype, or an output that would
-        overwrite an input.
+        A corrupt or truncated input (without ``skip_bad``), a frame the guards refuse, a frame that does
+        not fit the cube, or an output that would overwrite an input. Raised before anything is written.
     SeriesError
-        Fewer frames than the temporal window needs.
+        A series with fewer frames than the temporal window needs (without ``skip_short``).
     """
     outdir = Path(outdir)
-    sources = []
-    try:
-        for path in inputs:
-            src = FrameSource(path)
-            sources.append(src)
-            if src.shape != cube.shape:
-                raise FrameError(f"{src.path}: frames have shape {src.shape}, the RTN cube has {cube.shape}")
-        names = [s.path.name for s in sources]
-        if len(set(names)) != len(names):
-            raise FrameError("input files must have distinct names (outputs keep them)")
-        outdir.mkdir(parents=True, exist_ok=True)
-        for s in sources:
-            if (outdir / s.path.name).resolve() == s.path.resolve():
-                raise FrameError(f"{s.path}: the output would overwrite the input; choose another -o")
-        engine = RTNEngine(cube, settings, backend=backend)
-        total = sum(s.n_frames for s in sources)
-        engine.check_series_length(total)
-        return _run(engine, sources, outdir, total, progress, cube_path)
-    finally:
-        for s in sources:
-            s.close()
-
-
-def _run(engine: RTNEngine, sources: list[FrameSource], outdir: Path, total: int, progress: bool | None,
-         cube_path: str | None) -> dict[str, Any]:
-    settings = engine.settings
-    # frame index of the series -> (file number, position in file)
-    owner = np.repeat(np.arange(len(sources)), [s.n_frames for s in sources])
-    file_counts = [FrameCounts() for _ in sources]
-    sinks: dict[int, FrameSink] = {}
-    totals = FrameCounts()
+    paths, skipped = discover(inputs)
+    files, bad = scan(paths, order_key=order_key, skip_bad=skip_bad, progress=progress)
+    if not files:
+        raise FrameError("no FITS frames in the inputs")
+    names = [f.path.name for f in files]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})[:3]
+        raise FrameError(f"input files must have distinct names (outputs keep them): {', '.join(dup)}")
+    for f in files:
+        if (outdir / f.path.name).resolve() == f.path.resolve():
+            raise FrameError(f"{f.path}: the output would overwrite the input; choose another -o")
+    series = plan(files, max_gap=max_gap, order_key=order_key)
+    checks: dict[int, tuple[tuple[int, int] | None, dict[Path, tuple[str, ...]]]] = {}
+    refused: dict[int, str] = {}
+    short: dict[int, str] = {}
+    for s in series:  # every frame's guards first (the clearest refusal), then the series lengths
+        try:
+            checks[s.number] = _check_series(s, cube, force, temperature_tolerance_c, origin_keys)
+        except FrameError as exc:
+            if not dry_run:
+                raise
+            refused[s.number] = str(exc)
+    for s in series:
+        try:
+            _check_length(s, settings)
+        except SeriesError as exc:
+            if skip_short:
+                short[s.number] = str(exc)
+                log.debug("skipped %s", exc)
+            elif not dry_run:
+                raise
+            elif s.number not in refused:
+                refused[s.number] = str(exc)
+    notes = {n: f" SKIPPED: {m}" for n, m in short.items()} | {n: f" REFUSED: {m}" for n, m in refused.items()}
+    summary: dict[str, Any] = {
+        "plan": [line + notes.get(s.number, "") for s, line in zip(series, plan_lines(series), strict=True)],
+        "skipped": [{"file": str(p), "reason": r} for p, r in skipped],
+        "bad": [{"file": str(p), "reason": r} for p, r in bad],
+        "short": [{"series": n, "reason": m} for n, m in short.items()],
+    }
+    if dry_run:
+        return summary
+    series = [s for s in series if s.number not in short]
+    outdir.mkdir(parents=True, exist_ok=True)
+    opts = _Options(settings, backend, mode, dq, uncertainty, Path(cube_path).name if cube_path else None,
+                    skip_bad)
+    total = sum(s.n_frames for s in series)
     t0 = time.perf_counter()
-
-    def write(out) -> None:
-        nonlocal totals
-        k = int(owner[out.index])
-        src = sources[k]
-        if k not in sinks:
-            header = src.header.copy()
-            for key, value, comment in rtn_header_cards(settings, engine.cube_id, FrameCounts()):
-                header[key] = (value, comment)
-            sinks[k] = FrameSink(outdir / src.path.name, src.shape, out.data.dtype, src.n_frames, header,
-                                 stack=src.n_frames > 1 or src.is_stack)
-        sink = sinks[k]
-        sink.write(out.data)
-        file_counts[k] = _add(file_counts[k], out.counts)
-        totals = _add(totals, out.counts)
-        if sink.written == sink.n_frames:
-            sink.close()
-            c = file_counts[k]
-            sink.update_cards({"RTNNLO": c.low, "RTNNHI": c.high, "RTNNVETO": c.vetoed,
-                               "RTNCORR": out.corrected})
-            del sinks[k]
-
-    engine.start_series()
-    with tqdm(total=total, unit="frame", desc="correct", disable=(not progress) if progress is not None
-              else None) as bar:
-        for src in sources:
-            for i in range(src.n_frames):
-                frame = src.read(i)
-                for out in engine.push(frame):
-                    write(out)
-                bar.update(1)
-        for out in engine.finish():
-            write(out)
+    results = []
+    with tqdm(total=total, unit="frame", desc="correct",
+              disable=(not progress) if progress is not None else None) as bar:
+        for s in series:
+            origin, forced = checks[s.number]
+            results.append(_run_series(s, cube_part(cube, origin, s.files[0].shape), origin, forced, opts,
+                                       outdir, bar, summary["bad"]))
     elapsed = time.perf_counter() - t0
-
-    offset = fits.PrimaryHDU(engine.bias_offset_map())
-    offset.header["BUNIT"] = "adu"
-    offset.header["COMMENT"] = "RTN bias offset map O = D_adu (n_lo - n_hi) / n_frames (add to the mean bias)"
-    for key, value, comment in rtn_header_cards(settings, engine.cube_id, totals):
-        offset.header[key] = (value, comment)
-    offset.writeto(outdir / "bias_offset.fits", overwrite=True)
-
-    summary = {
-        "frames": total,
-        "files": [{"input": str(s.path), "output": str(outdir / s.path.name), "frames": s.n_frames,
-                   "corrections": asdict(c)} for s, c in zip(sources, file_counts, strict=True)],
+    totals = FrameCounts()
+    for r in results:
+        totals = _add(totals, r["counts"])
+    summary.update({
+        "frames": sum(r["frames"] for r in results),
+        "series": [{**{k: v for k, v in r.items() if k != "files"}, "counts": asdict(r["counts"])} for r in results],
+        "files": [entry for r in results for entry in r["files"]],
         "corrections": asdict(totals),
         "settings": asdict(settings),
-        "cube_id": engine.cube_id,
+        "mode": mode,
+        "cube_id": cube.cube_id,
         "cube_path": cube_path,
-        "n_rtn_pixels": engine.n_rtn,
-        "backend": engine.backend.name,
+        "n_rtn_pixels": cube.n_rtn,
         "elapsed_s": round(elapsed, 3),
         "frames_per_s": round(total / elapsed, 3) if elapsed > 0 else None,
         "software_version": __version__,
-    }
+    })
     (outdir / "summary.json").write_text(json.dumps(summary, indent=2))
-    log.info("corrected %d frames: %d low, %d high, %d vetoed", total, totals.low, totals.high, totals.vetoed)
+    log.info("corrected %d frames in %d series: %d low, %d high, %d vetoed", total, len(series), totals.low,
+             totals.high, totals.vetoed)
     return summary
+
+
+def _check_series(s: Series, cube: RTNCube, force: bool, tolerance: float, origin_keys: Sequence[str]
+                  ) -> tuple[tuple[int, int] | None, dict[Path, tuple[str, ...]]]:
+    """What can refuse the frames of a series, before anything is written: their origin and the guards."""
+    first = s.files[0]
+    origin = frame_origin(first.header, first.shape, cube.shape, str(first.path), origin_keys)
+    forced = {f.path: check_frame_header(f.header, cube, str(f.path), force, tolerance) for f in s.files}
+    return origin, forced
+
+
+def _check_length(s: Series, settings: EngineSettings) -> None:
+    if settings.temporal and s.n_frames < settings.window + 1:
+        raise SeriesError(f"series {s.number} ({s.files[0].path.name} .. {s.files[-1].path.name}): window "
+                          f"{settings.window} needs a series of at least {settings.window + 1} frames, got "
+                          f"{s.n_frames}")
+
+
+def _run_series(s: Series, cube: RTNCube, origin: tuple[int, int] | None, forced: dict[Path, tuple[str, ...]],
+                opts: _Options, outdir: Path, bar: tqdm, bad: list[dict[str, str]]) -> dict[str, Any]:
+    corrector = SeriesCorrector(cube, opts.settings, opts.backend, opts.mode, opts.dq, opts.uncertainty)
+    provenance = {"cube_file": opts.cube_file, "origin": origin, "series": s.number}
+    counts = [FrameCounts() for _ in s.files]
+    stacks: dict[int, _StackOutput] = {}
+
+    def write(out: FrameProducts) -> None:
+        k, _plane = out.tag
+        f = s.files[k]
+        counts[k] = _add(counts[k], out.counts)
+        cards = frame_cards(opts.settings, corrector.cube_id, counts[k], out.corrected, opts.mode,
+                            "BUNIT" in f.header, forced=forced[f.path], **provenance)
+        if not f.is_stack:
+            exts = extension_hdus(out.dq, out.uncertainty, out.mask, DQ_BITS, f.compressed)
+            write_frame_file(outdir / f.path.name, out.data, cards, like=f.path, like_index=f.hdu_index,
+                             extensions=exts)
+            return
+        if k not in stacks:
+            stacks[k] = _StackOutput(outdir, f, out.data.dtype, apply_cards(f.header.copy(), cards))
+        stack = stacks[k]
+        if stack.write(out):
+            stack.finish(outdir / f.path.name, {"RTNNLO": counts[k].low, "RTNNHI": counts[k].high,
+                                                "RTNNVETO": counts[k].vetoed,
+                                                "RTNCORR": out.corrected and opts.mode == "correct"})
+            del stacks[k]
+
+    pushed = 0
+    try:
+        for k, f in enumerate(s.files):
+            if f.is_stack:
+                with FrameSource(f.path) as src:
+                    for i in range(src.n_frames):
+                        for out in corrector.push(src.read(i), tag=(k, i)):
+                            write(out)
+                        pushed += 1
+                        bar.update(1)
+            else:
+                try:
+                    frame = read_image(f.path, f.hdu_index)
+                except FrameError as exc:  # header and size were fine, the data are not
+                    if not opts.skip_bad:
+                        raise
+                    bad.append({"file": str(f.path), "reason": str(exc)})
+                    log.debug("skipped bad file: %s", exc)
+                    continue
+                for out in corrector.push(frame, tag=(k, 0)):
+                    write(out)
+                pushed += 1
+                bar.update(1)
+        for out in corrector.finish():
+            write(out)
+    finally:
+        for stack in stacks.values():
+            stack.discard()
+    total = FrameCounts()
+    for c in counts:
+        total = _add(total, c)
+    offset_path = None
+    if opts.mode == "correct":
+        offset_path = _write_offset_map(s, corrector, total, opts, provenance, outdir / CALIB_DIR)
+    return {
+        "number": s.number, "reason": s.reason, "frames": pushed, "counts": total,
+        "first": s.files[0].path.name, "last": s.files[-1].path.name, "origin": origin,
+        "bias_offset_map": str(offset_path) if offset_path else None,
+        "files": [{"input": str(f.path), "output": str(outdir / f.path.name), "series": s.number,
+                   "frames": f.n_frames, "corrections": asdict(c)} for f, c in zip(s.files, counts, strict=True)],
+    }
+
+
+class _StackOutput:
+    """A 3-D stack output written plane by plane: the frames into a hidden temporary file, each product into
+    its own; when complete the products are appended to the frames' file as extensions (streamed, plane by
+    plane) and the file renamed into place."""
+
+    def __init__(self, outdir: Path, f: FrameFile, dtype: np.dtype, header: fits.Header) -> None:
+        self._f = f
+        self._tmp = outdir / f".{f.path.name}.{os.getpid()}.part"
+        self._sink = FrameSink(self._tmp, f.shape, dtype, f.n_frames, header, stack=True)
+        self._products: dict[str, tuple[FrameSink, Path]] = {}
+
+    def write(self, out: FrameProducts) -> bool:
+        """Add the next plane and its products; True once the stack is complete."""
+        self._sink.write(out.data)
+        for name, plane in (("DQ", out.dq), ("UNCERT", out.uncertainty), ("MASK", out.mask)):
+            if plane is None:
+                continue
+            if name not in self._products:
+                tmp = self._tmp.with_name(f"{self._tmp.name}.{name}")
+                sink = FrameSink(tmp, self._f.shape, np.uint8 if name == "MASK" else plane.dtype, self._f.n_frames,
+                                 stack=True)
+                self._products[name] = (sink, tmp)
+            self._products[name][0].write(plane.view(np.uint8) if name == "MASK" else plane)
+        return self._sink.written == self._sink.n_frames
+
+    def finish(self, path: Path, cards: dict[str, Any]) -> None:
+        """Close, fill in ``cards``, append the products and rename to ``path``."""
+        self._sink.close()
+        self._sink.update_cards(cards)
+        headers = {"DQ": fits.Header([(k, bit, label[:47]) for k, (bit, label) in DQ_BITS.items()]),
+                   "UNCERT": fits.Header([("BUNIT", "adu"), ("UTYPE", "StdDevUncertainty")]),
+                   "MASK": fits.Header([("COMMENT", "1: RTN jump found and left in place (masking mode)")])}
+        for name, (sink, tmp) in self._products.items():
+            sink.close()
+            ext = FrameSink(self._tmp, self._f.shape, sink.dtype, self._f.n_frames, headers[name], stack=True,
+                            extname=name)
+            with FrameSource(tmp) as src:
+                for i in range(src.n_frames):
+                    ext.write(src.read(i))
+            ext.close()
+            tmp.unlink()
+        os.replace(self._tmp, path)
+
+    def discard(self) -> None:
+        """Close and remove the temporary files of an unfinished stack."""
+        self._sink.abort()
+        for sink, _tmp in self._products.values():
+            sink.abort()
+
+
+def _write_offset_map(s: Series, corrector: SeriesCorrector, counts: FrameCounts, opts: _Options,
+                      provenance: dict[str, Any], calib: Path) -> Path:
+    """``calib/series_NNN_bias_offset.fits``: the series' bias offset map (adu), beside the frames."""
+    calib.mkdir(exist_ok=True)
+    hdu = fits.PrimaryHDU(corrector.bias_offset_map())
+    hdr = hdu.header
+    hdr["BUNIT"] = "adu"
+    hdr["IMAGETYP"] = ("RTN BIAS OFFSET", "not a light frame")
+    hdr["RTNFIRST"] = (s.files[0].path.name[-68:], "first frame of the series")
+    hdr["RTNLAST"] = (s.files[-1].path.name[-68:], "last frame of the series")
+    hdr["RTNNFRM"] = (s.n_frames, "frames in the series")
+    for key, value, comment in rtn_header_cards(opts.settings, corrector.cube_id, counts, True, mode=opts.mode,
+                                                **provenance):
+        hdr[key] = (value, comment)
+    hdr["COMMENT"] = "RTN bias offset map O = D_adu (n_lo - n_hi) / n_frames: add it to a plain-mean master bias"
+    hdr["COMMENT"] = "before subtracting it in source apertures (docs/formats.md)"
+    return write_atomic(fits.HDUList([hdu]), calib / f"series_{s.number:03d}_bias_offset.fits")
+

@@ -93,7 +93,7 @@ def test_cli_output_matches_engine(sensor, frames, cube_path, tmp_path, referenc
     np.testing.assert_array_equal(np.stack(got), expected)
     assert summary["frames"] == N_FRAMES
     assert summary["corrections"]["low"] == total_low > 0
-    offset = fits.getdata(outdir / "bias_offset.fits")
+    offset = fits.getdata(outdir / "calib" / "series_001_bias_offset.fits")
     assert offset.shape == SHAPE
     assert np.count_nonzero(offset[~sensor.true_cube().rtn_mask]) == 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from rtnstream.kernels.cube import read_cube
 from rtnstream.kernels.engine import EngineSettings
@@ -12,7 +13,7 @@ from rtnstream.offline import correct_files
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="FITS files in time order, each a 2-D frame or a 3-D stack")
+                        help="FITS files (2-D frames or 3-D stacks), folders or glob patterns; ordered by time")
     parser.add_argument("--cube", required=True, help="RTN calibration file (FITS)")
     parser.add_argument("-o", "--outdir", required=True, help="output folder")
     parser.add_argument("--reference", choices=("temporal", "causal", "spatial"), default="temporal",
@@ -24,6 +25,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
                         help="compute backend (auto: CuPy when a GPU is usable, else NumPy)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--mode", choices=("correct", "mask"), default="correct",
+                        help="correct the jumps, or leave the pixels and flag the jumps in DQ and MASK")
+    parser.add_argument("--no-dq", action="store_true", help="do not write the DQ extension")
+    parser.add_argument("--no-uncert", action="store_true", help="do not write the UNCERT extension")
+    parser.add_argument("--dry-run", action="store_true", help="print the series plan and write nothing")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="pass over corrupt or truncated files (listed) instead of stopping")
+    parser.add_argument("--skip-short", action="store_true",
+                        help="pass over series too short for the temporal window (listed) instead of stopping")
+    parser.add_argument("--force", action="store_true",
+                        help="correct frames the guards refuse (already corrected, another camera or setting)")
+    parser.add_argument("--order-key", default="DATE-OBS",
+                        help="header key giving each frame's time (name order when a file lacks it)")
+    parser.add_argument("--max-gap", type=float, default=5.0,
+                        help="a time step longer than this many cadences starts a new series")
+    parser.add_argument("--origin-keys", nargs=2, default=("XORGSUBF", "YORGSUBF"), metavar=("XKEY", "YKEY"),
+                        help="header keys of a subframe's origin on the sensor")
+    parser.add_argument("--temp-tolerance", type=float, default=2.0,
+                        help="largest sensor temperature difference from the cube's (degrees C)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,6 +54,17 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"rtnstream correct: error: {exc}") from None
     cube = read_cube(args.cube)
     summary = correct_files(cube, args.inputs, args.outdir, settings, backend=args.backend,
-                            progress=False if args.no_progress else None, cube_path=args.cube)
-    print(json.dumps({k: summary[k] for k in ("frames", "corrections", "backend", "frames_per_s", "cube_id")}))
+                            progress=False if args.no_progress else None, cube_path=args.cube, mode=args.mode,
+                            dq=not args.no_dq, uncertainty=not args.no_uncert, force=args.force,
+                            skip_bad=args.skip_bad, skip_short=args.skip_short, order_key=args.order_key,
+                            max_gap=args.max_gap, origin_keys=tuple(args.origin_keys),
+                            temperature_tolerance_c=args.temp_tolerance, dry_run=args.dry_run)
+    for entry in summary["skipped"] + summary["bad"]:
+        print(f"skipped {entry['file']}: {entry['reason']}", file=sys.stderr)
+    for entry in summary["short"]:
+        print(f"skipped {entry['reason']}", file=sys.stderr)
+    if args.dry_run:
+        print("\n".join(summary["plan"]))
+        return 0
+    print(json.dumps({k: summary[k] for k in ("frames", "corrections", "mode", "frames_per_s", "cube_id")}))
     return 0
