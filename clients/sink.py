@@ -80,8 +80,9 @@ class SinkProducts:
         self.uncertainty = uncertainty
         self._models: dict[float, FrameModel] = {}
 
-    def extensions(self, header: Header, data: np.ndarray) -> list:
-        """The extension HDUs of one frame (none when it does not belong to the cube)."""
+    def extensions(self, header: Header, data: np.ndarray, states: np.ndarray | None = None) -> list:
+        """The extension HDUs of one frame (none when it does not belong to the cube); ``states``: the job's
+        per-pixel decisions in this frame (jobs with ``states``), for the per-frame DQ bits."""
         rtn = header.rtn
         if rtn is None or rtn.cube != self.cube.cube_id or tuple(data.shape) != self.cube.shape:
             log.warning("frame %s#%s: not corrected with cube %s; written without DQ/UNCERT", header.series,
@@ -89,14 +90,18 @@ class SinkProducts:
             return []
         if rtn.alpha not in self._models:
             self._models[rtn.alpha] = FrameModel(self.cube, PixelParams.from_cube(self.cube, get_table(rtn.alpha)))
-        dq, uncert, _mask = self._models[rtn.alpha].products(data, None, rtn.corrected, "correct", self.dq,
+        if states is not None and states.size != self.cube.n_rtn:
+            log.warning("frame %s#%s: %d per-pixel decisions for %d RTN pixels; DQ written without them",
+                        header.series, header.seq, states.size, self.cube.n_rtn)
+            states = None
+        dq, uncert, _mask = self._models[rtn.alpha].products(data, states, rtn.corrected, "correct", self.dq,
                                                              self.uncertainty)
         return extension_hdus(dq, uncert, None, DQ_BITS, compressed=False)
 
 
 def write_frame(message: Message, outdir: Path, products: SinkProducts | None = None) -> Path:
     """Write one output frame to ``outdir`` (atomically); returns the file written."""
-    exts = products.extensions(message.header, message.data) if products is not None else []
+    exts = products.extensions(message.header, message.data, message.states) if products is not None else []
     return write_frame_file(Path(outdir) / frame_filename(message.header), message.data,
                             frame_fits_header(message.header), extensions=exts)
 

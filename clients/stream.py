@@ -17,7 +17,7 @@ import zmq
 
 from rtnstream.kernels.exceptions import RTNStreamError
 from rtnstream.service.curve import CurveClient
-from rtnstream.service.protocol import Header, decode, encode, encode_credit, frame_header, parse_delivery
+from rtnstream.service.protocol import Header, decode_output, encode, encode_credit, frame_header, parse_delivery
 
 __all__ = ["FrameSender", "FrameReceiver", "Message", "utc_now"]
 
@@ -115,10 +115,12 @@ class FrameSender:
 
 @dataclass
 class Message:
-    """A received message: its header and, for frames, the pixels (shape (ny, nx), header dtype)."""
+    """A received message: its header, for frames the pixels (shape (ny, nx), header dtype), and for frames
+    of a job that sends them its per-pixel decisions (``states``, uint8, one per RTN pixel; else None)."""
 
     header: Header
     data: np.ndarray | None
+    states: np.ndarray | None = None
 
 
 class FrameReceiver:
@@ -185,7 +187,7 @@ class FrameReceiver:
         if self.mode == "sub":
             if timeout_s is not None and not self._socket.poll(int(timeout_s * 1000)):
                 return None
-            msg = Message(*decode(self._socket.recv_multipart(copy=False)))
+            msg = Message(*decode_output(self._socket.recv_multipart(copy=False)))
             self._count_missed(msg.header)
             return msg
         if self._last_id >= 0:
@@ -201,7 +203,7 @@ class FrameReceiver:
                 if delivery_id <= self._last_id:  # sent again after a reconnection: already handed out
                     self._send_credit()
                     continue
-                msg = Message(*decode(parts))
+                msg = Message(*decode_output(parts))
                 self._last_id = delivery_id
                 return msg
             if deadline is not None and time.monotonic() >= deadline:

@@ -414,7 +414,8 @@ class JobManager:
                                engine=request.engine_settings(), backend=config.backend,
                                overload=config.overload, queue_frames=config.queue_frames,
                                output=OutputBounds(config.output_queue_frames, config.output_queue_bytes),
-                               camera=config.camera, socket_dir=self.settings.ipc_dir, curve=self.curve,
+                               camera=config.camera, socket_dir=self.settings.ipc_dir, states=config.states,
+                               curve=self.curve,
                                stats_window_s=self.settings.stats_window_s,
                                reject_log_interval_s=self.settings.reject_log_interval_s)
         # built before the job is recorded: a request refused here (endpoint, backend) leaves no job behind

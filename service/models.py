@@ -99,6 +99,9 @@ class _JobOptions(BaseModel):
     k_var: float = Field(1.5, description="variability veto factor (> 0)")
     spatial_size: SpatialSize = 5
     overload: Literal["block", "passthrough", "drop"] = "block"
+    states: bool = Field(False, description="send each output frame's per-pixel decisions (a third message part, "
+                                            "rtn.states): the FITS sink then writes the same DQ bits as offline "
+                                            "correction; costs one byte per RTN pixel per frame")
     preset: str | None = Field(None, pattern=PRESET_NAME_PATTERN,
                                description="camera preset whose job defaults fill the fields not given "
                                            "(config/cameras/<preset>.toml)")

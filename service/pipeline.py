@@ -49,6 +49,7 @@ import zmq
 from rtnstream.kernels.cube import RTNCube
 from rtnstream.kernels.engine import CorrectedFrame, EngineSettings, RTNEngine
 from rtnstream.kernels.exceptions import FrameError
+from rtnstream.kernels.numpy_backend import STATE_NONE
 from rtnstream.service.curve import CurveServer
 from rtnstream.service.endpoints import EndpointError, check_bindable
 from rtnstream.service.outputs import LosslessOutput, OutputBounds
@@ -93,6 +94,9 @@ class PipelineConfig:
         The job's camera: messages naming another camera are rejected (``camera``); None accepts any.
     socket_dir : pathlib.Path or None
         The only folder ``ipc://`` endpoints may use (None: no ipc endpoints).
+    states : bool
+        Send each output frame's per-pixel decisions (a third part, ``rtn.states``: the FITS sink writes
+        the same DQ bits as offline correction from it); costs n_rtn bytes a frame.
     curve : CurveServer or None
         Keys that make every socket a CURVE server (the context needs an authenticator:
         :func:`rtnstream.service.curve.start_authenticator`); None: plain sockets.
@@ -112,6 +116,7 @@ class PipelineConfig:
     output: OutputBounds = field(default_factory=lambda: OutputBounds(16, 1 << 30))
     camera: str | None = None
     socket_dir: Path | None = None
+    states: bool = False
     curve: CurveServer | None = None
     stats_window_s: float = 10.0
     reject_log_interval_s: float = 60.0
@@ -189,7 +194,7 @@ class Pipeline:
         for field_name in ("ingest", "publish", "push"):
             if getattr(config, field_name) is not None:
                 check_bindable(field_name, getattr(config, field_name), config.socket_dir)
-        self.engine = RTNEngine(cube, config.engine, backend=config.backend)
+        self.engine = RTNEngine(cube, config.engine, backend=config.backend, track_states=config.states)
         self.counters = PipelineCounters()
         self.rates = RateWindow(config.stats_window_s)
         self.error: str | None = None
@@ -464,12 +469,13 @@ class Pipeline:
         if self._on_series_end is not None:
             self._on_series_end(result)
 
-    def _rtn_info(self, counts: Any = None, corrected: bool = True, overload: str | None = None) -> RTNInfo:
+    def _rtn_info(self, counts: Any = None, corrected: bool = True, overload: str | None = None,
+                  states: bool = False) -> RTNInfo:
         s = self.engine.settings
         c = {} if counts is None else {"low": counts.low, "high": counts.high, "vetoed": counts.vetoed,
                                        "out_of_table": counts.out_of_table}
         return RTNInfo(s.reference, s.window, s.alpha, s.k_var, s.spatial_size, self.engine.cube_id,
-                       corrected=corrected, overload=overload, **c)
+                       corrected=corrected, overload=overload, states=states, **c)
 
     def _send_corrected(self, out: CorrectedFrame) -> None:
         """Send one frame out of the engine; a frame that cannot be encoded is rejected (``output``)."""
@@ -477,9 +483,12 @@ class Pipeline:
         h, c = item.header, out.counts
         passed = not item.correct
         try:
-            header = h.with_rtn(self._rtn_info(c, out.corrected, "passthrough" if passed else None),
-                                out.data.dtype)
-            parts = encode(header, out.data)
+            states = out.states if self.config.states else None
+            if self.config.states and states is None:  # uncorrected (short series, passthrough): no decision
+                states = np.full(self.engine.n_rtn, STATE_NONE, np.uint8)
+            header = h.with_rtn(self._rtn_info(c, out.corrected, "passthrough" if passed else None,
+                                               states is not None), out.data.dtype)
+            parts = encode(header, out.data, states)
         except Exception:  # one frame's header must never stop the others (it was checked at decode)
             log.exception("job %s: frame %s#%s could not be encoded for output; rejected", self.name, h.series,
                           h.seq)

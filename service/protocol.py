@@ -37,6 +37,7 @@ __all__ = [
     "ProtocolError",
     "encode",
     "decode",
+    "decode_output",
     "frame_header",
     "unix_time",
     "delivery_part",
@@ -115,6 +116,9 @@ class RTNInfo:
         False when the frame went out unchanged (series shorter than W + 1, or overload passthrough).
     overload : {'passthrough'} or None
         Set when the frame bypassed the engine because the pipeline was behind.
+    states : bool
+        True when the message carries a third part: the engine's decision for each RTN pixel of the cube
+        (uint8, in the cube's pixel order; :data:`rtnstream.kernels.engine.STATE_LOW` etc.).
     """
 
     reference: str
@@ -129,6 +133,7 @@ class RTNInfo:
     out_of_table: int = 0
     corrected: bool = True
     overload: str | None = None
+    states: bool = False
 
     def engine_settings(self) -> EngineSettings:
         """The engine settings the frame was corrected with."""
@@ -205,14 +210,19 @@ def frame_header(camera: str, series: str, seq: int, data: np.ndarray, exptime: 
                   exptime, timestamp, dict(meta or {}), timestamp_s=unix_time(timestamp))
 
 
-def encode(header: Header, data: np.ndarray | None = None) -> list[Any]:
-    """The parts of a message: ``[header JSON]`` or ``[header JSON, pixels]`` (pixels C order, no copy).
+def encode(header: Header, data: np.ndarray | None = None, states: np.ndarray | None = None) -> list[Any]:
+    """The parts of a message: ``[header JSON]`` or ``[header JSON, pixels]`` (pixels C order, no copy), and
+    for an output frame whose ``rtn.states`` is set, ``states`` (uint8, one per RTN pixel) as a third part.
 
     Raises
     ------
     ValueError
-        ``data`` given for start / end, missing for a frame, or differing from the header's shape / dtype.
+        ``data`` given for start / end, missing for a frame, or differing from the header's shape / dtype;
+        ``states`` given or missing against ``rtn.states``.
     """
+    wants_states = header.rtn is not None and header.rtn.states
+    if wants_states != (states is not None):
+        raise ValueError("states must be given exactly when the header's rtn.states is set")
     if header.kind != "frame":
         if data is not None:
             raise ValueError(f"a {header.kind!r} message carries no pixels; data must be None")
@@ -222,7 +232,8 @@ def encode(header: Header, data: np.ndarray | None = None) -> list[Any]:
     if tuple(data.shape) != tuple(header.shape or ()) or data.dtype.str != header.dtype:
         raise ValueError(f"data has shape {data.shape} and dtype {data.dtype.str}, the header says "
                          f"{header.shape} and {header.dtype}")
-    return [header.to_json(), np.ascontiguousarray(data)]
+    parts = [header.to_json(), np.ascontiguousarray(data)]
+    return parts if states is None else [*parts, np.ascontiguousarray(states, dtype=np.uint8)]
 
 
 def _field(d: dict, name: str, types: tuple[type, ...], required: bool) -> Any:
@@ -319,9 +330,9 @@ def _rtn_info(rtn: dict) -> RTNInfo:
              "high": (int,), "vetoed": (int,), "out_of_table": (int,), "alpha": (int, float),
              "k_var": (int, float), "overload": (str,)}
     for name, value in rtn.items():
-        if name == "corrected":
+        if name in ("corrected", "states"):
             if not isinstance(value, bool):
-                raise ProtocolError("header", "header field 'rtn.corrected' must be a boolean")
+                raise ProtocolError("header", f"header field 'rtn.{name}' must be a boolean")
             continue
         _field(rtn, name, types[name], required=name in ("reference", "window", "alpha", "k_var",
                                                           "spatial_size", "cube"))
@@ -387,7 +398,7 @@ def _parse_header(raw: bytes | memoryview) -> Header:
 
 
 def decode(parts: list[Any]) -> tuple[Header, np.ndarray | None]:
-    """Parse and validate a received message.
+    """Parse and validate a received message (what producers send: a frame has exactly two parts).
 
     Parameters
     ----------
@@ -405,15 +416,27 @@ def decode(parts: list[Any]) -> tuple[Header, np.ndarray | None]:
     ProtocolError
         With ``reason`` in ``parts``, ``size``, ``json``, ``proto``, ``header``, ``dtype``, ``bytes``.
     """
+    header, data, _ = _decode(parts, output=False)
+    return header, data
+
+
+def decode_output(parts: list[Any]) -> tuple[Header, np.ndarray | None, np.ndarray | None]:
+    """Parse and validate a message of a job's output: as :func:`decode`, and a frame whose ``rtn.states``
+    is set carries a third part, returned as ``states`` (uint8, read-only, one per RTN pixel; else None)."""
+    return _decode(parts, output=True)
+
+
+def _decode(parts: list[Any], output: bool) -> tuple[Header, np.ndarray | None, np.ndarray | None]:
     if not parts:
         raise ProtocolError("parts", "empty message")
     buffers = [getattr(p, "buffer", p) for p in parts]
     header = _parse_header(buffers[0])
-    expected = 2 if header.kind == "frame" else 1
+    with_states = output and header.kind == "frame" and header.rtn is not None and header.rtn.states
+    expected = (3 if with_states else 2) if header.kind == "frame" else 1
     if len(parts) != expected:
         raise ProtocolError("parts", f"a {header.kind!r} message has {expected} part(s), got {len(parts)}")
     if header.kind != "frame":
-        return header, None
+        return header, None, None
     dtype = np.dtype(header.dtype)
     ny, nx = header.shape
     want = ny * nx * dtype.itemsize
@@ -421,7 +444,8 @@ def decode(parts: list[Any]) -> tuple[Header, np.ndarray | None]:
     if got != want:
         raise ProtocolError("bytes", f"frame {header.series}#{header.seq}: pixel part has {got} bytes, shape "
                                      f"{[ny, nx]} of {dtype.str} needs {want}")
-    return header, np.frombuffer(buffers[1], dtype=dtype).reshape(ny, nx)
+    data = np.frombuffer(buffers[1], dtype=dtype).reshape(ny, nx)
+    return header, data, np.frombuffer(buffers[2], dtype=np.uint8) if with_states else None
 
 
 # ---------------------------------------------------------------------------------------------- lossless output
