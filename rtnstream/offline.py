@@ -217,6 +217,7 @@ def correct_files(
         "corrections": asdict(totals),
         "settings": asdict(settings),
         "mode": mode,
+        "backend": ", ".join(sorted({r["backend"] for r in results})) or None,
         "cube_id": cube.cube_id,
         "cube_path": cube_path,
         "n_rtn_pixels": cube.n_rtn,
@@ -309,6 +310,7 @@ def _run_series(s: Series, cube: RTNCube, origin: tuple[int, int] | None, forced
         offset_path = _write_offset_map(s, corrector, total, opts, provenance, outdir / CALIB_DIR)
     return {
         "number": s.number, "reason": s.reason, "frames": pushed, "counts": total,
+        "backend": corrector.engine.backend.name,
         "first": s.files[0].path.name, "last": s.files[-1].path.name, "origin": origin,
         "bias_offset_map": str(offset_path) if offset_path else None,
         "files": [{"input": str(f.path), "output": str(outdir / f.path.name), "series": s.number,

@@ -154,7 +154,7 @@ def _simulate_and_correct(venv: Venv) -> dict:
                    "sim/stars_00001.fits", "-o", "corrected", "--no-progress").stdout
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["frames"] == 24 and summary["backend"] == "numpy"
-    for name in ("stars_00000.fits", "stars_00001.fits", "bias_offset.fits", "summary.json"):
+    for name in ("stars_00000.fits", "stars_00001.fits", "calib/series_001_bias_offset.fits", "summary.json"):
         assert (venv.cwd / "corrected" / name).is_file(), name
     return summary
 

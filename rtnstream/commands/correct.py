@@ -66,5 +66,6 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print("\n".join(summary["plan"]))
         return 0
-    print(json.dumps({k: summary[k] for k in ("frames", "corrections", "mode", "frames_per_s", "cube_id")}))
+    print(json.dumps({k: summary[k] for k in ("frames", "corrections", "mode", "backend", "frames_per_s",
+                                              "cube_id")}))
     return 0
