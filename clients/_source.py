@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import zmq
@@ -22,11 +23,24 @@ from rtnstream.clients.control import ControlClient
 from rtnstream.clients.stream import FrameSender
 from rtnstream.kernels.exceptions import RTNStreamError
 
-__all__ = ["SourceError", "SourceSender", "JobWatch", "open_sender", "finish"]
+__all__ = ["SourceError", "SourceSender", "JobWatch", "open_sender", "finish", "date_obs"]
 
 log = logging.getLogger(__name__)
 
 _SEND_SLICE_S = 0.5  # one blocking send attempt; a send is retried in slices of this length
+
+
+def date_obs(start: datetime, timespec: str = "milliseconds") -> str:
+    """``start`` as FITS DATE-OBS: ISO 8601 in UTC, no offset (a naive datetime is taken as UTC).
+
+    Parameters
+    ----------
+    start : datetime.datetime
+    timespec : {'milliseconds', 'microseconds', 'seconds'}
+        Precision, as :meth:`datetime.datetime.isoformat` takes it.
+    """
+    start = start.astimezone(UTC).replace(tzinfo=None) if start.tzinfo is not None else start
+    return start.isoformat(timespec=timespec)
 
 
 class SourceError(RTNStreamError):
