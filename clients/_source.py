@@ -119,13 +119,16 @@ class JobWatch:
             return self._report(self._counters())
         return dict(self._reported)
 
-    def settle(self, n_messages: int, timeout_s: float = 10.0) -> dict[str, int]:
-        """Wait until the job has counted ``n_messages`` messages since this watch opened (at most
-        ``timeout_s`` seconds); log and return the rejections (reason -> messages) since then."""
+    def settle(self, n_frames: int, timeout_s: float = 10.0) -> dict[str, int]:
+        """Wait until the job has counted ``n_frames`` messages since this watch opened and holds none in its
+        queue (at most ``timeout_s`` seconds); log and return the rejections (reason -> messages) since then.
+
+        A start or end message is counted only when rejected, so the count may still grow by those two."""
         deadline = time.monotonic() + timeout_s
         while True:
             counters = self._counters()
-            if counters["frames_in"] - self._in0 >= n_messages or time.monotonic() > deadline:
+            settled = counters["frames_in"] - self._in0 >= n_frames and counters["in_flight"] == 0
+            if settled or time.monotonic() > deadline:
                 return self._report(counters)
             time.sleep(0.05)
 

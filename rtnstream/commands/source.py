@@ -10,8 +10,10 @@ import argparse
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["configure", "run", "add_delivery_options", "open_sender"]
+__all__ = ["configure", "run", "add_delivery_options", "deliver"]
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +31,32 @@ def add_delivery_options(parser: argparse.ArgumentParser) -> None:
                         help="fail when nothing accepts a connection at the ingest endpoint within S seconds")
 
 
-def open_sender(args: argparse.Namespace):  # -> SourceSender (the service extra)
-    """The :class:`~rtnstream.clients._source.SourceSender` that :func:`add_delivery_options`' options ask for."""
-    from rtnstream.clients._source import open_sender as _open
+def deliver(args: argparse.Namespace, send: Callable[[Any], object]) -> int:
+    """Open the sender :func:`add_delivery_options`' options ask for, run ``send(sender)``, close it and report.
+
+    Returns
+    -------
+    int
+        The exit status: 0, or 1 when the job rejected any message (known with ``--service``).
+
+    Raises
+    ------
+    SourceError
+        Nothing accepts a connection at ``--ingest``, or ``--service`` / ``--job`` name no job.
+    """
+    from rtnstream.clients._source import finish, open_sender
 
     if not args.connect_timeout > 0:
         raise SystemExit(f"rtnstream {args.command}: error: --connect-timeout must be > 0 (s), "
                          f"got {args.connect_timeout}")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per poll of the job's counters
-    return _open(args.ingest, args.camera, args.service, args.job, args.connect_timeout, args.token)
+    sender = open_sender(args.ingest, args.camera, args.service, args.job, args.connect_timeout, args.token)
+    try:
+        send(sender)
+    except BaseException:
+        sender.close()
+        raise
+    return finish(sender, f"rtnstream {args.command}")
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -84,28 +103,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the source until it ends (INDI: SIGINT / SIGTERM); returns 0, or 1 when the job rejected frames."""
-    from rtnstream.clients._source import finish
-
     if args.kind == "indi":
         if args.idle_s is not None and not args.idle_s > 0:
             raise SystemExit(f"rtnstream source: error: --idle-s must be > 0 (s), got {args.idle_s}")
-        sender = open_sender(args)
-        try:
-            _listen_indi(args, sender)
-        except BaseException:
-            sender.close()
-            raise
-        return finish(sender, "source indi")
-    if args.kind == "alpaca":
-        camera = _alpaca_camera(args)
-        sender = open_sender(args)
-        try:
-            _acquire_alpaca(args, camera, sender)
-        except BaseException:
-            sender.close()
-            raise
-        return finish(sender, "source alpaca")
-    raise SystemExit(f"rtnstream source: error: unknown kind {args.kind!r}")
+        return deliver(args, lambda sender: _listen_indi(args, sender))
+    camera = _alpaca_camera(args)
+    return deliver(args, lambda sender: _acquire_alpaca(args, camera, sender))
 
 
 def _alpaca_camera(args: argparse.Namespace):  # -> alpaca.camera.Camera (the cameras extra)
