@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -68,12 +69,35 @@ def cube_path(tmp_path_factory) -> Path:
     return write_cube(cube, tmp_path_factory.mktemp("cube") / "cube.fits")
 
 
-def source(port: int, job: dict, server_url: str, *extra: str) -> subprocess.Popen:
-    """The command a user runs: ``rtnstream source indi`` as its own process."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "rtnstream", "source", "indi", "--server", f"127.0.0.1:{port}", "--device", DEVICE,
-         "--camera", "cam", "--ingest", job["config"]["ingest"], "--service", server_url, *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+class Source:
+    """The command a user runs, ``rtnstream source indi``, as its own process; its log read as it goes."""
+
+    def __init__(self, port: int, job: dict, server_url: str, *extra: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rtnstream", "source", "indi", "--server", f"127.0.0.1:{port}", "--device",
+             DEVICE, "--camera", "cam", "--ingest", job["config"]["ingest"], "--service", server_url, *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        self._reader.start()
+
+    def wait_listening(self) -> None:
+        """Until the listener has enabled the device's images (an image sent before is not seen)."""
+        wait_for(lambda: any("images of CCD1 enabled" in line for line in self.lines), 60, "the listener")
+
+    def stop(self) -> str:
+        """SIGTERM (what a service manager sends); returns the log after checking the exit status 0."""
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+        self._reader.join(10)
+        log = "".join(self.lines)
+        assert self.proc.returncode == 0, log
+        return log
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def test_exposures_triggered_by_another_client_arrive_corrected_one_for_one(indi, api, server, cube_path,
@@ -81,26 +105,23 @@ def test_exposures_triggered_by_another_client_arrive_corrected_one_for_one(indi
     upload = tmp_path / "upload"
     upload.mkdir()
     job = start_job(api, cube_path, reference="spatial")
-    proc = source(indi, job, server.url)
+    src = Source(indi, job, server.url)
     try:
         with Collector(FrameReceiver(job["config"]["push"], "pull")) as out:
             # the observatory software connects the camera, and keeps a copy of each image (to compare with)
             setprop(indi, "CONNECTION.CONNECT=On")
             setprop(indi, f"UPLOAD_SETTINGS.UPLOAD_DIR={upload}", "UPLOAD_SETTINGS.UPLOAD_PREFIX=IMG_XXX",
                     "UPLOAD_MODE.UPLOAD_BOTH=On")
+            src.wait_listening()
             exposures = [0.1, 0.1, 0.1, 0.2]  # the last one changes the settings: a new series
             for i, exptime in enumerate(exposures):
                 setprop(indi, f"CCD_EXPOSURE.CCD_EXPOSURE_VALUE={exptime}")
                 wait_for(lambda n=i + 1: len(out.series()) == n, 60, f"frame {i + 1} at the job's output")
-            proc.send_signal(signal.SIGTERM)
-            log, _ = proc.communicate(timeout=60)
-            assert proc.returncode == 0, log
+            log = src.stop()
             wait_for(lambda: out.ended(out.series()[-1].header.series), 20, "the end of the last series")
             frames = out.series()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        src.kill()
         api.stop_job(job["id"])
 
     # one for one: four exposures, four frames, in two series split at the exposure-time change
@@ -127,3 +148,25 @@ def test_exposures_triggered_by_another_client_arrive_corrected_one_for_one(indi
         assert msg.header.timestamp == header["DATE-OBS"]
         assert msg.header.meta["GAIN"] == 90 and msg.header.meta["XBINNING"] == 1
     assert "series" in log and "rejected" not in log and DEVICE in log
+
+
+def test_a_series_ends_after_idle_s_without_an_image(indi, api, server, cube_path):
+    job = start_job(api, cube_path, reference="spatial")
+    src = Source(indi, job, server.url, "--idle-s", "1")
+    try:
+        with Collector(FrameReceiver(job["config"]["push"], "pull")) as out:
+            setprop(indi, "CONNECTION.CONNECT=On", "UPLOAD_MODE.UPLOAD_CLIENT=On")
+            src.wait_listening()
+            setprop(indi, "CCD_EXPOSURE.CCD_EXPOSURE_VALUE=0.1")
+            wait_for(lambda: len(out.series()) == 1, 60, "the first frame")
+            first = out.series()[0].header.series
+            wait_for(lambda: out.ended(first), 20, "the end of the idle series")  # same settings, but idle
+            setprop(indi, "CCD_EXPOSURE.CCD_EXPOSURE_VALUE=0.1")
+            wait_for(lambda: len(out.series()) == 2, 60, "the second frame")
+            log = src.stop()
+        second = out.series()[1].header
+    finally:
+        src.kill()
+        api.stop_job(job["id"])
+    assert second.series != first and second.seq == 0
+    assert "ends (idle)" in log
