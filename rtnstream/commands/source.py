@@ -104,9 +104,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the source until it ends (INDI: SIGINT / SIGTERM); returns 0, or 1 when the job rejected frames."""
     if args.kind == "indi":
+        from rtnstream.clients.indi import INDISource  # the cameras extra: named before anything connects
+
         if args.idle_s is not None and not args.idle_s > 0:
             raise SystemExit(f"rtnstream source: error: --idle-s must be > 0 (s), got {args.idle_s}")
-        return deliver(args, lambda sender: _listen_indi(args, sender))
+        return deliver(args, lambda sender: _listen_indi(args, INDISource, sender))
     camera = _alpaca_camera(args)
     return deliver(args, lambda sender: _acquire_alpaca(args, camera, sender))
 
@@ -152,11 +154,9 @@ def _acquire_alpaca(args: argparse.Namespace, camera, sender) -> None:
              args.exposure)
 
 
-def _listen_indi(args: argparse.Namespace, sender) -> None:
-    from rtnstream.clients.indi import INDISource
-
+def _listen_indi(args: argparse.Namespace, source_class: type, sender) -> None:
     host, port = args.server
-    client = INDISource(host, port, args.device, sender, args.idle_s, progress=True)
+    client = source_class(host, port, args.device, sender, args.idle_s, progress=True)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
