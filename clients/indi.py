@@ -22,6 +22,7 @@ from typing import Any
 from indipyclient import IPyClient
 from tqdm import tqdm
 
+from rtnstream.clients._source import date_obs
 from rtnstream.clients.replay import header_meta, header_timestamp
 from rtnstream.clients.stream import FrameSender
 from rtnstream.fitsio import FrameSource
@@ -79,7 +80,6 @@ class INDISource(IPyClient):
         self.blob = blob
         self.sender = sender
         self.idle_s = idle_s
-        self.frames = 0
         self.resend_enableBLOB_on_def = False  # BLOBs of this one device only, enabled below
         self.enable_reports = False
         self._key: tuple | None = None  # settings of the open series
@@ -122,9 +122,8 @@ class INDISource(IPyClient):
         """Runs beside the INDI connection: ends the series after ``idle_s`` without an image."""
         while not self._stop:
             await asyncio.sleep(0.1)
-            if self.idle_s is not None and self._key is not None \
-                    and time.monotonic() - self._last_frame_s > self.idle_s:
-                await asyncio.get_running_loop().run_in_executor(self._io, self._end_series, "idle")
+            if self.idle_s is not None and self._key is not None and self._idle():
+                await asyncio.get_running_loop().run_in_executor(self._io, self._end_idle_series)
 
     # ------------------------------------------------------------------ frames
     def _settings(self) -> dict[tuple[str, str], float]:
@@ -160,7 +159,7 @@ class INDISource(IPyClient):
             meta.setdefault("EXPTIME", exptime)
         stamp = header_timestamp(header)  # the driver's DATE-OBS: the exposure's start
         if stamp is None and exposure is not None:
-            stamp = exposure[0].isoformat()
+            stamp = date_obs(exposure[0])
         key = (exptime, data.shape, data.dtype.str, *sorted((k, v) for k, v in settings.items() if k[0] in SETTINGS))
         if key != self._key:
             if self._key is not None:
@@ -172,8 +171,14 @@ class INDISource(IPyClient):
                      data.shape[1], data.shape[0])
         self.sender.send_frame(data, exptime=exptime, timestamp=stamp, meta=meta)
         self._last_frame_s = time.monotonic()
-        self.frames += 1
         self._bar.update(1)
+
+    def _idle(self) -> bool:
+        return time.monotonic() - self._last_frame_s > self.idle_s
+
+    def _end_idle_series(self) -> None:
+        if self._idle():  # asked again in the sending thread: a frame may have gone out since
+            self._end_series("idle")
 
     def _end_series(self, why: str) -> None:
         if self._key is not None:
