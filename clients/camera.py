@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from tqdm import tqdm
 
+from rtnstream.clients._source import date_obs
 from rtnstream.clients.stream import FrameSender
 from rtnstream.kernels.simulate import Scene, SensorModel, SimulatedFrame
 
@@ -31,11 +32,6 @@ def camera_meta(model: SensorModel, scene: Scene | None) -> dict[str, object]:
     return {"INSTRUME": "rtnstream simulated camera", "DETECTOR": f"simulated {model.shape[0]}x{model.shape[1]}",
             "IMAGETYP": imagetyp, "EGAIN": float(model.gain_e_per_adu), "READOUTM": READOUT_MODE,
             "XBINNING": 1, "YBINNING": 1}
-
-
-def _date_obs(start: datetime) -> str:
-    """ISO 8601 UTC with milliseconds, as FITS DATE-OBS (no offset)."""
-    return start.strftime("%Y-%m-%dT%H:%M:%S.") + f"{start.microsecond // 1000:03d}"
 
 
 def run_camera(sender: FrameSender, model: SensorModel, n_frames: int, fps: float | None = None,
@@ -90,7 +86,7 @@ def run_camera(sender: FrameSender, model: SensorModel, n_frames: int, fps: floa
                 time.sleep(delay)
         if on_frame is not None:
             on_frame(seq, frame)
-        start = _date_obs(datetime.now(UTC) - timedelta(seconds=exptime_s))
+        start = date_obs(datetime.now(UTC) - timedelta(seconds=exptime_s))
         sender.send_frame(frame.data, exptime=exptime_s, timestamp=start,
                           meta={**keywords, "DATE-OBS": start, "EXPTIME": exptime_s})
     sender.end_series()

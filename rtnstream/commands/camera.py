@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from rtnstream.commands.source import add_delivery_options, deliver
 from rtnstream.kernels.cube import write_cube
 from rtnstream.kernels.simulate import Scene, SensorModel
 
@@ -16,8 +17,7 @@ log = logging.getLogger(__name__)
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``rtnstream camera``."""
-    parser.add_argument("--ingest", required=True, metavar="ENDPOINT",
-                        help="the job's ingest endpoint, e.g. tcp://127.0.0.1:5555")
+    add_delivery_options(parser)
     parser.add_argument("--camera", default="simcam", help="camera name in the headers")
     parser.add_argument("--shape", nargs=2, type=int, default=[512, 512], metavar=("NY", "NX"),
                         help="frame shape, pixels")
@@ -35,9 +35,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Send the series (or write the cube); returns 0."""
+    """Send the series (or write the cube); returns 0, or 1 when the job rejected frames (``--service``)."""
     from rtnstream.clients.camera import run_camera  # ZeroMQ: the service extra
-    from rtnstream.clients.stream import FrameSender
 
     try:
         shape = (args.shape[0], args.shape[1])
@@ -49,8 +48,5 @@ def run(args: argparse.Namespace) -> int:
         write_cube(model.true_cube(), args.write_cube, overwrite=True)
         log.info("wrote the true RTN cube of the simulated sensor to %s", args.write_cube)
         return 0
-    with FrameSender(args.ingest, args.camera) as sender:
-        series = run_camera(sender, model, args.frames, args.fps or None, scene, args.series, args.seed,
-                            progress=True)
-    log.info("sent series %s (%d frames) to %s", series, args.frames, args.ingest)
-    return 0
+    return deliver(args, lambda sender: run_camera(sender, model, args.frames, args.fps or None, scene, args.series,
+                                                   args.seed, progress=True))

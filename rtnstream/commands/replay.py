@@ -3,30 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import logging
+
+from rtnstream.commands.source import add_delivery_options, deliver
 
 __all__ = ["configure", "run"]
-
-log = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``rtnstream replay``."""
     parser.add_argument("files", nargs="+", metavar="FILE", help="FITS files in time order")
-    parser.add_argument("--ingest", required=True, metavar="ENDPOINT", help="the job's ingest endpoint")
+    add_delivery_options(parser)
     parser.add_argument("--camera", default="replay", help="camera name in the headers")
     parser.add_argument("--fps", type=float, default=0.0, help="frames/s (0: as fast as possible)")
     parser.add_argument("--series", help="series id (default: a new unique one)")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Send the files' frames; returns 0."""
+    """Send the files' frames; returns 0, or 1 when the job rejected frames (``--service``)."""
     from rtnstream.clients.replay import replay_files  # ZeroMQ: the service extra
-    from rtnstream.clients.stream import FrameSender
 
     if args.fps < 0:
         raise SystemExit(f"rtnstream replay: error: --fps must be >= 0, got {args.fps}")
-    with FrameSender(args.ingest, args.camera) as sender:
-        series, n = replay_files(sender, args.files, args.fps or None, args.series)
-    log.info("sent series %s (%d frames) to %s", series, n, args.ingest)
-    return 0
+    return deliver(args, lambda sender: replay_files(sender, args.files, args.fps or None, args.series,
+                                                     progress=True))
