@@ -19,6 +19,7 @@ out.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import threading
@@ -203,6 +204,10 @@ class Job:
         Finished series (summaries, in the order they finished) whose bias offset maps are written.
     series_ended : int
         Series the pipeline ended (handed to the series writer).
+    maps_failed : int
+        Series whose bias offset map could not be written (disk full...): listed with ``bias_offset`` false.
+    written : dict or None
+        The record the housekeeping last wrote (an unchanged record is not written again).
     pending : set of Future
         Series still with the series writer.
     """
@@ -218,6 +223,8 @@ class Job:
     final: dict[str, Any] = field(default_factory=dict)
     series: list[dict[str, Any]] = field(default_factory=list)
     series_ended: int = 0
+    maps_failed: int = 0
+    written: dict[str, Any] | None = None
     pending: set[Future] = field(default_factory=set)
     endpoints: dict[str, str | None] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -232,6 +239,7 @@ class Job:
         counters = dict(live.get("counters", {}))
         if "series_finished" in counters:
             counters["series_finished"] = len(self.series)
+            counters["bias_maps_failed"] = self.maps_failed
         return {
             "id": self.id, "camera": self.config.camera, "cube_id": self.config.cube_id, "state": self.state,
             "config": self.config.model_dump(), "counters": counters,
@@ -315,8 +323,10 @@ class JobManager:
             # round, so an older snapshot can never overwrite the newer state
             if job.lock.acquire(blocking=False):
                 try:
-                    if job.pipeline is not None:
-                        self.store.put_job(job.status())
+                    record = job.status() if job.pipeline is not None else None
+                    if record is not None and record != job.written:  # an idle job writes nothing
+                        self.store.put_job(record)
+                        job.written = record
                 finally:
                     job.lock.release()
         self.store.renew_lease(self.instance, self.settings.node_id, self.settings.instance_lease_s)
@@ -496,7 +506,9 @@ class JobManager:
 
     @staticmethod
     def _local(job: Job) -> dict[str, Any]:
-        return {**job.status(), "live": job.pipeline is not None, "series": list(job.series)}
+        live = job.pipeline is not None
+        return {**job.status(), "live": live, "series": list(job.series),
+                "updated_at": time.time() if live else None}  # a running job's figures are as of now
 
     def _stored(self, record: dict[str, Any]) -> dict[str, Any]:
         return {**record, "live": False, "series": self.store.get_series(record["id"])}
@@ -606,10 +618,14 @@ class JobManager:
         h["NFRAMES"] = (result.frames, "frames of the series through the engine")
         h["RTNCUBE"] = (job.config.cube_id, "RTN cube id")
         h["RTNREF"] = (job.config.reference, "reference mode")
-        try:
+        part = path.with_name(f".{path.name}.part")
+        try:  # atomically: a full disk leaves no partial map under the map's name
             path.parent.mkdir(parents=True, exist_ok=True)
-            hdu.writeto(path, overwrite=True, checksum=True)
+            hdu.writeto(part, overwrite=True, checksum=True)
+            os.replace(part, path)
         except OSError as exc:
+            part.unlink(missing_ok=True)
+            job.maps_failed += 1
             log.error("job %s: bias offset map of series %r (number %d) not written: %s", job.id,
                       result.series, index, exc)
             return False

@@ -42,6 +42,11 @@ def _encode(record: dict[str, Any]) -> dict[str, str]:
     return {k: json.dumps(v) for k, v in record.items() if v is not None}
 
 
+def _not_newer(error: redis.ResponseError) -> bool:
+    """True for XADD's refusal of an entry id not above the stream's last one."""
+    return "equal or smaller" in str(error)
+
+
 def _decode(raw: dict[str, str]) -> dict[str, Any]:
     return {k: json.loads(v) for k, v in raw.items()}
 
@@ -215,6 +220,13 @@ class JobStore:
                 log.warning("Redis unavailable (%s); job state is buffered and written when it returns", exc)
             self._available = False
             return False
+        refused = [r for r in replies if isinstance(r, redis.ResponseError) and not _not_newer(r)]
+        if refused:  # e.g. MISCONF (its disk is full) or OOM: Redis is there but keeps nothing; as an outage
+            if self._available:
+                log.warning("Redis refused the job state writes (%s); they are buffered and written when it "
+                            "accepts them", refused[0])
+            self._available = False
+            return False
         retry = self._refused(replies[2 * len(jobs):2 * len(jobs) + len(events)], events, first)
         with self._lock:
             for job_id, record in jobs.items():
@@ -235,17 +247,12 @@ class JobStore:
     @staticmethod
     def _refused(replies: list[Any], events: list[list[Any]], first: list[bool]) -> list[list[Any]]:
         """Events to send again: those Redis refused as not newer on their first attempt, now with an id
-        of Redis's choosing. A retry refused so was written by an earlier attempt that timed out; any other
-        refusal is logged and dropped."""
+        of Redis's choosing. A retry refused so was written by an earlier attempt that timed out."""
         again = []
         for reply, ev, first_try in zip(replies, events, first, strict=True):
-            if not isinstance(reply, redis.ResponseError):
-                continue
-            if first_try and "equal or smaller" in str(reply):
+            if isinstance(reply, redis.ResponseError) and first_try:
                 ev[2] = "*"
                 again.append(ev)
-            elif first_try or "equal or smaller" not in str(reply):
-                log.error("Redis refused an event of job %s (%s); dropped", ev[0], reply)
         return again
 
     # ------------------------------------------------------------------ reads and deletes (direct)

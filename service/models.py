@@ -47,12 +47,17 @@ def _endpoint_form(value: str | None) -> str | None:
 #: service's socket folder), ``inproc://name``, as :func:`rtnstream.service.endpoints.parse_endpoint` checks.
 Endpoint = Annotated[str, Field(max_length=300, examples=["tcp://0.0.0.0:5555"]), AfterValidator(_endpoint_form)]
 #: Limits of the service: what both backends take (the CUDA kernels' own limits).
-Window = Annotated[int, Field(ge=4, le=MAX_WINDOW, description=f"temporal window W, frames (even, 4..{MAX_WINDOW})")]
-SpatialSize = Annotated[int, Field(ge=3, le=MAX_SPATIAL_SIZE, description="side of the spatial neighbourhood, "
-                                                                          f"pixels (odd, 3..{MAX_SPATIAL_SIZE})")]
-QueueFrames = Annotated[int, Field(ge=1, le=4096)]
-OutputFrames = Annotated[int, Field(ge=1, le=1024)]
-OutputBytes = Annotated[int, Field(ge=1 << 20, le=1 << 40)]
+Window = Annotated[int, Field(strict=True, ge=4, le=MAX_WINDOW,
+                              description=f"temporal window W, frames (even, 4..{MAX_WINDOW})")]
+SpatialSize = Annotated[int, Field(strict=True, ge=3, le=MAX_SPATIAL_SIZE,
+                                   description=f"spatial neighbourhood side, pixels (odd, 3..{MAX_SPATIAL_SIZE})")]
+QueueFrames = Annotated[int, Field(strict=True, ge=1, le=4096)]
+OutputFrames = Annotated[int, Field(strict=True, ge=1, le=1024)]
+OutputBytes = Annotated[int, Field(strict=True, ge=1 << 20, le=1 << 40)]
+#: The jump test's significance: (1e-12, 0.5); a smaller alpha would never correct anything.
+Alpha = Annotated[float, Field(strict=True, ge=1e-12, lt=0.5, description="significance of the jump test, in "
+                                                                           "[1e-12, 0.5)")]
+KVar = Annotated[float, Field(strict=True, gt=0, le=1e6, description="variability veto factor, in (0, 1e6]")]
 
 
 def _engine_rule(value: Any, info: ValidationInfo) -> Any:
@@ -86,7 +91,7 @@ class CubeInfo(BaseModel):
 
 
 class _JobOptions(BaseModel):
-    camera: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$",
+    camera: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$",
                         description="camera stream name")
     cube_id: str = Field(pattern=CUBE_ID_PATTERN, description="id of an uploaded RTN cube")
     ingest: Endpoint = Field(description="ZeroMQ endpoint the job's PULL socket binds")
@@ -95,8 +100,8 @@ class _JobOptions(BaseModel):
                                                     "credit protocol: docs/protocol.md)")
     reference: Literal["temporal", "causal", "spatial"] = "temporal"
     window: Window = 10
-    alpha: float = Field(0.003, description="significance of the jump test, in (0, 0.5)")
-    k_var: float = Field(1.5, description="variability veto factor (> 0)")
+    alpha: Alpha = 0.003
+    k_var: KVar = 1.5
     spatial_size: SpatialSize = 5
     overload: Literal["block", "passthrough", "drop"] = "block"
     states: bool = Field(False, description="send each output frame's per-pixel decisions (a third message part, "
@@ -129,7 +134,8 @@ class JobCreate(_JobOptions):
 
     @model_validator(mode="after")
     def _distinct_endpoints(self) -> JobCreate:
-        bound = [e for e in (self.ingest, self.publish, self.push) if e is not None]
+        # endpoints with a wildcard port ("tcp://host:*") each get a free port of their own
+        bound = [e for e in (self.ingest, self.publish, self.push) if e is not None and not e.endswith(":*")]
         if len(set(bound)) != len(bound):
             raise ValueError("ingest, publish and push must be different endpoints")
         return self
@@ -142,8 +148,8 @@ class JobDefaults(BaseModel):
 
     reference: Literal["temporal", "causal", "spatial"] | None = None
     window: Window | None = None
-    alpha: float | None = None
-    k_var: float | None = None
+    alpha: Alpha | None = None
+    k_var: KVar | None = None
     spatial_size: SpatialSize | None = None
     overload: Literal["block", "passthrough", "drop"] | None = None
     backend: Literal["auto", "numpy", "cupy"] | None = None
@@ -241,6 +247,8 @@ class JobCounters(BaseModel):
     out_of_table: int = 0
     series_started: int = 0
     series_finished: int = 0
+    bias_maps_failed: int = Field(0, description="finished series whose bias offset map could not be written "
+                                                 "(listed with bias_offset false)")
 
 
 class Throughput(BaseModel):

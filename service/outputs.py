@@ -98,6 +98,7 @@ class LosslessOutput:
         self._peer: bytes | None = None
         self._limit = -1  # highest delivery id the consumer accepts now
         self._sent = -1  # highest delivery id sent to the current consumer
+        self._highest_sent = -1  # highest delivery id sent to any consumer
         self.reconnects = 0
 
     @property
@@ -140,8 +141,9 @@ class LosslessOutput:
                 self._log.warning("credit", "job %s: ignored a malformed message from the lossless consumer: %s",
                                   self._name, exc)
                 continue
-            # acknowledgements of another epoch (an earlier job) or of ids never sent acknowledge nothing
-            self._credit(peer, min(ack, self._next_id - 1) if epoch == self.epoch else -1, credit)
+            # acknowledgements of another epoch (an earlier job) acknowledge nothing, and none goes beyond what
+            # was sent: a confused consumer cannot make frames count as delivered that it never received
+            self._credit(peer, min(ack, self._highest_sent) if epoch == self.epoch else -1, credit)
         self._transmit()
 
     def drain(self, keep_going: Callable[[], bool]) -> None:
@@ -195,3 +197,4 @@ class LosslessOutput:
                 self._peer = None  # gone: wait for a consumer to ask again
                 break
             self._sent = d.id
+            self._highest_sent = max(self._highest_sent, d.id)

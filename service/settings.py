@@ -236,6 +236,9 @@ class ServiceSettings(BaseSettings):
             raise ValueError("set both zmq_curve_secret_file and zmq_curve_clients_dir, or neither")
         if self.token is not None and not self.token.get_secret_value():
             self.token = None
+        if self.token is not None and not self.token.get_secret_value().strip():
+            raise ValueError("token is blank (only white space): no client could ever send it; give a real token "
+                             "or none")
         return self
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ import numpy as np
 
 __all__ = ["LATENCY_BUCKETS_S", "PipelineCounters", "LatencyHistogram", "RateWindow", "RateLimitedLog"]
 
+_INT64_MAX = 2**63 - 1
 #: Upper bounds of the latency histogram's buckets, s (Prometheus ``le``; +Inf is added).
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
@@ -71,10 +72,11 @@ class PipelineCounters:
         self._lock = threading.Lock()
 
     def add(self, **increments: int) -> None:
-        """Add to counters by name (thread-safe)."""
+        """Add to counters by name (thread-safe); a counter saturates at 2^63 - 1, it never wraps or
+        leaves int64 (a producer's seq jumping to 2^63 - 1 makes a gap that large at once)."""
         with self._lock:
             for name, n in increments.items():
-                setattr(self, name, getattr(self, name) + n)
+                setattr(self, name, min(getattr(self, name) + n, _INT64_MAX))
 
     def reject(self, reason: str, n: int = 1, in_flight: bool = False) -> None:
         """Count ``n`` messages as rejected for ``reason``: just received, or (``in_flight``) accepted before."""

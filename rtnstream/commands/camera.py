@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``rtnstream camera``."""
-    add_delivery_options(parser)
+    add_delivery_options(parser, ingest_required=False)  # not needed with --write-cube
     parser.add_argument("--camera", default="simcam", help="camera name in the headers")
     parser.add_argument("--shape", nargs=2, type=int, default=[512, 512], metavar=("NY", "NX"),
                         help="frame shape, pixels")
@@ -48,5 +48,7 @@ def run(args: argparse.Namespace) -> int:
         write_cube(model.true_cube(), args.write_cube, overwrite=True)
         log.info("wrote the true RTN cube of the simulated sensor to %s", args.write_cube)
         return 0
+    if args.ingest is None:
+        raise SystemExit("rtnstream camera: error: --ingest is required (unless --write-cube)")
     return deliver(args, lambda sender: run_camera(sender, model, args.frames, args.fps or None, scene, args.series,
                                                    args.seed, progress=True))

@@ -18,9 +18,9 @@ __all__ = ["configure", "run", "add_delivery_options", "deliver"]
 log = logging.getLogger(__name__)
 
 
-def add_delivery_options(parser: argparse.ArgumentParser) -> None:
+def add_delivery_options(parser: argparse.ArgumentParser, ingest_required: bool = True) -> None:
     """The options of every frame source: where the job listens, and how to learn of its rejections."""
-    parser.add_argument("--ingest", required=True, metavar="ENDPOINT",
+    parser.add_argument("--ingest", required=ingest_required, metavar="ENDPOINT",
                         help="the job's ingest endpoint, e.g. tcp://127.0.0.1:5555")
     parser.add_argument("--service", metavar="URL",
                         help="the service's base URL (e.g. http://127.0.0.1:8000): the job's rejections are "

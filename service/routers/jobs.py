@@ -48,6 +48,7 @@ def to_status(record: dict[str, Any]) -> JobStatus:
         backend=record.get("backend"), device=record.get("device"), endpoints=record.get("endpoints") or {},
         queue_depth=record.get("queue_depth"), series=record.get("series", []), error=record.get("error"),
         created_at=record["created_at"], updated_at=record.get("updated_at"), node=record.get("node"),
+        instance=record.get("instance"),
     )
 
 

@@ -339,6 +339,8 @@ def test_metrics_answer_after_a_huge_seq(api, server, cube_id, sim):
     ({"spatial_size": 10001}, "spatial_size"), ({"spatial_size": 11}, "spatial_size"),
     ({"ingest": "inproc://" + "x" * 250}, "ingest"), ({"output_queue_frames": 0}, "output_queue_frames"),
     ({"output_queue_bytes": 10}, "output_queue_bytes"), ({"queue_frames": 10**6}, "queue_frames"),
+    ({"window": "10"}, "window"), ({"window": 10.0}, "window"), ({"k_var": True}, "k_var"),  # the outside attack
+    ({"alpha": 5e-324}, "alpha"), ({"alpha": True}, "alpha"),
 ])
 def test_settings_that_cannot_work_are_refused_before_anything_starts(api, cube_id, changes, field):
     jobs_before = len(api.list_jobs())
@@ -426,3 +428,52 @@ def test_tcp_port_is_never_taken_modulo_65536(context, sim):
         Pipeline("mod", sim.cube, PipelineConfig(ingest=f"tcp://127.0.0.1:{port + 65536}", publish=loopback(),
                                                 backend="numpy"), context)
     assert err.value.field == "ingest" and not err.value.conflict
+
+
+def test_an_acknowledgement_beyond_what_was_sent_acknowledges_only_what_was_sent(context, sim):
+    """Found by the outside attack: an ack of 10^6 after 3 messages made 16 frames count as delivered."""
+    from rtnstream.service.protocol import decode, encode_credit, parse_delivery
+
+    p = Pipeline("over-ack", sim.cube, PipelineConfig(ingest=loopback(), publish=loopback(), push=loopback(),
+                                                     engine=EngineSettings(reference="causal", window=4),
+                                                     backend="numpy"), context)
+    p.start()
+    liar = context.socket(zmq.DEALER)
+    liar.connect(p.endpoints["push"])
+    liar.send_multipart(encode_credit(None, -1, 3))
+    with FrameSender(p.endpoints["ingest"], "cam", context=context) as tx:
+        tx.start_series("over")
+        for f in sim.frames[:16]:
+            tx.send_frame(f)
+        tx.end_series()
+        got = []
+        for _ in range(3):  # the start message and frames 0 and 1: the credit it asked for
+            assert liar.poll(10_000)
+            delivery, *parts = liar.recv_multipart()
+            got.append((parse_delivery(delivery), decode(parts)[0]))
+        epoch = got[0][0][0]
+        liar.send_multipart(encode_credit(epoch, 10**6, 0))  # "I have everything"
+        wait_for(lambda: p.status()["counters"]["frames_out"] >= 2, what="the two frames it took")
+        time.sleep(0.3)  # any wrongly acknowledged frame would be counted by now
+        assert p.status()["counters"]["frames_out"] == 2
+        liar.close(linger=0)
+        with FrameReceiver(p.endpoints["push"], "pull", context=context) as rx:
+            assert [m.header.seq for m in receive_series(rx)] == list(range(2, 16))
+            assert p.stop(timeout_s=20)
+    assert p.status()["counters"]["frames_out"] == 16
+
+
+def test_two_wildcard_ports_on_one_host_are_two_endpoints(api, cube_id):
+    job = api.create_job(**_body(cube_id, ingest="tcp://127.0.0.1:*", publish="tcp://127.0.0.1:*"))
+    ep = api.get_job(job)["endpoints"]
+    assert ep["ingest"] != ep["publish"] and api.get_job(job)["state"] == "running"
+    api.stop_job(job)
+
+
+def test_a_blank_token_is_refused(tmp_path):
+    from pydantic import ValidationError
+
+    from rtnstream.service.settings import ServiceSettings
+
+    with pytest.raises(ValidationError, match="token is blank"):
+        ServiceSettings(data_dir=tmp_path, token="  \t")

@@ -53,3 +53,10 @@ def test_each_reason_is_logged_once_per_interval(caplog):
         again.warning("json", "a")
         again.warning("json", "b")
     assert [r.getMessage() for r in caplog.records] == ["a", "b"]
+
+
+def test_counters_saturate_at_int64():
+    c = PipelineCounters()
+    c.add(seq_gaps=2**63 - 1)
+    c.add(seq_gaps=2**63 - 1)
+    assert c.snapshot()["seq_gaps"] == 2**63 - 1
