@@ -5,11 +5,17 @@ any other host."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -25,6 +31,7 @@ from tests.service._support import N_FRAMES, SHAPE, loopback, offline
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
 SETTINGS = EngineSettings(window=10)
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
 
 
 def png_pixels(response: httpx.Response) -> np.ndarray:
@@ -234,3 +241,64 @@ def test_the_dashboard_in_chromium_shows_a_running_job_live_and_asks_only_the_se
     assert requests and {urlsplit(u).netloc for u in requests} == {service}, sorted(set(requests))
     assert {urlsplit(u).path for u in requests} >= {"/", "/dashboard/dashboard.js", "/dashboard/dashboard.css",
                                                      "/v1/jobs", "/readyz", f"/v1/jobs/{job_id}/preview.png"}
+
+
+def _read_until(proc: subprocess.Popen, needle: str, timeout_s: float = 120.0) -> str:
+    """Lines of ``proc``'s stdout up to the first that holds ``needle`` (that line returned)."""
+    found: list[str] = []
+
+    def read() -> None:
+        for line in proc.stdout:
+            if needle in line:
+                found.append(line)
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    assert found, f"{needle!r} not printed within {timeout_s} s (exit {proc.poll()})"
+    return found[0]
+
+
+def test_demo_prints_the_dashboard_and_lingers_until_ctrl_c(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "rtnstream", "demo", "--frames", "300", "--fps", "25",
+                             "--shape", "128", "192", "--backend", "numpy", "--linger", "inf"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        url = re.search(r"dashboard: (http://127\.0\.0\.1:\d+)/", _read_until(proc, "dashboard:")).group(1)
+        assert httpx.get(f"{url}/").status_code == 200
+        if CHROMIUM is not None and importlib.util.find_spec("playwright") is not None:
+            _screenshot(url, tmp_path / "dashboard.png")
+        _read_until(proc, "the service stays up")
+        (job,) = httpx.get(f"{url}/v1/jobs").json()["jobs"]
+        assert job["state"] == "running" and job["counters"]["frames_out"] == 300  # all corrected, still up
+        assert httpx.get(f"{url}/v1/jobs/{job['id']}/preview.png").status_code == 200
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0 and "summary" in out and "300 out of 300 in" in out
+
+
+def _screenshot(url: str, path: Path) -> None:
+    """A screenshot of the dashboard during the demo, once its series ended and its three pictures are there
+    (``RTNSTREAM_UPDATE_SCREENSHOTS=1``: written to docs/dashboard.png)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--disable-gpu", "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{url}/")
+            page.wait_for_function("""() => {
+                const imgs = [...document.querySelectorAll('.view img')];
+                return imgs.length === 3 && imgs.every(img => img.complete && img.naturalWidth > 0); }""",
+                                   timeout=120_000)
+            page.screenshot(path=str(path), full_page=True)
+        finally:
+            browser.close()
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if os.environ.get("RTNSTREAM_UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOT.write_bytes(path.read_bytes())
