@@ -32,6 +32,7 @@ from tests.service._support import N_FRAMES, SHAPE, loopback, offline
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
 SETTINGS = EngineSettings(window=10)
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "service.md"
 
 
 def png_pixels(response: httpx.Response) -> np.ndarray:
@@ -160,7 +161,7 @@ def test_picture_errors_use_the_envelope(server, api, cube_id, finished_series):
     assert error(f"/v1/jobs/{idle}/corrections.png") == (409, "not_running")
 
 
-def test_metrics_counters_histogram_one_label_set_per_job_and_redis_up(server, api, finished_series):
+def test_metrics_counters_histogram_one_label_set_per_job_redis_up_and_all_documented(server, api, finished_series):
     families = {f.name: f for f in text_string_to_metric_families(httpx.get(f"{server.url}/metrics").text)}
     for name in ("frames_in", "frames_out", "dropped", "passthrough", "abandoned", "vetoed", "rejected",
                  "corrections", "series_finished"):
@@ -179,6 +180,10 @@ def test_metrics_counters_histogram_one_label_set_per_job_and_redis_up(server, a
     count = next(s.value for s in mine if s.name.endswith("_count"))
     inf = next(s.value for s in mine if s.name.endswith("_bucket") and s.labels["le"] == "+Inf")
     assert count == inf == N_FRAMES
+
+    documented = set(re.findall(r"^\| `(rtnstream_\w+)` \| (\w+)", DOCS.read_text(), re.MULTILINE))
+    exported = {(f"{f.name}_total" if f.type == "counter" else f.name, f.type) for f in families.values()}
+    assert documented == exported  # docs/service.md names every metric, with its type, and no other
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary on PATH (apt-get install chromium)")
