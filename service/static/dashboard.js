@@ -181,7 +181,7 @@ function updateView(job) {
   const last = (job.series || []).filter(s => s.bias_offset).at(-1);
   view.querySelector("h3").textContent = `${job.config.camera} (job ${job.id}): ${job.state}` +
     (last ? `; last finished series ${last.series} (#${last.index}, ${last.frames} frames)` : "");
-  if (job.live && c.frames_out > 0) {
+  if (job.live && job.state === "running" && c.frames_out > 0) {  // not while stopping: it may be gone next
     refreshImage(picture(view, "preview", "latest corrected frame"),
                  `v1/jobs/${job.id}/preview.png?max_side=512&v=${c.frames_out}`, c.frames_out);
     const corrections = c.corrections_low + c.corrections_high;

@@ -187,7 +187,7 @@ def test_metrics_counters_histogram_one_label_set_per_job_redis_up_and_all_docum
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary on PATH (apt-get install chromium)")
-def test_the_dashboard_in_chromium_shows_a_running_job_live_and_asks_only_the_service(server, streaming_job):
+def test_the_dashboard_in_chromium_shows_a_running_job_live_and_asks_only_the_service(server, api, streaming_job):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (test extra)")
     job_id = streaming_job
     service = urlsplit(server.url).netloc
@@ -239,7 +239,14 @@ def test_the_dashboard_in_chromium_shows_a_running_job_live_and_asks_only_the_se
             page.click("#token-form button[type=submit]")
             page.locator(f'#jobs tr[data-job="{job_id}"] button.stop').click(timeout=20_000)
             page.locator(f'#jobs tr[data-job="{job_id}"] td.state:text-is("stopped")').wait_for(timeout=60_000)
-            page.locator(f'#jobs tr[data-job="{job_id}"] button.start').wait_for(timeout=20_000)
+            page.locator(f'#jobs tr[data-job="{job_id}"] button.start').click(timeout=20_000)
+            again = page.locator('#jobs tr:has(td.camera:text-is("cam-live")):has(td.state:text-is("running"))')
+            again.wait_for(timeout=30_000)  # a new job with the same configuration, fed by the same camera
+            restarted = again.get_attribute("data-job")
+            assert restarted != job_id
+            api.wait_until(restarted, lambda j: j["config"]["ingest"] == api.get_job(job_id)["config"]["ingest"]
+                           and j["counters"]["frames_out"] > 0)
+            api.stop_job(restarted)
         finally:
             browser.close()
     assert problems == []
