@@ -225,6 +225,9 @@ async function poll() {
       const list = jobs.body.jobs;
       list.forEach(j => remember(j, now));
       document.querySelector("#jobs tbody").replaceChildren(...list.map(jobRow));
+      const listed = new Set(list.map(j => j.id));
+      document.querySelectorAll("#views .view").forEach(v => { if (!listed.has(v.dataset.job)) v.remove(); });
+      for (const id of history.keys()) if (!listed.has(id)) history.delete(id);
       list.forEach(updateView);
       updateCubes(list);
       drawCharts();
