@@ -461,7 +461,12 @@ def test_every_grafana_query_names_a_metric_a_running_service_exports(tmp_path):
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
     for topic in ("throughput", "latency", "rejections", "corrections", "queue depth", "redis"):
         assert topic in titles, topic
-    exprs = {p["title"]: [t["expr"] for t in p["targets"]] for p in dashboard["panels"]}
+    panels = dashboard["panels"]
+    assert dashboard["uid"] == "rtnstream" and len({p["id"] for p in panels}) == len(panels)
+    for p in panels:  # what Grafana needs to place and draw each panel
+        assert p["type"] in ("timeseries", "stat") and set(p["gridPos"]) == {"x", "y", "w", "h"}, p["title"]
+        assert len({t["refId"] for t in p["targets"]}) == len(p["targets"]), p["title"]
+    exprs = {p["title"]: [t["expr"] for t in p["targets"]] for p in panels}
     assert all(exprs.values())
     assert any("histogram_quantile(0.99" in e and "rtnstream_latency_seconds_bucket" in e
                for e in exprs["Latency quantiles, arrival to publish (histogram)"])
