@@ -24,10 +24,12 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from rtnstream.clients.control import ControlClient
 from rtnstream.clients.stream import FrameSender
 from rtnstream.kernels.engine import EngineSettings, RTNEngine
 from rtnstream.service.images import corrections_map, frame_preview, offset_map
-from tests.service._support import N_FRAMES, SHAPE, loopback, offline
+from rtnstream.service.server import BackgroundServer
+from tests.service._support import N_FRAMES, SHAPE, loopback, offline, service_settings
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
 SETTINGS = EngineSettings(window=10)
@@ -314,3 +316,30 @@ def _screenshot(url: str, path: Path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("RTNSTREAM_UPDATE_SCREENSHOTS") == "1":
         SCREENSHOT.write_bytes(path.read_bytes())
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary on PATH (apt-get install chromium)")
+def test_the_pages_stop_button_sends_the_token_entered_and_changes_nothing_with_a_wrong_one(tmp_path, sim):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (test extra)")
+    with BackgroundServer(service_settings(tmp_path / "service", token="s3cret")) as server, \
+            ControlClient(server.url, token="s3cret") as api:
+        job_id = api.create_job("cam-guarded", api.upload_cube(sim.cube_path)["id"], loopback(), loopback())
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--disable-gpu", "--disable-dev-shm-usage"])
+            try:
+                page = browser.new_page()
+                page.goto(f"{server.url}/")
+                row = page.locator(f'#jobs tr[data-job="{job_id}"]')
+                row.locator('td.state:text-is("running")').wait_for(timeout=20_000)
+                assert row.locator("button").count() == 0  # read-only without a token
+                for given in ("wrong", "s3cret"):
+                    page.fill("#token", given)
+                    page.click("#token-form button[type=submit]")
+                    row.locator("button.stop").click(timeout=20_000)
+                    if given == "wrong":
+                        page.locator('#message:has-text("unauthorized")').wait_for(timeout=20_000)
+                        assert api.get_job(job_id)["state"] == "running"  # nothing changed
+                row.locator('td.state:text-is("stopped")').wait_for(timeout=60_000)
+            finally:
+                browser.close()
+        assert api.get_job(job_id)["state"] == "stopped"
