@@ -18,7 +18,7 @@ from rtnstream.service.jobs import JobManager
 from rtnstream.service.jobstore import JobStore
 from rtnstream.service.metrics import make_registry
 from rtnstream.service.redis_conn import open_redis
-from rtnstream.service.routers import cubes, health, jobs
+from rtnstream.service.routers import cubes, dashboard, health, jobs
 from rtnstream.service.settings import ServiceSettings, get_settings
 from rtnstream.service.uploads import STREAMED_UPLOADS, BodyGuard
 
@@ -73,4 +73,5 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(cubes.router)
     app.include_router(jobs.router)
+    app.include_router(dashboard.router)
     return app

@@ -559,6 +559,24 @@ class JobManager:
         """Jobs created by this process."""
         return list(self._jobs.values())
 
+    def live_pipeline(self, job_id: str) -> Pipeline:
+        """The pipeline of a job running in this process (for live views: last frame, engine counters).
+
+        Raises
+        ------
+        JobNotFoundError
+        JobStateError
+            The job exists but no pipeline of this process runs it.
+        StoreUnavailableError
+            The job is not local and Redis cannot be reached.
+        """
+        job = self._jobs.get(job_id)
+        pipeline = None if job is None else job.pipeline
+        if pipeline is None:
+            record = self.get(job_id)
+            raise JobStateError(f"job {job_id} is {record['state']} and not running in this service process")
+        return pipeline
+
     def bias_offset_path(self, job_id: str, series: str, index: int | None = None) -> Path:
         """The FITS file of a finished series' bias offset map.
 

@@ -27,7 +27,8 @@ _COUNTERS = {
 
 
 class JobCollector(Collector):
-    """Counters and gauges per job (labels ``job``, ``camera``) of the jobs this process created."""
+    """Counters and gauges per job (labels ``job``, ``camera``) of the jobs this process created, and whether
+    Redis answers (``rtnstream_redis_up``)."""
 
     def __init__(self, manager: JobManager) -> None:
         self.manager = manager
@@ -53,6 +54,9 @@ class JobCollector(Collector):
         depth = GaugeMetricFamily("rtnstream_queue_depth", "frames waiting between receive and processing",
                                   labels=labels)
         running = GaugeMetricFamily("rtnstream_job_running", "1 while the job's pipeline runs", labels=labels)
+        redis_up = GaugeMetricFamily("rtnstream_redis_up", "1 when Redis (job state) answers a ping, else 0 "
+                                     "(jobs go on correcting; their state writes wait)")
+        redis_up.add_metric([], 1.0 if self.manager.store.ping() else 0.0)
         for job in self.manager.local_jobs():
             s = job.status()
             lab = [job.id, job.config.camera]
@@ -76,7 +80,7 @@ class JobCollector(Collector):
                     histogram.add_metric([*lab, source], buckets, total_s)
             running.add_metric(lab, 1.0 if job.pipeline is not None else 0.0)
         yield from counters.values()
-        yield from (rejected, corrections, fps, latency, histogram, depth, in_flight, running)
+        yield from (rejected, corrections, fps, latency, histogram, depth, in_flight, running, redis_up)
 
 
 def make_registry(manager: JobManager) -> CollectorRegistry:

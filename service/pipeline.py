@@ -198,6 +198,8 @@ class Pipeline:
         self.counters = PipelineCounters()
         self.rates = RateWindow(config.stats_window_s)
         self.error: str | None = None
+        #: The last frame published, (ny, nx), as it went out (a reference, not a copy; for live views)
+        self.last_frame: np.ndarray | None = None
         self._on_series_end = on_series_end
         self._rejects = RateLimitedLog(log, config.reject_log_interval_s)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=config.queue_frames)
@@ -497,6 +499,7 @@ class Pipeline:
         self.counters.add(corrections_low=c.low, corrections_high=c.high, vetoed=c.vetoed,
                           out_of_table=c.out_of_table, passthrough=int(passed))
         self._send_parts(parts, out.data.nbytes)
+        self.last_frame = out.data
         now = time.monotonic()
         ts = h.timestamp_s
         self.rates.record(now, now - item.t_arrival_s, out.data.size,

@@ -4,20 +4,24 @@ settings precedence of ``rtnstream serve --config``, the refusal of a non-loopba
 and camera presets over the real HTTP API."""
 
 import fnmatch
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from rtnstream.cli import build_parser
+from rtnstream.clients.stream import FrameSender
 from rtnstream.commands.serve import settings_from_args
 from rtnstream.service.jobs import load_preset
 from rtnstream.service.server import BackgroundServer, free_port
@@ -153,7 +157,7 @@ def test_dockerignore_sends_the_package_sources_and_little_else():
 # ------------------------------------------------------------------------------------------- compose
 def test_compose_services_profiles_and_health(compose, service_toml):
     services = compose["services"]
-    assert set(services) == {"redis", "rtnstream", "rtnstream-gpu", "camera", "sink"}
+    assert set(services) == {"redis", "rtnstream", "rtnstream-gpu", "camera", "sink", "prometheus", "grafana"}
     assert "name" not in compose and "version" not in compose  # compose 1.29 reads neither as v2 does
     for name, svc in services.items():
         assert svc["network_mode"] == "host" and "ports" not in svc, name  # the host's network, no mapping
@@ -202,7 +206,8 @@ def test_compose_services_profiles_and_health(compose, service_toml):
 @pytest.mark.skipif(not COMPOSE_V1.exists(), reason="Debian's docker-compose 1.29 is not installed")
 def test_compose_v1_reads_the_file():
     proc = subprocess.run([str(COMPOSE_V1), "-f", str(ROOT / "docker-compose.yml"), "--profile", "sim",
-                           "--profile", "gpu", "config", "-q"], capture_output=True, text=True, timeout=120)
+                           "--profile", "gpu", "--profile", "monitoring", "config", "-q"],
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -406,3 +411,84 @@ def test_serve_logs_how_http_is_guarded(tmp_path, host, argv, env, logged):
     assert proc.returncode == 0, out
     assert logged.format(port=port) in out
     assert "Traceback" not in out
+
+
+# ------------------------------------------------------------------------------------------- monitoring
+GRAFANA = ROOT / "deploy" / "grafana"
+
+
+def test_the_monitoring_profile_runs_prometheus_and_grafana_provisioned(compose):
+    services = compose["services"]
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    for svc, variable in ((prometheus, "RTNSTREAM_PROMETHEUS_IMAGE"), (grafana, "RTNSTREAM_GRAFANA_IMAGE")):
+        assert svc["profiles"] == ["monitoring"] and svc["network_mode"] == "host"
+        assert re.fullmatch(rf"\$\{{{variable}:-[\w./-]+:[\w.-]+\}}", svc["image"]), svc["image"]  # a variable
+        assert "build" not in svc
+    assert "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
+    assert "--web.listen-address=127.0.0.1:${RTNSTREAM_PROMETHEUS_PORT:-9090}" in prometheus["command"]
+    assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
+    assert "./deploy/grafana/dashboards:/var/lib/grafana/dashboards:ro" in grafana["volumes"]
+    env = grafana["environment"]
+    assert env["GF_SERVER_HTTP_ADDR"] == "127.0.0.1"  # loopback, like everything else in the file
+    assert env["RTNSTREAM_PROMETHEUS_PORT"] == "${RTNSTREAM_PROMETHEUS_PORT:-9090}"
+
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())["scrape_configs"]
+    (job,) = scrape
+    port = ServiceSettings.model_fields["port"].default  # compose runs the service on its default port
+    assert job["metrics_path"] == "/metrics" and job["static_configs"][0]["targets"] == [f"127.0.0.1:{port}"]
+    assert services["rtnstream"]["environment"]["RTNSTREAM_PORT"] == f"${{RTNSTREAM_HTTP_PORT:-{port}}}"
+
+    (source,) = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())[
+        "datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://127.0.0.1:${RTNSTREAM_PROMETHEUS_PORT}"
+    (provider,) = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "rtnstream.yml").read_text())[
+        "providers"]
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+    dashboard = json.loads((GRAFANA / "dashboards" / "rtnstream.json").read_text())
+    uids = {p["datasource"]["uid"] for p in dashboard["panels"]}
+    uids |= {t["datasource"]["uid"] for p in dashboard["panels"] for t in p["targets"]}
+    assert uids == {source["uid"]}  # every panel reads the provisioned data source
+
+
+def _exported_metric_names(url: str) -> set[str]:
+    """Every sample name in the service's /metrics (``_total``, ``_bucket``, ``_sum``, ``_count`` included)."""
+    text = httpx.get(f"{url}/metrics").text
+    return {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_every_grafana_query_names_a_metric_a_running_service_exports(tmp_path):
+    dashboard = json.loads((GRAFANA / "dashboards" / "rtnstream.json").read_text())
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for topic in ("throughput", "latency", "rejections", "corrections", "queue depth", "redis"):
+        assert topic in titles, topic
+    panels = dashboard["panels"]
+    assert dashboard["uid"] == "rtnstream" and len({p["id"] for p in panels}) == len(panels)
+    for p in panels:  # what Grafana needs to place and draw each panel
+        assert p["type"] in ("timeseries", "stat") and set(p["gridPos"]) == {"x", "y", "w", "h"}, p["title"]
+        assert len({t["refId"] for t in p["targets"]}) == len(p["targets"]), p["title"]
+    exprs = {p["title"]: [t["expr"] for t in p["targets"]] for p in panels}
+    assert all(exprs.values())
+    assert any("histogram_quantile(0.99" in e and "rtnstream_latency_seconds_bucket" in e
+               for e in exprs["Latency quantiles, arrival to publish (histogram)"])
+    queried = {name for es in exprs.values() for e in es for name in re.findall(r"\brtnstream_\w+", e)}
+    queried |= set(re.findall(r"\brtnstream_\w+", json.dumps(dashboard["templating"])))
+    sim = make_sim(tmp_path)
+    with BackgroundServer(service_settings(tmp_path / "service")) as server:
+        with httpx.Client(base_url=server.url) as client:
+            cube = client.post("/v1/cubes", files={"file": sim.cube_path.open("rb")}).json()["id"]
+            ingest = loopback()
+            job = client.post("/v1/jobs", json={"camera": "cam", "cube_id": cube, "ingest": ingest,
+                                                "publish": loopback()}).json()["id"]
+            with FrameSender(ingest, "cam") as tx, FrameSender(ingest, "other-cam") as stranger:
+                stranger.start_series("x")  # rejected (camera): every family has samples, rejections too
+                tx.start_series("s")
+                for f in sim.frames:
+                    tx.send_frame(f)
+                tx.end_series()
+                deadline = time.monotonic() + 60
+                while (c := client.get(f"/v1/jobs/{job}").json()["counters"])["frames_out"] < len(sim.frames) \
+                        or not c["rejected"]:
+                    assert time.monotonic() < deadline, "frames not delivered"
+                    time.sleep(0.05)
+            exported = _exported_metric_names(server.url)
+    assert queried and queried <= exported, sorted(queried - exported)

@@ -94,6 +94,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
                         help="compute backend (auto: CuPy when a GPU is usable, else NumPy)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated sensor and scene")
+    parser.add_argument("--linger", type=float, default=0.0, metavar="S",
+                        help="keep the service and its dashboard up S seconds after the camera's last frame, "
+                             "the job still running ('inf': until Ctrl-C; Ctrl-C ends the wait early)")
     parser.add_argument("-o", "--outdir", type=Path,
                         help="also write the corrected frames here as FITS (new files named "
                              "<camera>_<series>_<seq>.fits of this run's new series; nothing there is removed; "
@@ -148,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         write_cube(model.true_cube(), work / "cube.fits")
         settings = ServiceSettings(host="127.0.0.1", port=0, data_dir=work / "service", backend=args.backend)
         with BackgroundServer(settings) as server, ControlClient(server.url) as api:
-            print(f"service on {server.url} (job state in an embedded Redis)")
+            print(f"service on {server.url} (job state in an embedded Redis); dashboard: {server.url}/")
             cube = api.upload_cube(work / "cube.fits")
             ingest, publish, push = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
             job_id = api.create_job("demo-cam", cube["id"], ingest, publish, push=push,
@@ -175,9 +178,22 @@ def run(args: argparse.Namespace) -> int:
                 elapsed = time.monotonic() - t0
                 camera.join()
                 sink.join()
+            _linger(args.linger, server.url)
             final = api.stop_job(job_id)
     _summary(final, truth, elapsed)
     return 0
+
+
+def _linger(seconds: float, url: str) -> None:
+    """Keep the service up ``seconds`` (``inf``: until Ctrl-C) so that a person can look at its dashboard."""
+    if not seconds > 0:
+        return
+    until = "Ctrl-C" if seconds == float("inf") else f"{seconds:g} s or Ctrl-C"
+    print(f"the service stays up, its job running, for {until}: dashboard {url}/", flush=True)
+    try:
+        threading.Event().wait(None if seconds == float("inf") else seconds)
+    except KeyboardInterrupt:
+        print()
 
 
 def _summary(job: dict[str, Any], truth: TruthScore, elapsed_s: float) -> None:
