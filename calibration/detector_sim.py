@@ -361,7 +361,8 @@ def write_emva_series(
 
     Every exposure gets a bright and a dark pair (the standard's temporal sets); one exposure gets
     ``n_spatial`` bright and dark images (the spatial sets). The descriptor uses CRLF line ends and
-    Windows paths (``images\\b_0001_a.png``), exposure times in ns and photon counts per pixel. With
+    Windows paths (``images\\b_0001.png``), exposure times in ns and photon counts per pixel; images of
+    8 bits or fewer are stored as 8-bit, others as 16-bit. With
     ``fits_stacks`` the same frames are written under ``fits/`` as ``dark/``, ``flat/`` (``EXPTIME`` s,
     ``PHOTONS``, ``DATAMAX``) and ``bias/`` (the darks of the shortest exposure).
 
@@ -422,10 +423,11 @@ def write_emva_series(
         for frame in frames:
             k += 1
             name = f"{tag}_{k:04d}.{image_format}"
+            image = frame.astype(np.uint8) if m.bits <= 8 else frame
             if image_format == "png":
-                iio.imwrite(out / "images" / name, frame)
+                iio.imwrite(out / "images" / name, image)
             else:
-                tifffile.imwrite(out / "images" / name, frame)
+                tifffile.imwrite(out / "images" / name, image)
             names.append(f"i images\\{name}")
             if fits_stacks:
                 kind = "dark" if photons is None else "flat"
