@@ -16,6 +16,7 @@ import numpy as np
 
 from rtnstream import __version__
 from rtnstream.calibration import emva1288
+from rtnstream.calibration._fitsread import FrameReader
 from rtnstream.calibration._ptc import clipped_stats, fit_line, pair_gain, pixel_gain_maps
 from rtnstream.calibration.stacks import DEFAULT_MAX_BYTES, FitsStack, inspect_fits
 
@@ -182,7 +183,8 @@ def _measure_bias(
     std = np.sqrt(var)
     frame_means = np.array([
         clipped_stats(frame)[0]
-        for frame in bias.iter_frames(rows=rows, cols=cols, progress=progress, desc="bias stability")
+        for frame in FrameReader(bias).iter_frames(rows=rows, cols=cols, progress=progress,
+                                                   desc="bias stability")
     ])
     overall, _, _ = clipped_stats(frame_means)
     m_mean, m_median, m_sigma = clipped_stats(mean)
@@ -286,7 +288,7 @@ def _measure_flats(
     bias_region = master_bias[rows[0]:rows[1], cols[0]:cols[1]].astype(np.float64)
     signal = np.empty(flat.n_frames)
     saturated = np.zeros(flat.n_frames, dtype=bool)
-    for i, frame in enumerate(flat.iter_frames(rows=rows, cols=cols, progress=opts["progress"],
+    for i, frame in enumerate(FrameReader(flat).iter_frames(rows=rows, cols=cols, progress=opts["progress"],
                                                desc="flat regions")):
         signal[i] = float(np.mean(frame - bias_region))
         if level is not None:
@@ -327,11 +329,11 @@ def _measure_flats(
 
     # Photon transfer over exposures: one flat pair per exposure time with two or more flats.
     n_bias_pairs = bias.n_frames // 2
-    b0, b1 = (bias.read_frame(k, rows=rows, cols=cols) for k in (0, 1))
+    b0, b1 = (FrameReader(bias).read_frame(k, rows=rows, cols=cols) for k in (0, 1))
     ptc_points = []
     for t, idx in usable.items():
         if len(idx) >= 2:
-            f0, f1 = (flat.read_frame(k, rows=rows, cols=cols) for k in idx[:2])
+            f0, f1 = (FrameReader(flat).read_frame(k, rows=rows, cols=cols) for k in idx[:2])
             _, _, mean_adu, var_adu2 = pair_gain(f0, f1, b0, b1)
             ptc_points.append((t, mean_adu, var_adu2))
     if ptc_points:
@@ -363,8 +365,8 @@ def _measure_flats(
         n_pairs = max(1, min(len(idx) // 2, n_bias_pairs, opts["max_pairs"]))
         results = []
         for k in range(n_pairs):
-            f0, f1 = (flat.read_frame(i, rows=rows, cols=cols) for i in idx[2 * k:2 * k + 2])
-            bb0, bb1 = (bias.read_frame(i, rows=rows, cols=cols) for i in (2 * k, 2 * k + 1))
+            f0, f1 = (FrameReader(flat).read_frame(i, rows=rows, cols=cols) for i in idx[2 * k:2 * k + 2])
+            bb0, bb1 = (FrameReader(bias).read_frame(i, rows=rows, cols=cols) for i in (2 * k, 2 * k + 1))
             results.append(pair_gain(f0, f1, bb0, bb1))
         gains = np.array([r[0] for r in results])
         rn_adu = np.array([r[1] for r in results])
@@ -429,7 +431,7 @@ def _measure_darks(
     bias_region = master_bias[rows[0]:rows[1], cols[0]:cols[1]].astype(np.float64)
     clipped = np.empty(dark.n_frames)
     plain = np.empty(dark.n_frames)
-    for i, frame in enumerate(dark.iter_frames(rows=rows, cols=cols, progress=opts["progress"],
+    for i, frame in enumerate(FrameReader(dark).iter_frames(rows=rows, cols=cols, progress=opts["progress"],
                                                desc="dark regions")):
         diff = frame - bias_region
         clipped[i] = clipped_stats(diff)[0]
@@ -500,7 +502,9 @@ def _measure_emva(
 ) -> emva1288.EmvaResult:
     """The EMVA 1288 analysis of FITS stacks: one temporal point per exposure time and light level."""
     progress = opts["progress"]
-    frame_means = np.array([f.mean() for f in flat.iter_frames(progress=progress, desc="EMVA flat levels")])
+    flats, biases = FrameReader(flat), FrameReader(bias)
+    darks = FrameReader(dark) if dark is not None else None
+    frame_means = np.array([f.mean() for f in flats.iter_frames(progress=progress, desc="EMVA flat levels")])
     dark_groups = _by_exptime(dark_times) if dark is not None else {}
     points, from_bias = [], 0
     groups = [(t, level) for t, idx in _by_exptime(flat_times).items() for level in split_levels(idx, frame_means)]
@@ -508,11 +512,11 @@ def _measure_emva(
     for t, idx in groups:
         if len(idx) < 2:
             continue
-        pair = [flat.read_frame(i) for i in idx[:2]]
+        pair = [flats.read_frame(i) for i in idx[:2]]
         if len(dark_groups.get(t, [])) >= 2:
-            dark_pair = [dark.read_frame(i) for i in dark_groups[t][:2]]
+            dark_pair = [darks.read_frame(i) for i in dark_groups[t][:2]]
         else:
-            dark_pair, from_bias = [bias.read_frame(0), bias.read_frame(1)], from_bias + 1
+            dark_pair, from_bias = [biases.read_frame(0), biases.read_frame(1)], from_bias + 1
         photons = flat.headers[idx[0]].get(photons_key) if photons_key else None
         points.append(emva1288.temporal_point(t, None if photons is None else float(photons), pair, dark_pair))
     if from_bias:
@@ -525,16 +529,17 @@ def _measure_emva(
     bright = dark_stack = None
     big_t, big = max(groups, key=lambda g: len(g[1]), default=(None, []))
     if len(big) > 2:
-        bright = emva1288.spatial_stack(flat.subset(big).iter_frames(progress=progress, desc="EMVA bright stack"),
-                                        big_t)
+        frames = FrameReader(flat.subset(big)).iter_frames(progress=progress, desc="EMVA bright stack")
+        bright = emva1288.spatial_stack(frames, big_t)
         if len(dark_groups.get(big_t, [])) > 2:
-            dark_stack = emva1288.spatial_stack(
-                dark.subset(dark_groups[big_t]).iter_frames(progress=progress, desc="EMVA dark stack"), big_t)
+            frames = FrameReader(dark.subset(dark_groups[big_t])).iter_frames(progress=progress,
+                                                                             desc="EMVA dark stack")
+            dark_stack = emva1288.spatial_stack(frames, big_t)
         elif bias.n_frames > 2:
-            dark_stack = emva1288.spatial_stack(bias.iter_frames(progress=progress, desc="EMVA dark stack"), 0.0)
+            dark_stack = emva1288.spatial_stack(biases.iter_frames(progress=progress, desc="EMVA dark stack"), 0.0)
             if big_t > 0:
-                notes.warn(f"EMVA 1288: no darks at {big_t:g} s; the DSNU comes from the bias stack and leaves out "
-                           "the dark-current non-uniformity")
+                notes.warn(f"EMVA 1288: no darks at {big_t:g} s; the DSNU comes from the bias stack and leaves "
+                           "out the dark-current non-uniformity")
     return emva1288.analyze(points, dark_stack, bright, max_adu=_max_adu(flat, opts["saturation_adu"]))
 
 
