@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from tqdm import tqdm
 
 from rtnstream import __version__
 from rtnstream.calibration import emva1288
@@ -160,7 +161,13 @@ def _mean_var_maps(
     """Per-pixel mean (adu) and variance (adu^2, ddof=1) over a stack, band by band in float64."""
     mean = np.empty(stack.shape, dtype=np.float64)
     var = np.empty(stack.shape, dtype=np.float64)
-    for y0, y1, data in stack.iter_bands(max_bytes, progress=progress, desc=desc):
+    reader = FrameReader(stack)
+    step = stack.band_rows(max_bytes)
+    for y0 in tqdm(range(0, stack.shape[0], step), desc=desc, disable=not progress, unit="band"):
+        y1 = min(y0 + step, stack.shape[0])
+        data = np.empty((stack.n_frames, y1 - y0, stack.shape[1]))
+        for i in range(stack.n_frames):
+            data[i] = reader.read_frame(i, rows=(y0, y1))
         mean[y0:y1] = data.mean(axis=0)
         var[y0:y1] = data.var(axis=0, ddof=1) if stack.n_frames > 1 else np.nan
     return mean, var
