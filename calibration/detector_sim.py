@@ -36,6 +36,8 @@ class CameraModel:
         Standard deviation of the per-pixel fixed bias pattern, adu.
     bias_jitter_adu : float
         Standard deviation of the frame-to-frame bias level, adu.
+    bias_row_adu, bias_col_adu : float
+        Standard deviations of fixed per-row and per-column bias offsets, adu (row / column DSNU).
     dark_current_e_per_s : float
         Mean dark current of ordinary pixels, e-/pixel/s.
     dark_spread_frac : float
@@ -75,6 +77,8 @@ class CameraModel:
     bias_level_adu: float = 500.0
     bias_dsnu_adu: float = 2.0
     bias_jitter_adu: float = 0.01
+    bias_row_adu: float = 0.0
+    bias_col_adu: float = 0.0
     dark_current_e_per_s: float = 0.005
     dark_spread_frac: float = 0.1
     hot_pixel_fraction: float = 0.001
@@ -160,6 +164,12 @@ class CameraSimulator:
         for name in ("anomalous_mean", "noisy", "hot", "gain_map", "read_noise_map", "bias_map", "dark_map",
                      "qe_map"):
             setattr(self, name, getattr(self, name).reshape(m.shape))
+        # drawn only when asked for, so the other pixel properties of a seed stay as they were
+        self.row_offsets = m.bias_row_adu * rng.standard_normal(m.shape[0]) if m.bias_row_adu else np.zeros(
+            m.shape[0])
+        self.col_offsets = m.bias_col_adu * rng.standard_normal(m.shape[1]) if m.bias_col_adu else np.zeros(
+            m.shape[1])
+        self.bias_map = self.bias_map + self.row_offsets[:, None] + self.col_offsets[None, :]
         self._c_per_adu = m.nonlinearity_pct / 100.0 / m.nonlinearity_ref_adu
 
     def _frames(self, n: int, electrons_per_s: np.ndarray | None, exptime_s: float) -> np.ndarray:
@@ -336,6 +346,8 @@ def _emva_truth(sim: CameraSimulator, exposures_s: np.ndarray, spatial_exposure_
         "temporal_dark_noise_e": float(np.sqrt(dark_var_adu2) * gain),
         "dark_current_e_per_s": float(np.mean(sim.dark_map / g) * gain),
         "dsnu_e": float(np.std(dark_mean_map) * gain),
+        "dsnu_row_e": float(np.std(sim.row_offsets, ddof=1) * gain),
+        "dsnu_col_e": float(np.std(sim.col_offsets, ddof=1) * gain),
         "prnu_pct": float(100 * np.std(signal_map) / np.mean(signal_map)),
         "quantum_efficiency_pct": 100 * eta,
         "clip_level_adu": float(2**m.bits - 1),

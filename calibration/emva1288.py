@@ -413,6 +413,23 @@ def _spatial_var(stack: SpatialStack) -> float:
     return float(np.var(stack.mean_image_adu, ddof=1) - stack.temporal_var_adu2 / stack.n_frames)
 
 
+def _spatial_parts(stack: SpatialStack) -> dict[str, float]:
+    """Row, column and pixel parts of the spatial variance (adu^2), residual temporal noise removed.
+
+    With ``y_ij = mu + r_i + c_j + p_ij`` over M rows and N columns, the variance of the row means is
+    ``s_r^2 + s_p^2 / N``, of the column means ``s_c^2 + s_p^2 / M``, and the total ``s_r^2 + s_c^2 + s_p^2``;
+    the temporal noise ``sigma^2 / L`` enters each as a pixel part does.
+    """
+    image = stack.mean_image_adu
+    m, n = image.shape
+    temporal = stack.temporal_var_adu2 / stack.n_frames
+    total = float(np.var(image, ddof=1)) - temporal
+    rows = float(np.var(image.mean(axis=1), ddof=1)) - temporal / n
+    cols = float(np.var(image.mean(axis=0), ddof=1)) - temporal / m
+    pixel = (total - rows - cols) / (1 - 1 / m - 1 / n) if m > 1 and n > 1 else float("nan")
+    return {"total": total, "row": rows - pixel / n, "col": cols - pixel / m, "pixel": pixel}
+
+
 def _finish(sec: dict, curves: dict, notes: _Notes, dark: SpatialStack | None, bright: SpatialStack | None,
             gain: float | None) -> EmvaResult:
     maps: dict[str, np.ndarray] = {}
@@ -426,6 +443,11 @@ def _finish(sec: dict, curves: dict, notes: _Notes, dark: SpatialStack | None, b
         s2_dark = _spatial_var(dark)
         sec["dsnu_adu"] = float(np.sqrt(max(s2_dark, 0)))
         sec["dsnu_n_frames"] = dark.n_frames
+        dark_parts = _spatial_parts(dark)
+        for part in ("row", "col", "pixel"):
+            value = float(np.sqrt(max(dark_parts[part], 0)))
+            sec[f"dsnu_{part}_adu"] = value
+            sec[f"dsnu_{part}_e"] = value * gain if gain is not None else None
         if gain is not None:
             sec["dsnu_e"] = sec["dsnu_adu"] * gain
         else:
@@ -442,6 +464,10 @@ def _finish(sec: dict, curves: dict, notes: _Notes, dark: SpatialStack | None, b
         signal = float(bright.mean_image_adu.mean() - dark.mean_image_adu.mean())
         s2 = _spatial_var(bright) - _spatial_var(dark)
         sec["prnu_pct"] = float(100 * np.sqrt(max(s2, 0)) / signal) if signal > 0 else None
+        bright_parts = _spatial_parts(bright)
+        for part in ("row", "col", "pixel"):
+            diff = bright_parts[part] - dark_parts[part]
+            sec[f"prnu_{part}_pct"] = float(100 * np.sqrt(max(diff, 0)) / signal) if signal > 0 else None
         sec["prnu_n_frames"] = bright.n_frames
         sec["prnu_signal_adu"] = signal
         if signal <= 0:

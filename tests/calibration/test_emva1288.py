@@ -13,11 +13,12 @@ from rtnstream.calibration.emva_reader import parse_descriptor, read_image
 from rtnstream.calibration.report import write_report
 from rtnstream.commands import characterize as characterize_cmd
 
-# A 12-bit camera, 128 x 128: gain 4 e-/ADU, 6 e- read noise, 2 adu bias pattern, 20 e-/s dark current,
-# 1 % PRNU; the flux saturates the 4095 adu range near 1 s. 50 exposures from 10 ms to 1.2 s put 28 points
-# in the photon-transfer fit range and 9 past saturation.
+# A 12-bit camera, 128 x 128: gain 4 e-/ADU, 6 e- read noise, 2 adu pixel bias pattern with 1 adu row and
+# 0.5 adu column offsets, 20 e-/s dark current, 1 % PRNU; the flux saturates the 4095 adu range near 1 s.
+# 50 exposures from 10 ms to 1.2 s put 28 points in the photon-transfer fit range and 9 past saturation.
 _EMVA_CAMERA = dict(shape=(128, 128), gain_e_per_adu=4.0, read_noise_e=6.0, bias_level_adu=100.0,
-                    bias_dsnu_adu=2.0, bias_jitter_adu=0.0, dark_current_e_per_s=20.0, hot_pixel_fraction=0.0,
+                    bias_dsnu_adu=2.0, bias_row_adu=1.0, bias_col_adu=0.5, bias_jitter_adu=0.0,
+                    dark_current_e_per_s=20.0, hot_pixel_fraction=0.0,
                     anomalous_mean_fraction=0.0, noisy_pixel_fraction=0.0, flux_e_per_s=16000.0,
                     nonlinearity_ref_adu=4000.0, bits=12)
 _EXPOSURES_S = np.round(np.linspace(0.01, 1.2, 50), 6)
@@ -64,6 +65,12 @@ def test_figures_within_tolerance_of_truth(linear_camera, source):
     assert emva["dark_current_from_variance_e_per_s"] == pytest.approx(truth["dark_current_e_per_s"], rel=0.10)
     assert emva["dsnu_e"] == pytest.approx(truth["dsnu_e"], rel=0.10)
     assert emva["prnu_pct"] == pytest.approx(truth["prnu_pct"], rel=0.10)
+    # Row and column offsets: the pixel part leaks s_p^2 / 128 = 0.03 adu^2 into the line means, and
+    # that expected leak is removed; what stays is well inside 10 % of 1 and 0.5 adu.
+    assert emva["dsnu_row_e"] == pytest.approx(truth["dsnu_row_e"], rel=0.10)
+    assert emva["dsnu_col_e"] == pytest.approx(truth["dsnu_col_e"], rel=0.10)
+    assert emva["dsnu_pixel_e"] < emva["dsnu_e"]
+    assert emva["prnu_row_pct"] < 0.3 * emva["prnu_pct"]  # the PRNU of this camera has no row structure
     assert emva["quantum_efficiency_pct"] == pytest.approx(truth["quantum_efficiency_pct"], rel=0.01)
     # A linear camera: every linearity error within 0.2 points of zero (the point means scatter by ~0.02 %).
     assert abs(emva["linearity_error_min_pct"]) < 0.2 and abs(emva["linearity_error_max_pct"]) < 0.2
