@@ -94,7 +94,8 @@ class EmvaResult:
     curves : dict
         Per-point arrays for the plots (lists of float): ``signal_adu``, ``variance_adu2``, ``exposure_s``,
         ``photons``, ``snr``, ``linearity_x``, ``linearity_error_pct``, ``dark_mean_adu``,
-        ``dark_var_adu2``, and the row / column profiles ``dsnu_row_adu``, ``dsnu_col_adu``,
+        ``dark_var_adu2``, ``ptc_in_fit``, ``below_saturation`` and ``linearity_in_fit`` (bool per point),
+        and the row / column profiles ``dsnu_row_adu``, ``dsnu_col_adu``,
         ``prnu_row_pct``, ``prnu_col_pct`` when measured.
     maps : dict of str to numpy.ndarray
         ``dsnu_dark_adu`` (mean dark image) and ``prnu_signal_adu`` (mean bright minus mean dark image),
@@ -249,11 +250,12 @@ def _saturation(points: list[TemporalPoint], max_adu: float | None, notes: _Note
         notes.warnings.append(
             f"saturation: {len(clipped)} bright point(s) reach the largest value {max_adu:g} adu; the variance "
             f"peak at {points[i_sat].mean_adu:.6g} adu is taken as saturation")
-    flat = [p for p in points[i_sat + 1:] if p.var_adu2 < 0.5 * var[i_sat]]
-    if flat:
+    above = len(points) - 1 - i_sat
+    if above:
+        flat = int(np.sum(var[i_sat + 1:] < 0.5 * var[i_sat]))
         notes.warnings.append(
-            f"saturation: {len(flat)} point(s) above the variance peak (variance below half the peak, fully "
-            "clipped) are left out of every fit")
+            f"saturation: {above} point(s) above the variance peak are left out of every fit ({flat} of them "
+            "with less than half the peak variance: clipped)")
     return i_sat
 
 
@@ -310,6 +312,7 @@ def analyze(
     sat_signal = float(signal[i_sat])
     sec["saturation_adu"] = float(pts[i_sat].mean_adu)
     below = np.arange(len(pts)) <= i_sat
+    curves["below_saturation"] = below.tolist()
 
     # Photon transfer: sigma_y^2 - sigma_y.dark^2 = K (mu_y - mu_y.dark), through the origin, up to 70 %.
     ptc = below & (signal > 0) & (signal <= PTC_FIT_MAX_FRACTION * sat_signal)

@@ -313,9 +313,9 @@ def _fig_emva_snr(r: dict, m: dict) -> plt.Figure:
     gain = e["gain_e_per_adu"]
     electrons = np.asarray(c["signal_adu"]) * gain
     snr = np.asarray(c["snr"])
-    ok = (electrons > 0) & np.isfinite(snr) & (snr > 0)
+    ok = (electrons > 0) & np.isfinite(snr) & (snr > 0) & np.asarray(c["below_saturation"], dtype=bool)
     fig, ax = plt.subplots(figsize=(7, 4.8))
-    ax.loglog(electrons[ok], snr[ok], "o", label="measured")
+    ax.loglog(electrons[ok], snr[ok], "o", label="measured (up to saturation)")
     model = np.asarray(c["snr_model_electrons"])
     dark_e2 = (e["temporal_dark_noise_adu"] * gain) ** 2
     ax.loglog(model, model / np.sqrt(dark_e2 + model), "-", label="linear model")
