@@ -342,27 +342,12 @@ def analyze(
     else:
         sec["temporal_dark_noise_e"] = float(np.sqrt(dark_var - _QUANTIZATION_VAR_ADU2) * gain)
 
-    # Saturation capacity, SNR, sensitivity threshold, dynamic range.
-    mu_e_sat = sat_signal * gain
-    sigma_dark_e2 = dark_var * gain**2
-    sec["saturation_capacity_e"] = mu_e_sat
-    sec["snr_max"] = float(mu_e_sat / np.sqrt(sigma_dark_e2 + mu_e_sat))
-    sec["snr_max_db"] = float(20 * np.log10(sec["snr_max"]))
-    mu_e_min = 0.5 + np.sqrt(0.25 + sigma_dark_e2)
-    sec["absolute_sensitivity_threshold_e"] = float(mu_e_min)
-    sec["dynamic_range_db"] = float(20 * np.log10(mu_e_sat / mu_e_min))
-    sigma_y = np.sqrt(np.maximum(np.array([p.var_adu2 for p in pts]), 0))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        curves["snr"] = (signal / sigma_y).tolist()
-    curves["snr_model_electrons"] = np.geomspace(max(mu_e_min / 2, 1e-3), mu_e_sat, 60).tolist()
-
     # Responsivity and quantum efficiency (photon counts given): mu_y - mu_y.dark = R mu_p, up to 70 %.
     if has_photons:
         resp = _through_origin(photons[ptc], signal[ptc])
         sec["responsivity_adu_per_photon"] = resp
         eta = resp * gain
         sec["quantum_efficiency_pct"] = float(100 * eta)
-        sec["absolute_sensitivity_threshold_photons"] = float(mu_e_min / eta)
         if not 0 < eta <= 1:
             notes.warnings.append(f"quantum efficiency {100 * eta:.3g} % is outside (0, 100] %: check the photon "
                                   "counts")
@@ -370,6 +355,23 @@ def analyze(
         for what in ("quantum_efficiency_pct", "responsivity_adu_per_photon",
                      "absolute_sensitivity_threshold_photons"):
             notes.skip(what, "no photon counts given")
+
+    # Saturation capacity, SNR, sensitivity threshold, dynamic range.
+    # mu_e.sat = eta mu_p.sat when photon counts are given (the standard's definition), else from the signal
+    mu_e_sat = eta * float(photons[i_sat]) if has_photons else sat_signal * gain
+    sigma_dark_e2 = dark_var * gain**2
+    sec["saturation_capacity_e"] = mu_e_sat
+    sec["snr_max"] = float(np.sqrt(mu_e_sat))  # the standard's SNR_max: shot noise at saturation
+    sec["snr_max_db"] = float(20 * np.log10(sec["snr_max"]))
+    mu_e_min = 0.5 + np.sqrt(0.25 + sigma_dark_e2)
+    sec["absolute_sensitivity_threshold_e"] = float(mu_e_min)
+    if has_photons:
+        sec["absolute_sensitivity_threshold_photons"] = float(mu_e_min / eta)
+    sec["dynamic_range_db"] = float(20 * np.log10(mu_e_sat / mu_e_min))
+    sigma_y = np.sqrt(np.maximum(np.array([p.var_adu2 for p in pts]), 0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        curves["snr"] = (signal / sigma_y).tolist()
+    curves["snr_model_electrons"] = np.geomspace(max(mu_e_min / 2, 1e-3), mu_e_sat, 60).tolist()
 
     # Linearity against photons (or exposure time at constant light), 5 % to 95 % of saturation.
     lo, hi = LINEARITY_RANGE_FRACTION
