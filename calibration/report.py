@@ -453,7 +453,7 @@ def _html(report: dict, plots: list[tuple[str, str]], fits_files: list[tuple[str
         "<h2>Inputs</h2><table><tr><th>set</th><th>files</th><th>frames</th>"
         "<th>frames per exposure time (s)</th></tr>",
     ]
-    for name in ("bias", "dark", "flat"):
+    for name in ("bias", "dark", "flat") if not report["inputs"].get("emva") else ():
         info = report["inputs"].get(name)
         if info:
             parts.append(f"<tr><td>{name}</td><td>{info['n_files']}</td><td>{info['n_frames']}</td>"
