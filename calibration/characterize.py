@@ -10,11 +10,14 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+from tqdm import tqdm
 
 from rtnstream import __version__
+from rtnstream.calibration import emva1288
+from rtnstream.calibration._fitsread import FrameReader
 from rtnstream.calibration._ptc import clipped_stats, fit_line, pair_gain, pixel_gain_maps
 from rtnstream.calibration.stacks import DEFAULT_MAX_BYTES, FitsStack, inspect_fits
 
@@ -27,6 +30,7 @@ __all__ = [
     "DQ_HOT",
     "CharacterizationResult",
     "characterize",
+    "characterize_emva",
 ]
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,8 @@ log = logging.getLogger(__name__)
 _SIGMA_ANOMALOUS = 5.0
 _DENSITY_CELL_PX = 20
 _SATURATED_FRACTION = 1e-3  # a flat with more than this fraction of region pixels at saturation is left out
+_LEVEL_GAP_FRACTION = 0.01  # flats at one exposure whose mean signals differ by more are at different light levels
+_QUANTIZATION_NOISE_ADU = float(np.sqrt(1 / 12))
 
 
 @dataclass
@@ -155,7 +161,13 @@ def _mean_var_maps(
     """Per-pixel mean (adu) and variance (adu^2, ddof=1) over a stack, band by band in float64."""
     mean = np.empty(stack.shape, dtype=np.float64)
     var = np.empty(stack.shape, dtype=np.float64)
-    for y0, y1, data in stack.iter_bands(max_bytes, progress=progress, desc=desc):
+    reader = FrameReader(stack)
+    step = stack.band_rows(max_bytes)
+    for y0 in tqdm(range(0, stack.shape[0], step), desc=desc, disable=not progress, unit="band"):
+        y1 = min(y0 + step, stack.shape[0])
+        data = np.empty((stack.n_frames, y1 - y0, stack.shape[1]))
+        for i in range(stack.n_frames):
+            data[i] = reader.read_frame(i, rows=(y0, y1))
         mean[y0:y1] = data.mean(axis=0)
         var[y0:y1] = data.var(axis=0, ddof=1) if stack.n_frames > 1 else np.nan
     return mean, var
@@ -178,7 +190,8 @@ def _measure_bias(
     std = np.sqrt(var)
     frame_means = np.array([
         clipped_stats(frame)[0]
-        for frame in bias.iter_frames(rows=rows, cols=cols, progress=progress, desc="bias stability")
+        for frame in FrameReader(bias).iter_frames(rows=rows, cols=cols, progress=progress,
+                                                   desc="bias stability")
     ])
     overall, _, _ = clipped_stats(frame_means)
     m_mean, m_median, m_sigma = clipped_stats(mean)
@@ -234,6 +247,44 @@ def _saturation_level(flat: FitsStack, saturation_adu: float | None) -> float | 
     return None
 
 
+def split_levels(indices: Sequence[int], signal_adu: np.ndarray) -> list[list[int]]:
+    """Split flats of one exposure time into groups of one light level.
+
+    Parameters
+    ----------
+    indices : sequence of int
+        Frame indices of one exposure time.
+    signal_adu : numpy.ndarray, shape (n_frames,)
+        Mean bias-subtracted signal of every frame, adu.
+
+    Returns
+    -------
+    list of list of int
+        Groups, brightest last; consecutive levels more than 1 % (plus 1 adu) apart start a new group.
+    """
+    order = sorted(indices, key=lambda i: signal_adu[i])
+    groups = [[order[0]]] if order else []
+    for i in order[1:]:
+        last = signal_adu[groups[-1][-1]]
+        if signal_adu[i] - last > _LEVEL_GAP_FRACTION * abs(last) + 1.0:
+            groups.append([i])
+        else:
+            groups[-1].append(i)
+    return [sorted(g) for g in groups]
+
+
+def _largest_level(idx: list[int], signal: np.ndarray, t: float, notes: _Notes) -> list[int]:
+    """The flats of the most populated light level at one exposure time; warns when there are several."""
+    levels = split_levels(idx, signal)
+    if len(levels) == 1:
+        return idx
+    keep = max(levels, key=len)
+    notes.warn(f"flat: the {len(idx)} flats at {t:g} s are at {len(levels)} light levels (mean signals "
+               f"{', '.join(f'{signal[g].mean():.6g}' for g in levels)} adu); only the {len(keep)} at "
+               f"{signal[keep].mean():.6g} adu are used for the methods that group flats by exposure time")
+    return keep
+
+
 def _measure_flats(
     flat: FitsStack, times: np.ndarray, bias: FitsStack, bias_var: np.ndarray, master_bias: np.ndarray,
     rows: tuple[int, int], cols: tuple[int, int], opts: dict, notes: _Notes, maps: dict[str, np.ndarray],
@@ -244,7 +295,7 @@ def _measure_flats(
     bias_region = master_bias[rows[0]:rows[1], cols[0]:cols[1]].astype(np.float64)
     signal = np.empty(flat.n_frames)
     saturated = np.zeros(flat.n_frames, dtype=bool)
-    for i, frame in enumerate(flat.iter_frames(rows=rows, cols=cols, progress=opts["progress"],
+    for i, frame in enumerate(FrameReader(flat).iter_frames(rows=rows, cols=cols, progress=opts["progress"],
                                                desc="flat regions")):
         signal[i] = float(np.mean(frame - bias_region))
         if level is not None:
@@ -258,7 +309,7 @@ def _measure_flats(
             f"{_names(sorted({flat.frames[i].path for i in np.flatnonzero(saturated)}))}"
         )
     usable = {t: [i for i in idx if not saturated[i]] for t, idx in groups.items()}
-    usable = {t: idx for t, idx in usable.items() if idx}
+    usable = {t: _largest_level(idx, signal, t, notes) for t, idx in usable.items() if idx}
     out["saturation_level_adu"] = level
     out["n_saturated_frames"] = int(saturated.sum())
     out["exptime_frames"] = {f"{t:g}": len(idx) for t, idx in groups.items()}
@@ -285,11 +336,11 @@ def _measure_flats(
 
     # Photon transfer over exposures: one flat pair per exposure time with two or more flats.
     n_bias_pairs = bias.n_frames // 2
-    b0, b1 = (bias.read_frame(k, rows=rows, cols=cols) for k in (0, 1))
+    b0, b1 = (FrameReader(bias).read_frame(k, rows=rows, cols=cols) for k in (0, 1))
     ptc_points = []
     for t, idx in usable.items():
         if len(idx) >= 2:
-            f0, f1 = (flat.read_frame(k, rows=rows, cols=cols) for k in idx[:2])
+            f0, f1 = (FrameReader(flat).read_frame(k, rows=rows, cols=cols) for k in idx[:2])
             _, _, mean_adu, var_adu2 = pair_gain(f0, f1, b0, b1)
             ptc_points.append((t, mean_adu, var_adu2))
     if ptc_points:
@@ -321,8 +372,8 @@ def _measure_flats(
         n_pairs = max(1, min(len(idx) // 2, n_bias_pairs, opts["max_pairs"]))
         results = []
         for k in range(n_pairs):
-            f0, f1 = (flat.read_frame(i, rows=rows, cols=cols) for i in idx[2 * k:2 * k + 2])
-            bb0, bb1 = (bias.read_frame(i, rows=rows, cols=cols) for i in (2 * k, 2 * k + 1))
+            f0, f1 = (FrameReader(flat).read_frame(i, rows=rows, cols=cols) for i in idx[2 * k:2 * k + 2])
+            bb0, bb1 = (FrameReader(bias).read_frame(i, rows=rows, cols=cols) for i in (2 * k, 2 * k + 1))
             results.append(pair_gain(f0, f1, bb0, bb1))
         gains = np.array([r[0] for r in results])
         rn_adu = np.array([r[1] for r in results])
@@ -331,6 +382,9 @@ def _measure_flats(
                        f"flat-pair variance does not exceed bias-pair variance at {t_conv:g} s")
         else:
             gain = float(gains.mean())
+            if rn_adu.mean() < _QUANTIZATION_NOISE_ADU:
+                notes.warn(f"conventional read noise {rn_adu.mean():.3g} adu is below the quantization noise "
+                           f"{_QUANTIZATION_NOISE_ADU:.3g} adu: the bias frames are not independent reads")
             out["conventional"] = {
                 "exptime_s": t_conv,
                 "n_pairs": n_pairs,
@@ -347,12 +401,19 @@ def _measure_flats(
         notes.skip("pixel-level gain and read noise",
                    f"needs {opts['min_pixel_flats']} or more unsaturated flats at one exposure time, "
                    f"the most is {len(best_idx)}")
+    elif bias.n_frames < opts["min_pixel_flats"]:
+        notes.skip("pixel-level gain and read noise",
+                   f"needs {opts['min_pixel_flats']} or more bias frames for the per-pixel bias variance, got "
+                   f"{bias.n_frames} (a {bias.n_frames}-frame variance is mostly its own noise)")
     else:
         mean_f, var_f = _mean_var_maps(flat.subset(best_idx), opts["max_bytes"], opts["progress"],
                                        f"flats at {best_t:g} s")
         gmap, rmap, invalid = pixel_gain_maps(mean_f, var_f, master_bias.astype(np.float64), bias_var)
         maps["gain_e_per_adu"] = gmap
         maps["read_noise_e"] = rmap
+        # A variance of n frames scatters by sqrt(2 / (n - 1)); the gain map inherits it from var F and var B.
+        n_f, n_b = len(best_idx), bias.n_frames
+        estimate_noise = float(np.sqrt(2 / (n_f - 1) + 2 / (n_b - 1)))
         out["pixel_level"] = {
             "exptime_s": best_t,
             "n_flats": len(best_idx),
@@ -361,6 +422,8 @@ def _measure_flats(
             "read_noise_median_e": float(np.nanmedian(rmap)) if not invalid.all() else None,
             "n_invalid_pixels": int(invalid.sum()),
             "invalid_fraction": float(invalid.mean()),
+            "map_estimate_noise_frac": estimate_noise,
+            "map_spread_frac": (float(np.nanstd(gmap) / np.nanmedian(gmap)) if not invalid.all() else None),
         }
         if invalid.any():
             notes.warn(f"pixel-level gain: {int(invalid.sum())} pixel(s) with var F <= var B have no gain "
@@ -375,7 +438,7 @@ def _measure_darks(
     bias_region = master_bias[rows[0]:rows[1], cols[0]:cols[1]].astype(np.float64)
     clipped = np.empty(dark.n_frames)
     plain = np.empty(dark.n_frames)
-    for i, frame in enumerate(dark.iter_frames(rows=rows, cols=cols, progress=opts["progress"],
+    for i, frame in enumerate(FrameReader(dark).iter_frames(rows=rows, cols=cols, progress=opts["progress"],
                                                desc="dark regions")):
         diff = frame - bias_region
         clipped[i] = clipped_stats(diff)[0]
@@ -392,6 +455,9 @@ def _measure_darks(
         line = fit_line(t, s_clip)
         line_plain = fit_line(t, s_plain)
         out["dark_current_adu_per_pix_s"] = line.slope
+        if line.slope < 0:
+            notes.warn(f"dark current is negative ({line.slope:.3g} adu/pixel/s): the darks do not match the bias "
+                       "or the exposure times are wrong")
         out["intercept_adu"] = line.intercept
         out["r_squared"] = line.r_squared
         if gain is not None:
@@ -427,6 +493,63 @@ def _measure_darks(
     return out
 
 
+def _max_adu(flat: FitsStack, saturation_adu: float | None) -> float | None:
+    """Largest value the flats can reach: ``--saturation-adu``, else DATAMAX or SATURATE, else the integer maximum."""
+    if saturation_adu is not None:
+        return float(saturation_adu)
+    for key in ("DATAMAX", "SATURATE"):
+        if flat.headers[0].get(key) is not None:
+            return float(flat.headers[0][key])
+    return float(np.iinfo(flat.dtype).max) if np.issubdtype(flat.dtype, np.integer) else None
+
+
+def _measure_emva(
+    flat: FitsStack, flat_times: np.ndarray, dark: FitsStack | None, dark_times: np.ndarray | None,
+    bias: FitsStack, opts: dict, notes: _Notes,
+) -> emva1288.EmvaResult:
+    """The EMVA 1288 analysis of FITS stacks: one temporal point per exposure time and light level."""
+    progress = opts["progress"]
+    flats, biases = FrameReader(flat), FrameReader(bias)
+    darks = FrameReader(dark) if dark is not None else None
+    frame_means = np.array([f.mean() for f in flats.iter_frames(progress=progress, desc="EMVA flat levels")])
+    dark_groups = _by_exptime(dark_times) if dark is not None else {}
+    points, from_bias = [], 0
+    groups = [(t, level) for t, idx in _by_exptime(flat_times).items() for level in split_levels(idx, frame_means)]
+    photons_key = opts["photons_key"]
+    for t, idx in groups:
+        if len(idx) < 2:
+            continue
+        pair = [flats.read_frame(i) for i in idx[:2]]
+        if len(dark_groups.get(t, [])) >= 2:
+            dark_pair = [darks.read_frame(i) for i in dark_groups[t][:2]]
+        else:
+            dark_pair, from_bias = [biases.read_frame(0), biases.read_frame(1)], from_bias + 1
+        photons = flat.headers[idx[0]].get(photons_key) if photons_key else None
+        points.append(emva1288.temporal_point(t, None if photons is None else float(photons), pair, dark_pair))
+    if from_bias:
+        notes.warn(f"EMVA 1288: {from_bias} temporal point(s) have no two darks at their exposure time; the first "
+                   "two bias frames stand in (dark current is then not separated from the signal)")
+    if len({p.photons is None for p in points}) > 1:
+        notes.warn(f"EMVA 1288: header keyword {photons_key!r} is on some flats only; photon counts are not used")
+        points = [replace(p, photons=None) for p in points]
+    # Spatial stacks: the largest flat group, and the darks at its exposure time (else the bias stack).
+    bright = dark_stack = None
+    big_t, big = max(groups, key=lambda g: len(g[1]), default=(None, []))
+    if len(big) > 2:
+        frames = FrameReader(flat.subset(big)).iter_frames(progress=progress, desc="EMVA bright stack")
+        bright = emva1288.spatial_stack(frames, big_t)
+        if len(dark_groups.get(big_t, [])) > 2:
+            frames = FrameReader(dark.subset(dark_groups[big_t])).iter_frames(progress=progress,
+                                                                             desc="EMVA dark stack")
+            dark_stack = emva1288.spatial_stack(frames, big_t)
+        elif bias.n_frames > 2:
+            dark_stack = emva1288.spatial_stack(biases.iter_frames(progress=progress, desc="EMVA dark stack"), 0.0)
+            if big_t > 0:
+                notes.warn(f"EMVA 1288: no darks at {big_t:g} s; the DSNU comes from the bias stack and leaves "
+                           "out the dark-current non-uniformity")
+    return emva1288.analyze(points, dark_stack, bright, max_adu=_max_adu(flat, opts["saturation_adu"]))
+
+
 def _stack_summary(stack: FitsStack, times: np.ndarray | None = None) -> dict:
     summary = {"n_files": len(stack.files), "n_frames": stack.n_frames, "dtype": str(stack.dtype)}
     if times is not None:
@@ -444,6 +567,7 @@ def characterize(
     max_bytes: int = DEFAULT_MAX_BYTES,
     gain_e_per_adu: float | None = None,
     saturation_adu: float | None = None,
+    photons_key: str | None = "PHOTONS",
     min_pixel_flats: int = 10,
     max_pairs: int = 10,
     progress: bool = False,
@@ -466,8 +590,11 @@ def characterize(
     saturation_adu : float, optional
         Saturation level of the flats, adu (default: header ``SATURATE``, else the largest value of an
         integer pixel type; none for float data).
+    photons_key : str, optional
+        Header keyword of the flats' mean photon count per pixel, for the EMVA 1288 quantum efficiency
+        and linearity against photons (``None``: not read).
     min_pixel_flats : int
-        Fewest flats at one exposure time for the pixel-level gain and read-noise maps.
+        Fewest flats at one exposure time (and bias frames) for the pixel-level gain and read-noise maps.
     max_pairs : int
         Most flat / bias pairs averaged for the conventional gain.
     progress : bool
@@ -492,7 +619,7 @@ def characterize(
         raise ValueError(f"gain_e_per_adu must be positive, got {gain_e_per_adu}")
     notes = _Notes()
     opts = {"max_bytes": max_bytes, "progress": progress, "saturation_adu": saturation_adu,
-            "min_pixel_flats": min_pixel_flats, "max_pairs": max_pairs}
+            "min_pixel_flats": min_pixel_flats, "max_pairs": max_pairs, "photons_key": photons_key}
     maps: dict[str, np.ndarray] = {}
     stacks, shape = _open_sets({"bias": bias or [], "dark": dark or [], "flat": flat or []}, notes)
     report: dict = {"software": f"rtnstream {__version__}", "exptime_key": exptime_key,
@@ -533,6 +660,12 @@ def characterize(
     else:
         for what in ("linearity", "conventional gain and read noise", "pixel-level gain and read noise"):
             notes.skip(what, "no usable flat frames")
+    if f is not None:
+        d = stacks.get("dark")
+        emva = _measure_emva(f, times["flat"], d, times.get("dark") if d is not None else None, b, opts, notes)
+        report["emva1288"] = emva.section
+        report["emva1288_curves"] = emva.curves
+        maps.update({f"emva_{k}": v.astype(np.float32) for k, v in emva.maps.items()})
     if gain is None and gain_e_per_adu is not None:
         gain, gain_source = float(gain_e_per_adu), "given"
     report["gain_used_e_per_adu"] = gain
@@ -543,6 +676,53 @@ def characterize(
                                         notes, maps)
     else:
         notes.skip("dark current", "no usable dark frames")
+    return _finish(report, maps, notes)
+
+
+def characterize_emva(descriptor: str | os.PathLike, *, progress: bool = False) -> CharacterizationResult:
+    """Run the EMVA 1288 analysis on a data set described by the standard's ``EMVA1288_Data.txt``.
+
+    Parameters
+    ----------
+    descriptor : str or path-like
+        The descriptor file; its images (PNG or TIFF) are read relative to its folder.
+    progress : bool
+        Show a tqdm progress bar on stderr.
+
+    Returns
+    -------
+    CharacterizationResult
+        ``report["emva1288"]`` holds the figures; the EMVA warnings and skipped figures are also in the
+        report's ``warnings`` and ``not_measured``; maps ``emva_dsnu_dark_adu`` and ``emva_prnu_signal_adu``.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError, ImportError
+        From :func:`rtnstream.calibration.emva_reader.load_emva` (the message names the file).
+    """
+    from rtnstream.calibration.emva_reader import load_emva
+
+    data = load_emva(descriptor, progress=progress)
+    desc = data.descriptor
+    emva = emva1288.analyze(data.points, data.dark_spatial, data.bright_spatial, max_adu=data.max_adu)
+    notes = _Notes()
+    for message in data.warnings + emva.section["warnings"]:
+        notes.warn(f"EMVA 1288: {message}")
+    for item in emva.section["not_measured"]:
+        notes.skip(f"EMVA 1288 {item['measurement']}", item["reason"])
+    report = {
+        "software": f"rtnstream {__version__}",
+        "exptime_key": None,
+        "frame_shape_px": [desc.height, desc.width],
+        "region_px": {"rows": [0, desc.height], "cols": [0, desc.width]},
+        "inputs": {"emva": {"descriptor": str(desc.path), "version": desc.version, "bits": desc.bits,
+                            "n_temporal_points": len(data.points),
+                            "n_dark_spatial": data.dark_spatial.n_frames if data.dark_spatial else 0,
+                            "n_bright_spatial": data.bright_spatial.n_frames if data.bright_spatial else 0}},
+        "emva1288": emva.section,
+        "emva1288_curves": emva.curves,
+    }
+    maps = {f"emva_{k}": v.astype(np.float32) for k, v in emva.maps.items()}
     return _finish(report, maps, notes)
 
 

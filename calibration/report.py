@@ -263,6 +263,100 @@ def _fig_pixel_maps(r: dict, m: dict) -> plt.Figure:
     return fig
 
 
+def _fig_emva_ptc(r: dict, m: dict) -> plt.Figure:
+    e, c = r["emva1288"], r["emva1288_curves"]
+    x, y = np.asarray(c["signal_adu"]), np.asarray(c["variance_adu2"])
+    fit = np.asarray(c.get("ptc_in_fit", [False] * len(x)), dtype=bool)
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    ax.plot(x[~fit], y[~fit], "o", mfc="none", color="gray", label="outside the fit range")
+    ax.plot(x[fit], y[fit], "o", color="C0", label="in the fit range")
+    if e.get("system_gain_k_adu_per_e"):
+        xs = np.linspace(0, x.max(), 50)
+        ax.plot(xs, e["system_gain_k_adu_per_e"] * xs, "-", color="C1",
+                label=f"fit through 0: 1/K = {e['gain_e_per_adu']:.4g} e-/ADU")
+    lo, hi = e["fit_ranges"].get("ptc_adu", (None, None))
+    if hi is not None:
+        ax.axvspan(lo, hi, color="C0", alpha=0.08, label="fit range (0 to 70 % of saturation)")
+        ax.axvline(hi / 0.7, color="C3", linestyle="--", label="saturation (variance peak)")
+    ax.set_xlabel("mu_y - mu_y.dark (adu)")
+    ax.set_ylabel("sigma_y^2 - sigma_y.dark^2 (adu^2)")
+    ax.set_title("EMVA 1288 photon transfer")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _fig_emva_linearity(r: dict, m: dict) -> plt.Figure:
+    e, c = r["emva1288"], r["emva1288_curves"]
+    x, y = np.asarray(c["linearity_x"]), np.asarray(c["signal_adu"])
+    err = np.asarray(c["linearity_error_pct"])
+    fit = np.asarray(c["linearity_in_fit"], dtype=bool)
+    label = "photons per pixel" if e["fit_ranges"]["linearity_x"] == "photons" else "exposure time (s)"
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    ax1.plot(x[~fit], y[~fit], "o", mfc="none", color="gray", label="outside the fit range")
+    ax1.plot(x[fit], y[fit], "o", color="C0", label="in the fit range (5 % to 95 % of saturation)")
+    lf = e["linearity_fit"]
+    ax1.plot(x, lf["offset_adu"] + lf["slope_adu_per_x"] * x, "-", color="C1", label="weighted fit")
+    ax1.set_xlabel(label)
+    ax1.set_ylabel("mu_y - mu_y.dark (adu)")
+    ax1.legend(fontsize=8)
+    ax2.plot(y[fit], err[fit], "o-", color="C0")
+    ax2.axhline(0, color="gray", linewidth=0.8)
+    ax2.set_xlabel("mu_y - mu_y.dark (adu)")
+    ax2.set_ylabel("linearity error (%)")
+    ax2.set_title(f"LE min {e['linearity_error_min_pct']:.3g} %, max {e['linearity_error_max_pct']:.3g} %")
+    fig.suptitle("EMVA 1288 linearity")
+    return fig
+
+
+def _fig_emva_snr(r: dict, m: dict) -> plt.Figure:
+    e, c = r["emva1288"], r["emva1288_curves"]
+    gain = e["gain_e_per_adu"]
+    electrons = np.asarray(c["signal_adu"]) * gain
+    snr = np.asarray(c["snr"])
+    ok = (electrons > 0) & np.isfinite(snr) & (snr > 0) & np.asarray(c["below_saturation"], dtype=bool)
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    ax.loglog(electrons[ok], snr[ok], "o", label="measured (up to saturation)")
+    model = np.asarray(c["snr_model_electrons"])
+    dark_e2 = (e["temporal_dark_noise_adu"] * gain) ** 2
+    ax.loglog(model, model / np.sqrt(dark_e2 + model), "-", label="linear model")
+    ax.loglog(model, np.sqrt(model), ":", color="gray", label="ideal (shot noise only)")
+    ax.axvline(e["saturation_capacity_e"], color="C3", linestyle="--", label="saturation capacity")
+    ax.axvline(e["absolute_sensitivity_threshold_e"], color="C2", linestyle="--",
+               label="absolute sensitivity threshold")
+    ax.set_xlabel("signal (e-)")
+    ax.set_ylabel("SNR")
+    ax.set_title(f"EMVA 1288 SNR (SNR max {e['snr_max']:.4g}, DR {e['dynamic_range_db']:.3g} dB)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _fig_emva_nonuniformity(r: dict, m: dict) -> plt.Figure:
+    e, c = r["emva1288"], r["emva1288_curves"]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    dark = m["emva_dsnu_dark_adu"]
+    axes[0, 0].plot(c["dsnu_row_adu"], label="row means")
+    axes[0, 0].plot(c["dsnu_col_adu"], label="column means")
+    axes[0, 0].set_title(f"DSNU profiles (DSNU {_fmt(e.get('dsnu_e'))} e-)")
+    axes[0, 0].set_xlabel("row / column")
+    axes[0, 0].set_ylabel("mean dark (adu)")
+    axes[0, 0].legend(fontsize=8)
+    axes[1, 0].hist(_finite(dark).ravel(), bins=100, log=True)
+    axes[1, 0].set_xlabel("mean dark (adu)")
+    axes[1, 0].set_ylabel("pixels")
+    if "emva_prnu_signal_adu" in m:
+        axes[0, 1].plot(c["prnu_row_pct"], label="row means")
+        axes[0, 1].plot(c["prnu_col_pct"], label="column means")
+        axes[0, 1].set_title(f"PRNU profiles (PRNU {_fmt(e.get('prnu_pct'))} %)")
+        axes[0, 1].set_xlabel("row / column")
+        axes[0, 1].set_ylabel("signal / mean signal (%)")
+        axes[0, 1].legend(fontsize=8)
+        signal = m["emva_prnu_signal_adu"]
+        axes[1, 1].hist(_finite(100 * signal / np.mean(signal)).ravel(), bins=100, log=True)
+        axes[1, 1].set_xlabel("signal / mean signal (%)")
+    fig.suptitle("EMVA 1288 spatial non-uniformity")
+    return fig
+
+
 # file stem -> (title, needed report path, needed maps, builder)
 _PLOTS: list[tuple[str, str, tuple[str, ...], tuple[str, ...], Callable[[dict, dict], plt.Figure]]] = [
     ("fig01_bias_stability", "Bias stability (paper figure 1)", ("bias",), (), _fig_bias_stability),
@@ -284,6 +378,13 @@ _PLOTS: list[tuple[str, str, tuple[str, ...], tuple[str, ...], Callable[[dict, d
     ("fig11_photon_transfer", "Photon transfer curve", ("flat", "ptc"), (), _fig_ptc),
     ("fig12_pixel_maps", "Pixel-level gain and read-noise maps", ("flat", "pixel_level"),
      ("gain_e_per_adu", "read_noise_e"), _fig_pixel_maps),
+    ("fig13_emva_photon_transfer", "EMVA 1288 photon transfer (fit range and saturation marked)",
+     ("emva1288_curves", "signal_adu"), (), _fig_emva_ptc),
+    ("fig14_emva_linearity", "EMVA 1288 linearity (fit range marked)", ("emva1288_curves", "linearity_error_pct"),
+     (), _fig_emva_linearity),
+    ("fig15_emva_snr", "EMVA 1288 SNR curve", ("emva1288_curves", "snr"), (), _fig_emva_snr),
+    ("fig16_emva_nonuniformity", "EMVA 1288 DSNU and PRNU profiles and histograms",
+     ("emva1288_curves", "dsnu_row_adu"), ("emva_dsnu_dark_adu",), _fig_emva_nonuniformity),
 ]
 
 
@@ -323,7 +424,11 @@ _SUMMARY_ROWS = [
     ("Pixel-level gain, median", ("flat", "pixel_level", "gain_median_e_per_adu"), "e-/ADU"),
     ("Pixel-level read noise, median", ("flat", "pixel_level", "read_noise_median_e"), "e-"),
     ("Pixels with var F <= var B (no gain)", ("flat", "pixel_level", "n_invalid_pixels"), "pixels"),
-]
+] + [(f"EMVA 1288: {key}", ("emva1288", key), unit) for key, unit in (
+    ("gain_e_per_adu", "e-/ADU"), ("temporal_dark_noise_e", "e-"), ("temporal_dark_noise_adu", "adu"),
+    ("dark_current_e_per_s", "e-/pixel/s"), ("saturation_capacity_e", "e-"), ("snr_max", ""),
+    ("dynamic_range_db", "dB"), ("absolute_sensitivity_threshold_e", "e-"), ("quantum_efficiency_pct", "%"),
+    ("linearity_error_min_pct", "%"), ("linearity_error_max_pct", "%"), ("dsnu_e", "e-"), ("prnu_pct", "%"))]
 
 
 def _lookup(report: dict, path: tuple[str, ...]) -> object:
@@ -343,18 +448,22 @@ def _html(report: dict, plots: list[tuple[str, str]], fits_files: list[tuple[str
         "<h1>Camera characterization</h1>",
         f"<p>{html.escape(report.get('software', ''))}; frame shape (ny, nx) "
         f"{_fmt(report.get('frame_shape_px'))}; central region rows {_fmt(report['region_px']['rows'])}, "
-        f"columns {_fmt(report['region_px']['cols'])}; exposure time from header keyword "
-        f"{html.escape(report.get('exptime_key', ''))}.</p>",
+        f"columns {_fmt(report['region_px']['cols'])}; exposure time from "
+        f"{html.escape(report.get('exptime_key') or 'the EMVA 1288 descriptor')}.</p>",
         "<h2>Inputs</h2><table><tr><th>set</th><th>files</th><th>frames</th>"
         "<th>frames per exposure time (s)</th></tr>",
     ]
-    for name in ("bias", "dark", "flat"):
+    for name in ("bias", "dark", "flat") if not report["inputs"].get("emva") else ():
         info = report["inputs"].get(name)
         if info:
             parts.append(f"<tr><td>{name}</td><td>{info['n_files']}</td><td>{info['n_frames']}</td>"
                          f"<td>{_fmt(info.get('exptime_frames', ''))}</td></tr>")
         else:
             parts.append(f"<tr><td>{name}</td><td colspan=3>none usable</td></tr>")
+    if report["inputs"].get("emva"):
+        info = report["inputs"]["emva"]
+        parts.append(f"<tr><td>EMVA 1288 descriptor</td><td colspan=3>{html.escape(info['descriptor'])}: "
+                     f"{info['n_temporal_points']} temporal points, {info['bits']}-bit</td></tr>")
     parts.append("</table>")
     if report["not_measured"]:
         parts.append('<h2 class="warn">Not measured</h2><ul>')

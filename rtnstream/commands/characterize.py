@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from rtnstream.calibration.characterize import characterize
+from rtnstream.calibration.characterize import characterize, characterize_emva
 from rtnstream.calibration.report import write_report
 
 __all__ = ["configure", "run"]
@@ -19,6 +19,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bias", nargs="+", default=[], metavar="FILE", help="bias FITS files (2D or 3D)")
     parser.add_argument("--dark", nargs="+", default=[], metavar="FILE", help="dark FITS files")
     parser.add_argument("--flat", nargs="+", default=[], metavar="FILE", help="flat FITS files")
+    parser.add_argument("--emva", type=Path, default=None, metavar="DESCRIPTOR",
+                        help="EMVA 1288 data set: its EMVA1288_Data.txt (PNG/TIFF images, needs the 'emva' extra)")
+    parser.add_argument("--photons-key", default="PHOTONS",
+                        help="FITS header keyword of the flats' mean photons per pixel (EMVA 1288 QE)")
     parser.add_argument("--exptime-key", default="EXPTIME", help="header keyword of the exposure time, s")
     parser.add_argument("--region", type=int, default=2000, metavar="PX",
                         help="side of the central square region, pixels")
@@ -36,8 +40,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Characterize the camera and write the report; returns 0, or 1 when nothing could be measured."""
+    if args.emva is not None:
+        if args.bias or args.dark or args.flat:
+            raise SystemExit("rtnstream characterize: error: --emva reads its own images; drop --bias/--dark/--flat")
+        if not args.emva.is_file():
+            raise SystemExit(f"rtnstream characterize: error: --emva: no such file: {args.emva}")
+        result = characterize_emva(args.emva, progress=not args.no_progress)
+        written = write_report(result, args.output)
+        log.info("wrote %d files to %s; open %s", len(written), args.output, written["report.html"])
+        return 0 if result.report["emva1288"]["gain_e_per_adu"] is not None else 1
     if not (args.bias or args.dark or args.flat):
-        raise SystemExit("rtnstream characterize: error: give at least one of --bias, --dark, --flat")
+        raise SystemExit("rtnstream characterize: error: give --emva, or at least one of --bias, --dark, --flat")
     result = characterize(
         args.bias, args.dark, args.flat,
         exptime_key=args.exptime_key,
@@ -45,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         max_bytes=int(args.memory_mb * 1024**2),
         gain_e_per_adu=args.gain_e_per_adu,
         saturation_adu=args.saturation_adu,
+        photons_key=args.photons_key,
         min_pixel_flats=args.min_pixel_flats,
         progress=not args.no_progress,
     )

@@ -26,9 +26,12 @@ def camera(tmp_path_factory):
 
 
 def test_measures_everything_without_complaint(camera):
+    # The series has no darks at the flat exposure times: the EMVA 1288 analysis says it uses the bias
+    # frames instead, and nothing else is flagged.
     _, _, result = camera
     assert result.report["not_measured"] == []
-    assert result.report["warnings"] == []
+    assert len(result.report["warnings"]) == 2
+    assert all(w.startswith("EMVA 1288: ") and "bias" in w for w in result.report["warnings"])
 
 
 def test_conventional_gain_and_read_noise(camera):
@@ -122,7 +125,8 @@ def test_report_files(camera, tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["flat"]["conventional"]["gain_e_per_adu"] == result.report["flat"]["conventional"][
         "gain_e_per_adu"]
-    assert len(report["files"]["plots"]) == 12
+    # the paper's 12 figures and the EMVA 1288 photon transfer, linearity, SNR and non-uniformity plots
+    assert len(report["files"]["plots"]) == 16
     assert all((tmp_path / name).stat().st_size > 1000 for name in report["files"]["plots"])
     with fits.open(tmp_path / "dq_mask.fits", checksum=True) as hdul:
         assert hdul[0].data.dtype == np.uint16

@@ -81,7 +81,7 @@ def _render(url, profile):
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary on PATH (apt-get install chromium)")
 def test_report_renders_with_every_image(served, report_dir, tmp_path):
     expected = json.loads((report_dir / "report.json").read_text())["files"]["plots"]
-    assert len(expected) == 12
+    assert len(expected) == 15  # the paper's 12 figures, EMVA 1288 photon transfer, SNR and non-uniformity
     page = _render(f"{served}/check.html", tmp_path / "profile")
     assert page["title"] == "Camera characterization"
     assert sorted(img["src"] for img in page["images"]) == sorted(expected)
