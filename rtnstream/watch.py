@@ -155,6 +155,10 @@ class _Folder:
         if path in self._seen:
             self._tried[path] = self._seen[path][0]
 
+    def incomplete(self) -> list[Path]:
+        """The files found not complete as FITS at their current size."""
+        return sorted(p for p, key in self._tried.items() if self._seen.get(p, (None,))[0] == key)
+
     def forget(self, path: Path) -> None:
         self._seen.pop(path, None)
         self._tried.pop(path, None)
@@ -247,9 +251,12 @@ class _Watch:
             stop.wait(self.cfg.poll_s)
         if self.open is not None:
             self._close("the watch stopped")
+        incomplete = [self._rel(p) for p in self.folder.incomplete()]
+        for name in incomplete:
+            log.warning("%s: not complete FITS when the watch stopped: not taken (it will be, once complete)", name)
         log.info("stopped: %d frames written, %d series closed in this run", self.written, self.closed)
         return {"frames": self.written, "series_closed": self.closed, "passed": len(self.state["passed"]),
-                "state": str(self.state_path), "software_version": __version__}
+                "incomplete": incomplete, "state": str(self.state_path), "software_version": __version__}
 
     def _resume(self) -> None:
         """Rebuild the open series of the state file: push its frames again, write only the missing outputs."""
@@ -407,7 +414,8 @@ def watch_folder(cube: RTNCube, indir: str | os.PathLike, outdir: str | os.PathL
     Returns
     -------
     dict
-        ``frames`` written and ``series_closed`` in this run, files ``passed`` over (all runs), the state file.
+        ``frames`` written and ``series_closed`` in this run, files ``passed`` over (all runs), the files
+        ``incomplete`` (not complete FITS) at the stop, the ``state`` file.
 
     Raises
     ------

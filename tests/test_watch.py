@@ -125,12 +125,14 @@ def test_frames_written_slowly_in_pieces_come_out_as_offline(night, cube_path, t
     writer.start()
     writer.join()
     shutil.copy(expected / paths[0].name, indir / "again.fits")  # RTNCORR = T: refused, named
-    (indir / ".partial.fits").write_bytes(b"SIMPLE  =")
+    (indir / ".partial.fits").write_bytes(b"SIMPLE  =")  # hidden: left alone
+    (indir / "cut.fits").write_bytes(paths[0].read_bytes()[:4000])  # never completed: waited for, not taken
     write_in_pieces(paths[6:], indir / "night1")
     watch.wait_for(lambda: len(watch.outputs()) == len(paths) - W // 2, "outputs of the frames the window allows")
     rc, out = watch.stop()
     assert rc == 0, watch.log.read_text()
-    assert json.loads(out.splitlines()[-1])["frames"] == len(paths)
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["frames"] == len(paths) and summary["incomplete"] == ["cut.fits"]
     assert [p.relative_to(watch.outdir).as_posix() for p in watch.outputs()] == \
         sorted(f"night1/{p.name}" for p in paths)
     got = tmp_path / "flat"  # the outputs keep their sub-folder; offline's are flat
