@@ -125,6 +125,7 @@ def test_frames_written_slowly_in_pieces_come_out_as_offline(night, cube_path, t
     writer.start()
     writer.join()
     shutil.copy(expected / paths[0].name, indir / "again.fits")  # RTNCORR = T: refused, named
+    write_night(indir, [fits.getdata(paths[0])], first=50, gain=120)  # another setting
     (indir / ".partial.fits").write_bytes(b"SIMPLE  =")  # hidden: left alone
     (indir / "cut.fits").write_bytes(paths[0].read_bytes()[:4000])  # never completed: waited for, not taken
     write_in_pieces(paths[6:], indir / "night1")
@@ -141,9 +142,10 @@ def test_frames_written_slowly_in_pieces_come_out_as_offline(night, cube_path, t
     assert_same(got, expected, [p.name for p in paths])
     log = watch.log.read_text()
     assert "again.fits: already corrected (RTNCORR = T" in log
+    assert "LIGHT_M31_50.fits: GAIN = 120 but the cube was fitted with gain_setting = 56" in log
     assert "notes.txt" not in log and ".partial" not in log
     state = watch.state()
-    assert set(state["passed"]) == {"again.fits"} and state["open"] is None
+    assert set(state["passed"]) == {"again.fits", "LIGHT_M31_50.fits"} and state["open"] is None
     assert state["series"][0]["frames"] == len(paths) and len(state["done"]) == len(paths)
 
 
@@ -156,7 +158,8 @@ def test_sigkill_mid_night_then_restart_neither_redoes_nor_skips(night, cube_pat
     watch = Watch(indir, outdir, cube_path)
     for p in paths[:7]:
         shutil.copy(p, indir / p.name)
-    watch.wait_for(lambda: len(watch.outputs()) == 5, "5 outputs (frames 6 and 7 pending)")
+    watch.wait_for(lambda: len(watch.outputs()) == 5 and len(watch.state()["done"]) == 5,
+                   "5 outputs recorded (frames 6 and 7 pending)")
     rc, _ = watch.stop(signal.SIGKILL)
     assert rc == -signal.SIGKILL
     state = watch.state()
