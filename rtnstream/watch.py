@@ -160,11 +160,14 @@ class _Folder:
         return sorted(p for p, key in self._tried.items() if self._seen.get(p, (None,))[0] == key)
 
     def forget(self, path: Path) -> None:
+        """``path`` is handled: no longer a candidate."""
         self._seen.pop(path, None)
         self._tried.pop(path, None)
 
 
 class _Watch:
+    """One watch of a folder: the state file, the open series, the frames written (:func:`watch_folder`)."""
+
     def __init__(self, cube: RTNCube, indir: Path, outdir: Path, settings: EngineSettings, cfg: WatchConfig) -> None:
         self.cube = cube
         self.indir = indir

@@ -203,15 +203,17 @@ def test_idle_ends_the_series(night, cube_path, tmp_path):
     first, second = night[:8], night[16:]
     indir = tmp_path / "in"
     indir.mkdir()
-    watch = Watch(indir, tmp_path / "out", cube_path, "--idle-s", "0.5")
+    watch = Watch(indir, tmp_path / "out", cube_path, "--idle-s", "1")
     for p in first:
         shutil.copy(p, indir / p.name)
-    watch.wait_for(lambda: len(watch.outputs()) == len(first)
-                   and (watch.outdir / "calib" / "series_001_bias_offset.fits").exists(), "the idle end")
-    assert watch.state()["series"][0]["ended"] == "0.5 s without a new file"
+    watch.wait_for(lambda: (watch.outdir / STATE_NAME).exists() and len(watch.state()["series"]) == 1,
+                   "the idle end")
+    assert len(watch.outputs()) == len(first)
+    assert (watch.outdir / "calib" / "series_001_bias_offset.fits").exists()
+    assert watch.state()["series"][0]["ended"] == "1 s without a new file"
     for p in second:
         shutil.copy(p, indir / p.name)
-    watch.wait_for(lambda: (watch.outdir / "calib" / "series_002_bias_offset.fits").exists(), "series 2's idle end")
+    watch.wait_for(lambda: len(watch.state()["series"]) == 2, "series 2's idle end")
     rc, _ = watch.stop()
     assert rc == 0
     assert [s["frames"] for s in watch.state()["series"]] == [len(first), len(second)]
