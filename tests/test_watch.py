@@ -230,3 +230,27 @@ def test_a_state_of_other_options_is_refused(night, cube_path, tmp_path):
                            str(cube_path)], capture_output=True, text=True, timeout=WAIT_S)
     assert proc.returncode == 2
     assert f"{outdir / STATE_NAME}: written by a watch with another cube_id" in proc.stderr
+
+
+def test_a_settings_change_ends_the_series(night, cube_path, tmp_path):
+    """A new filter starts series 2 at its first frame, which flushes series 1, as offline splits them."""
+    first = night[:6]
+    indir = tmp_path / "in"
+    indir.mkdir()
+    frames = np.stack([fits.getdata(p) for p in night[6:12]])
+    second = write_night(tmp_path / "staged", frames, first=7, start=datetime(2026, 11, 30, 21, 0, 30), filt="R")
+    watch = Watch(indir, tmp_path / "out", cube_path)
+    for p in first:
+        shutil.copy(p, indir / p.name)
+    watch.wait_for(lambda: len(watch.outputs()) == len(first) - W // 2, "series 1's outputs the window allows")
+    shutil.copy(second[0], indir / second[0].name)
+    watch.wait_for(lambda: len(watch.state()["series"]) == 1, "series 1's end")
+    assert watch.state()["series"][0]["ended"] == "filter changed at LIGHT_M31_7.fits"
+    assert len(watch.outputs()) == len(first)
+    for p in second[1:]:
+        shutil.copy(p, indir / p.name)
+    watch.wait_for(lambda: len(watch.outputs()) == len(first) + len(second) - W // 2, "series 2's outputs")
+    rc, _ = watch.stop()
+    assert rc == 0
+    assert_same(watch.outdir, offline(first + second, cube_path, tmp_path / "offline"),
+                [p.name for p in first + second])
