@@ -275,12 +275,8 @@ class _Watch:
             path = self.indir / rel
             try:
                 (f,) = scan([path], order_key=self.cfg.order_key)[0]
-            except FrameError as exc:
-                log.warning("series %d cannot push %s again (%s): rebuilt without it", rec["number"], rel, exc)
-                continue
-            try:
                 forced = self._guards(f)
-            except FrameError as exc:
+            except FrameError as exc:  # removed or changed meanwhile
                 log.warning("series %d cannot push %s again (%s): rebuilt without it", rec["number"], rel, exc)
                 continue
             if self.open is None:

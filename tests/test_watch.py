@@ -91,6 +91,7 @@ class Watch:
                 [sys.executable, "-m", "rtnstream", "watch", str(indir), "-o", str(outdir), "--cube", str(cube_path),
                  "--window", str(W), "--backend", "numpy", "--settle-s", "0.05", "--poll-s", "0.02", *extra],
                 stdout=subprocess.PIPE, stderr=log, text=True, cwd=indir.parent)
+        self.wait_for(lambda: (outdir / STATE_NAME).exists(), "the watch's state file")
 
     def outputs(self) -> list[Path]:
         return sorted(p for p in self.outdir.rglob("*.fits") if "calib" not in p.parts)
@@ -206,8 +207,7 @@ def test_idle_ends_the_series(night, cube_path, tmp_path):
     watch = Watch(indir, tmp_path / "out", cube_path, "--idle-s", "1")
     for p in first:
         shutil.copy(p, indir / p.name)
-    watch.wait_for(lambda: (watch.outdir / STATE_NAME).exists() and len(watch.state()["series"]) == 1,
-                   "the idle end")
+    watch.wait_for(lambda: len(watch.state()["series"]) == 1, "the idle end")
     assert len(watch.outputs()) == len(first)
     assert (watch.outdir / "calib" / "series_001_bias_offset.fits").exists()
     assert watch.state()["series"][0]["ended"] == "1 s without a new file"
@@ -254,3 +254,21 @@ def test_a_settings_change_ends_the_series(night, cube_path, tmp_path):
     assert rc == 0
     assert_same(watch.outdir, offline(first + second, cube_path, tmp_path / "offline"),
                 [p.name for p in first + second])
+
+
+def test_a_series_shorter_than_the_window_comes_out_uncorrected(night, cube_path, tmp_path):
+    indir = tmp_path / "in"
+    indir.mkdir()
+    watch = Watch(indir, tmp_path / "out", cube_path)
+    for p in night[:3]:
+        shutil.copy(p, indir / p.name)
+    watch.wait_for(lambda: watch.state()["open"] is not None and len(watch.state()["open"]["files"]) == 3,
+                   "3 frames taken")
+    rc, _ = watch.stop()
+    assert rc == 0
+    for p in night[:3]:
+        with fits.open(watch.outdir / p.name) as out:
+            assert out[0].header["RTNCORR"] is False
+            np.testing.assert_array_equal(out[0].data, fits.getdata(p))
+    assert watch.state()["series"][0]["corrected"] is False and not (watch.outdir / "calib").exists()
+    assert "series 1 has 3 frames, window 4 needs 5: passed through uncorrected (RTNCORR = F)" in watch.log.read_text()
