@@ -32,6 +32,7 @@ _EXTRA_OF_MODULE = {
 _COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("simulate", "simulate a sensor with RTN pixels: bias / illuminated stacks, truth, cube"),
     "correct": ("correct", "correct FITS frames offline with an RTN calibration cube"),
+    "watch": ("watch", "correct FITS frames as the camera software writes them into a folder"),
     "cube": ("cube", "RTN calibration cubes: import the RTN paper's output, inspect"),
     "characterize": ("characterize", "characterize a CMOS camera from bias, dark and flat stacks"),
     "simulate-camera": ("simulate_camera", "simulate bias, dark and flat frames of a CMOS camera with truth"),

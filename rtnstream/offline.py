@@ -43,7 +43,7 @@ from rtnstream.kernels.numpy_backend import FrameCounts
 from rtnstream.products import DQ_BITS, FrameProducts, Mode, SeriesCorrector, history_line, rtn_header_cards
 from rtnstream.series import FrameFile, Series, discover, plan, plan_lines, scan
 
-__all__ = ["CALIB_DIR", "rtn_header_cards", "correct_files", "frame_cards"]
+__all__ = ["CALIB_DIR", "rtn_header_cards", "correct_files", "frame_cards", "write_output", "write_offset_map"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,37 @@ def frame_cards(settings: EngineSettings, cube_id: str, counts: FrameCounts, cor
         cards[key] = (value, comment)
     cards.add_history(history_line(cube_id, mode, corrected))
     return cards
+
+
+def write_output(path: Path, f: FrameFile, out: FrameProducts, counts: FrameCounts, settings: EngineSettings,
+                 cube_id: str, mode: Mode, forced: tuple[str, ...] = (), **provenance: Any) -> Path:
+    """Write the corrected 2-D frame ``out`` of input ``f`` to ``path`` (atomic): the input's layout, the
+    :func:`frame_cards` and the DQ / UNCERT / MASK extensions :class:`~rtnstream.products.FrameProducts` holds.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+    f : FrameFile
+        The input (a 2-D frame), as scanned.
+    out : FrameProducts
+    counts : FrameCounts
+        The frame's corrections (RTNNLO, RTNNHI, RTNNVETO).
+    settings : EngineSettings
+    cube_id : str
+    mode : {'correct', 'mask'}
+    forced : tuple of str
+        The guards overridden (RTNFORCE).
+    **provenance
+        ``cube_file``, ``origin``, ``series`` of :func:`rtnstream.products.rtn_header_cards`.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    cards = frame_cards(settings, cube_id, counts, out.corrected, mode, "BUNIT" in f.header, forced=forced,
+                        **provenance)
+    exts = extension_hdus(out.dq, out.uncertainty, out.mask, DQ_BITS, f.compressed)
+    return write_frame_file(path, out.data, cards, like=f.path, like_index=f.hdu_index, extensions=exts)
 
 
 @dataclass
@@ -258,14 +289,13 @@ def _run_series(s: Series, cube: RTNCube, origin: tuple[int, int] | None, forced
         k, _plane = out.tag
         f = s.files[k]
         counts[k] = _add(counts[k], out.counts)
-        cards = frame_cards(opts.settings, corrector.cube_id, counts[k], out.corrected, opts.mode,
-                            "BUNIT" in f.header, forced=forced[f.path], **provenance)
         if not f.is_stack:
-            exts = extension_hdus(out.dq, out.uncertainty, out.mask, DQ_BITS, f.compressed)
-            write_frame_file(outdir / f.path.name, out.data, cards, like=f.path, like_index=f.hdu_index,
-                             extensions=exts)
+            write_output(outdir / f.path.name, f, out, counts[k], opts.settings, corrector.cube_id, opts.mode,
+                         forced[f.path], **provenance)
             return
         if k not in stacks:
+            cards = frame_cards(opts.settings, corrector.cube_id, counts[k], out.corrected, opts.mode,
+                                "BUNIT" in f.header, forced=forced[f.path], **provenance)
             stacks[k] = _StackOutput(outdir, f, out.data.dtype, apply_cards(f.header.copy(), cards))
         stack = stacks[k]
         if stack.write(out):
@@ -307,7 +337,8 @@ def _run_series(s: Series, cube: RTNCube, origin: tuple[int, int] | None, forced
         total = _add(total, c)
     offset_path = None
     if opts.mode == "correct":
-        offset_path = _write_offset_map(s, corrector, total, opts, provenance, outdir / CALIB_DIR)
+        offset_path = write_offset_map(s, corrector, total, opts.settings, opts.mode, provenance,
+                                       outdir / CALIB_DIR)
     return {
         "number": s.number, "reason": s.reason, "frames": pushed, "counts": total,
         "backend": corrector.engine.backend.name,
@@ -368,9 +399,13 @@ class _StackOutput:
             sink.abort()
 
 
-def _write_offset_map(s: Series, corrector: SeriesCorrector, counts: FrameCounts, opts: _Options,
-                      provenance: dict[str, Any], calib: Path) -> Path:
-    """``calib/series_NNN_bias_offset.fits``: the series' bias offset map (adu), beside the frames."""
+def write_offset_map(s: Series, corrector: SeriesCorrector, counts: FrameCounts, settings: EngineSettings,
+                     mode: Mode, provenance: dict[str, Any], calib: Path) -> Path:
+    """``calib/series_NNN_bias_offset.fits``: the series' bias offset map (adu), beside the frames.
+
+    ``counts`` are the series' corrections, ``provenance`` the keywords of :func:`rtn_header_cards`
+    (``cube_file``, ``origin``, ``series``); ``calib`` is created if needed. Returns the file written.
+    """
     calib.mkdir(exist_ok=True)
     hdu = fits.PrimaryHDU(corrector.bias_offset_map())
     hdr = hdu.header
@@ -379,8 +414,7 @@ def _write_offset_map(s: Series, corrector: SeriesCorrector, counts: FrameCounts
     hdr["RTNFIRST"] = (s.files[0].path.name[-68:], "first frame of the series")
     hdr["RTNLAST"] = (s.files[-1].path.name[-68:], "last frame of the series")
     hdr["RTNNFRM"] = (s.n_frames, "frames in the series")
-    for key, value, comment in rtn_header_cards(opts.settings, corrector.cube_id, counts, True, mode=opts.mode,
-                                                **provenance):
+    for key, value, comment in rtn_header_cards(settings, corrector.cube_id, counts, True, mode=mode, **provenance):
         hdr[key] = (value, comment)
     hdr["COMMENT"] = "RTN bias offset map O = D_adu (n_lo - n_hi) / n_frames: add it to a plain-mean master bias"
     hdr["COMMENT"] = "before subtracting it in source apertures (docs/formats.md)"

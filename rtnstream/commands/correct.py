@@ -14,6 +14,17 @@ from rtnstream.offline import correct_files
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="FITS files (2-D frames or 3-D stacks), folders or glob patterns; ordered by time")
+    parser.add_argument("--dry-run", action="store_true", help="print the series plan and write nothing")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="pass over corrupt or truncated files (listed) instead of stopping")
+    parser.add_argument("--skip-short", action="store_true",
+                        help="pass over series too short for the temporal window (listed) instead of stopping")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_correction_options(parser)
+
+
+def add_correction_options(parser: argparse.ArgumentParser) -> None:
+    """The options ``correct`` shares with ``watch``: cube, output, engine settings, products, guards, series."""
     parser.add_argument("--cube", required=True, help="RTN calibration file (FITS)")
     parser.add_argument("-o", "--outdir", required=True, help="output folder")
     parser.add_argument("--reference", choices=("temporal", "causal", "spatial"), default="temporal",
@@ -24,16 +35,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k-var", type=float, default=1.5, help="variability veto factor")
     parser.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
                         help="compute backend (auto: CuPy when a GPU is usable, else NumPy)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--mode", choices=("correct", "mask"), default="correct",
                         help="correct the jumps, or leave the pixels and flag the jumps in DQ and MASK")
     parser.add_argument("--no-dq", action="store_true", help="do not write the DQ extension")
     parser.add_argument("--no-uncert", action="store_true", help="do not write the UNCERT extension")
-    parser.add_argument("--dry-run", action="store_true", help="print the series plan and write nothing")
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="pass over corrupt or truncated files (listed) instead of stopping")
-    parser.add_argument("--skip-short", action="store_true",
-                        help="pass over series too short for the temporal window (listed) instead of stopping")
     parser.add_argument("--force", action="store_true",
                         help="correct frames the guards refuse (already corrected, another camera or setting)")
     parser.add_argument("--order-key", default="DATE-OBS",
