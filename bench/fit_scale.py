@@ -1,7 +1,7 @@
 """RTN fit in one process against a dask LocalCluster on the same stack, and the projected full-sensor time.
 
-    .venv/bin/python bench/fit_scale.py                          # 1000 frames of 256 x 256, local:2
-    .venv/bin/python bench/fit_scale.py --shape 512 512 --workers 2
+    .venv/bin/python bench/fit_scale.py                          # 1000 frames of 512 x 512, local:2
+    .venv/bin/python bench/fit_scale.py --shape 1024 1024 --workers 2
 
 Writes a simulated bias stack to a temporary folder, fits it with ``fit_bias_stack`` in this process and
 with ``scheduler='local:N'``, checks that both cubes are the same (``cube_id``), and projects the time of a
@@ -28,7 +28,7 @@ FULL_FRAMES = 5000
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--shape", type=int, nargs=2, default=(256, 256), metavar=("NY", "NX"))
+    ap.add_argument("--shape", type=int, nargs=2, default=(512, 512), metavar=("NY", "NX"))
     ap.add_argument("--frames", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=2, help="workers of the LocalCluster")
     ap.add_argument("--memory-limit", type=int, default=64 << 20, help="bytes (bands of a few MB: many bands)")
@@ -55,7 +55,7 @@ def main() -> None:
     cost = t_one / (npix * args.frames)
     full = cost * FULL_PIXELS * FULL_FRAMES
     print(f"cost {cost * 1e9:.2f} ns per pixel and frame; a {FULL_FRAMES}-frame full IMX455 fit, ideal scaling: "
-          + ", ".join(f"{n} workers {full / n / 3600:.1f} h" for n in (1, 8, 32, 128)))
+          + ", ".join(f"{n} workers {full / n / 60:.0f} min" for n in (1, 8, 32, 128)))
 
 
 if __name__ == "__main__":
