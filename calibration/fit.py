@@ -9,8 +9,9 @@
    (:mod:`rtnstream.calibration._em`), then the acceptance rules and ``lambda_max`` from the threshold table.
 
 Each pass maps a pure tile function (``moments_band``, ``anderson_darling_band``, ``fit_band``) over row
-bands; a band is read by the task that processes it, so the same functions can be mapped on a process pool
-(``workers``) or, later, on a Dask cluster. Memory: the bands and the work arrays of the passes stay under
+bands; a band is read by the task that processes it, so the same functions are mapped on a process pool
+(``workers``) or on a dask.distributed cluster (``scheduler``, :mod:`rtnstream.calibration.distributed`),
+with the same result. Memory: the bands and the work arrays of the passes stay under
 ``memory_limit_bytes`` (split between the workers); the per-pixel result maps (about
 ``MAP_BYTES_PER_PIXEL`` bytes a pixel) come on top.
 """
@@ -467,11 +468,13 @@ def _fit_task(stack: FitsStack, y0: int, y1: int, work_bytes: int, settings: Fit
 
 
 def _map_bands(
-    task: Callable[..., Any], stack: FitsStack, bands: Sequence[tuple[int, int]],
+    task: Callable[..., Any], stack: FitsStack | Any, bands: Sequence[tuple[int, int]],
     per_band: Callable[[int, int], tuple], pool: concurrent.futures.Executor | None, workers: int, desc: str,
     progress: bool,
 ) -> Iterator[tuple[int, int, Any]]:
     """Run ``task(stack, y0, y1, *per_band(y0, y1))`` for every band, in this process or on ``pool``.
+
+    ``stack`` is the FitsStack, or (dask) the future of its copy on the workers.
 
     At most two tasks per worker are in flight, so results never pile up in memory.
     """
@@ -499,6 +502,22 @@ def _executor(workers: int) -> contextlib.AbstractContextManager[concurrent.futu
     if workers <= 1:
         return contextlib.nullcontext(None)
     return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+@contextlib.contextmanager
+def _pool(workers: int, scheduler: str | None
+          ) -> Iterator[tuple[concurrent.futures.Executor | None, int, Callable[[Any], Any]]]:
+    """``(executor or None, worker count, share)`` of a process pool or a dask cluster; ``share(stack)`` is
+    what tasks get for ``stack`` (the stack itself, or its copy placed once on every dask worker)."""
+    if scheduler is None:
+        with _executor(workers) as pool:
+            yield pool, workers, lambda value: value
+        return
+    from rtnstream.calibration.distributed import dask_executor
+
+    with dask_executor(scheduler) as dask:
+        log.info("fitting on dask: %s, %d workers", scheduler, dask.n_workers)
+        yield dask.executor, dask.n_workers, dask.share
 
 
 def _bands(ny: int, rows: int, workers: int) -> list[tuple[int, int]]:
@@ -555,6 +574,7 @@ def fit_bias_stack(
     settings: FitSettings = FitSettings(),
     memory_limit_bytes: int = 1024**3,
     workers: int = 1,
+    scheduler: str | None = None,
     progress: bool = False,
     allowed_imagetyp: Sequence[str] = ("bias",),
 ) -> FitResult:
@@ -574,6 +594,12 @@ def fit_bias_stack(
         Memory of the bands and work arrays of all workers together, bytes (see the module docstring).
     workers : int
         Processes; 1 runs everything in this process.
+    scheduler : str, optional
+        Map the bands on dask.distributed instead: ``'local:N'`` starts a LocalCluster of N worker
+        processes, any other value is the address of a running scheduler whose workers read the bias
+        files by the same paths. ``workers`` must then be left at 1. The bands are planned as for one
+        process, so the cube is the one-process cube bit for bit, and ``memory_limit_bytes`` is each
+        worker's.
     progress : bool
         A tqdm progress bar per pass (on stderr).
     allowed_imagetyp : sequence of str
@@ -611,23 +637,29 @@ def fit_bias_stack(
     else:
         gain = GainSource(gain_e_per_adu, "option", f"given: {gain_e_per_adu!r} e-/ADU")
     n = _check_inputs(stack, gain.gain_e_per_adu, n_frames, memory_limit_bytes, workers)
+    if scheduler is not None and workers != 1:
+        raise ValueError(f"workers: give workers or scheduler, not both (workers={workers!r}, "
+                         f"scheduler={scheduler!r})")
     log.info("gain %.6g e-/ADU (%s)", gain.gain_e_per_adu, gain.detail)
     if n < 1000:
         log.warning("fitting RTN from %d bias frames; 1000 or more are recommended", n)
     table = get_table(settings.alpha)
     n_ad = min(settings.ad_frames, n)
-    plan = plan_bands(stack, n, n_ad, memory_limit_bytes, workers)
     ny, nx = stack.shape
     g = float(gain.gain_e_per_adu)
     timing: dict[str, float] = {}
 
-    with _executor(workers) as pool:
+    with _pool(workers, scheduler) as (pool, workers, share):
+        # on dask each worker takes bands planned as for one process: the cube is the one-process cube
+        # bit for bit (EM's sums depend on which candidates share a band), and the limit is each worker's
+        split = 1 if scheduler is not None else workers
+        plan = plan_bands(stack, n, n_ad, memory_limit_bytes, split)
         t0 = time.perf_counter()
         mean = np.empty((ny, nx))
         std = np.empty((ny, nx))
         n_valid = np.empty((ny, nx), dtype=np.int64)
         bad_per_frame = np.zeros(n, dtype=np.int64)
-        for y0, y1, (m, s, k, b) in _map_bands(_moments_task, stack, _bands(ny, plan.moments_rows, workers),
+        for y0, y1, (m, s, k, b) in _map_bands(_moments_task, share(stack), _bands(ny, plan.moments_rows, split),
                                                lambda a, b: (plan.work_bytes,), pool, workers,
                                                "pass 1/3 moments", progress):
             mean[y0:y1], std[y0:y1], n_valid[y0:y1] = m, s, k
@@ -639,7 +671,7 @@ def fit_bias_stack(
         t0 = time.perf_counter()
         ad_stack = stack.subset(range(n_ad))
         a2 = np.empty((ny, nx))
-        for y0, y1, res in _map_bands(_anderson_task, ad_stack, _bands(ny, plan.anderson_rows, workers),
+        for y0, y1, res in _map_bands(_anderson_task, share(ad_stack), _bands(ny, plan.anderson_rows, split),
                                       lambda a, b: (plan.work_bytes, settings), pool, workers,
                                       "pass 2/3 candidates", progress):
             a2[y0:y1] = res
@@ -649,9 +681,9 @@ def fit_bias_stack(
         timing["pass2_candidates_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        fit_bands = [(y0, y1) for y0, y1 in _bands(ny, plan.fit_rows, workers) if candidate[y0:y1].any()]
+        fit_bands = [(y0, y1) for y0, y1 in _bands(ny, plan.fit_rows, split) if candidate[y0:y1].any()]
         parts: dict[int, dict[str, np.ndarray]] = {}
-        for y0, _y1, res in _map_bands(_fit_task, stack, fit_bands,
+        for y0, _y1, res in _map_bands(_fit_task, share(stack), fit_bands,
                                        lambda a, b: (plan.work_bytes, settings, candidate[a:b], std[a:b]),
                                        pool, workers, "pass 3/3 fit", progress):
             parts[y0] = res

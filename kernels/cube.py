@@ -1,9 +1,17 @@
 """RTN calibration file ("cube"): the per-pixel RTN parameters, their FITS format, and the paper import.
 
-Format (docs/formats.md): primary HDU header only (format version, detector identifiers, GAIN in e-/ADU,
-provenance); image extensions MU (adu), DELTA (electron), SIGMA (electron), FRAC_C, FRAC_LO, FRAC_HI,
-LAMMAX (electron), each (ny, nx) float with NaN where a pixel has no RTN; MEANBIAS (adu) and READNOISE
-(electron) for every pixel; DQ (uint16 bit flags). Written with CHECKSUM/DATASUM.
+Format (docs/formats.md), both versions with a primary HDU of header only (format version ``RTNFMT``,
+detector identifiers, GAIN in e-/ADU, provenance) and CHECKSUM/DATASUM on every HDU:
+
+- version 2 (written by default): the RTN pixels as a binary table ``RTNPIX`` (flat C-order INDEX, MU adu,
+  DELTA electron, SIGMA electron, FRAC_C, FRAC_LO, FRAC_HI, LAMMAX electron), and the maps that have a
+  value at every pixel tile-compressed (lossless GZIP_2): MEANBIAS (adu, float32), READNOISE (electron,
+  float32), DQ (uint16 bit flags);
+- version 1 (still read, and written on request): image extensions MU, DELTA, SIGMA, FRAC_C, FRAC_LO,
+  FRAC_HI, LAMMAX, each (ny, nx) float64 with NaN where a pixel has no RTN, MEANBIAS, READNOISE and DQ.
+
+The values the two versions store are the same: :class:`RTNCube` holds MEANBIAS and READNOISE at float32
+precision, so a cube converted either way corrects every frame identically.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +35,8 @@ __all__ = [
     "DQ_ANOMALOUS_MEAN",
     "DQ_ANOMALOUS_STD",
     "DQ_HOT",
+    "CUBE_FORMAT_VERSION",
+    "CUBE_FORMATS",
     "RTNCube",
     "read_cube",
     "write_cube",
@@ -33,7 +44,8 @@ __all__ = [
     "model_mean_and_std",
 ]
 
-CUBE_FORMAT_VERSION = 1
+CUBE_FORMAT_VERSION = 2
+CUBE_FORMATS = (1, 2)
 
 DQ_RTN = 1
 DQ_TWO_TRAP = 2
@@ -62,7 +74,29 @@ _PLANES: dict[str, tuple[str, str, bool]] = {
     "MEANBIAS": ("meanbias_adu", "adu", False),
     "READNOISE": ("readnoise_e", "electron", False),
 }
+# planes held (and stored by format 2) at float32 precision: the maps every pixel has
+_FLOAT32_ATTRS = ("meanbias_adu", "readnoise_e")
 _UNIT_ALIASES = {"adu": {"adu"}, "electron": {"electron", "electrons", "e-"}, "": {""}}
+
+# format 2: the RTN pixels' table (extension name, column -> (FITS format, attribute, unit)), float64: the
+# fractions serve as probabilities (they must sum to 1 in float64), the rest enter decisions and products
+_TABLE = "RTNPIX"
+_TABLE_COLUMNS: dict[str, tuple[str, str, str]] = {
+    "MU": ("D", "mu_adu", "adu"),
+    "DELTA": ("D", "delta_e", "electron"),
+    "SIGMA": ("D", "sigma_e", "electron"),
+    "FRAC_C": ("D", "frac_c", ""),
+    "FRAC_LO": ("D", "frac_lo", ""),
+    "FRAC_HI": ("D", "frac_hi", ""),
+    "LAMMAX": ("D", "lammax_e", "electron"),
+}
+# format 2's maps: lossless tile compression (one tile a row), and the dtype (ZBITPIX) each must have
+_COMPRESSION = "GZIP_2"
+_COMPRESSIONS = ("GZIP_1", "GZIP_2")
+_MAPS = {"MEANBIAS": -32, "READNOISE": -32, "DQ": 16}
+# deflate never expands data by more than 1032:1 (RFC 1951 block limits): a compressed map that claims more
+# pixels than that of the bytes it holds is refused before it is decompressed
+_MAX_DEFLATE_RATIO = 1032
 
 # header keyword -> meta key (strings / numbers passed through)
 _META_KEYS = {
@@ -103,9 +137,10 @@ class RTNCube:
     lammax_e : numpy.ndarray, shape (ny, nx), float64, electron
         Largest expected signal at which positive jumps are resolvable; NaN where no RTN.
     meanbias_adu : numpy.ndarray, shape (ny, nx), float64, adu
-        Mean bias of every pixel (mixture mean for RTN pixels).
+        Mean bias of every pixel (mixture mean for RTN pixels). Held at float32 precision (the values of
+        format 2: a relative 6e-8, some 3e-5 adu at 500 adu, far below the fit's own uncertainty).
     readnoise_e : numpy.ndarray, shape (ny, nx), float64, electron
-        Total read noise of every pixel (RTN included).
+        Total read noise of every pixel (RTN included). Held at float32 precision, as ``meanbias_adu``.
     dq : numpy.ndarray, shape (ny, nx), uint16
         Bit flags ``DQ_RTN``, ``DQ_TWO_TRAP``, ``DQ_ANOMALOUS_MEAN``, ``DQ_ANOMALOUS_STD``, ``DQ_HOT``.
     gain_e_per_adu : float
@@ -132,6 +167,8 @@ class RTNCube:
             setattr(self, attr, np.asarray(getattr(self, attr), dtype=np.float64))
         self.dq = np.asarray(self.dq, dtype=np.uint16)
         _validate(self, source="cube")
+        for attr in _FLOAT32_ATTRS:  # validated first: a value beyond float32 is refused by its range, by name
+            setattr(self, attr, getattr(self, attr).astype(np.float32).astype(np.float64))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -155,12 +192,20 @@ class RTNCube:
 
     @property
     def cube_id(self) -> str:
-        """Content hash (16 hex digits) of the planes and the gain: the cube's identity everywhere."""
+        """Content hash (16 hex digits) of the gain and what a file stores: the cube's identity everywhere.
+
+        SHA-256 over the gain, the shape, the flat indices of the RTN pixels, the RTN planes' values there,
+        then MEANBIAS, READNOISE (float64) and DQ: the values at non-RTN pixels of the RTN planes (NaN,
+        unused) are not part of it, so hashing a full sensor reads about a sixth of its planes.
+        """
         h = hashlib.sha256()
         h.update(np.float64(self.gain_e_per_adu).tobytes())
         h.update(np.asarray(self.shape, dtype=np.int64).tobytes())
-        for attr, _unit, _rtn in _PLANES.values():
-            h.update(np.ascontiguousarray(getattr(self, attr)).tobytes())
+        index = np.flatnonzero(self.rtn_mask)
+        h.update(index.astype(np.int64).tobytes())
+        for attr, _unit, rtn_only in _PLANES.values():
+            plane = getattr(self, attr)
+            h.update(plane.reshape(-1)[index].tobytes() if rtn_only else np.ascontiguousarray(plane).tobytes())
         h.update(np.ascontiguousarray(self.dq).tobytes())
         return h.hexdigest()[:16]
 
@@ -194,27 +239,28 @@ def _validate(cube: RTNCube, source: str) -> None:
             raise CubeFormatError(f"{source}: {name} has shape {plane.shape}, MU has {shape}")
     if cube.dq.shape != shape:
         raise CubeFormatError(f"{source}: DQ has shape {cube.dq.shape}, MU has {shape}")
-    rtn = np.isfinite(cube.mu_adu)
-    for name, (attr, _unit, rtn_only) in _PLANES.items():
-        plane = getattr(cube, attr)
-        where = rtn if rtn_only else np.ones(shape, bool)
-        bad = int(np.count_nonzero(where & ~np.isfinite(plane)))
+    # the RTN planes are checked at the RTN pixels only: gathered once (a few % of a sensor), not masked
+    index = np.flatnonzero(np.isfinite(cube.mu_adu))
+    values = {name: (getattr(cube, attr).reshape(-1)[index] if rtn_only else getattr(cube, attr))
+              for name, (attr, _unit, rtn_only) in _PLANES.items()}
+    for name, (_attr, _unit, rtn_only) in _PLANES.items():
+        bad = values[name].size - int(np.count_nonzero(np.isfinite(values[name])))
         if bad:
             scope = "RTN pixels (finite MU)" if rtn_only else "pixels"
             raise CubeFormatError(f"{source}: {name} is NaN or infinite at {bad} {scope}; a value is required")
     checks = (
-        ("DELTA", cube.delta_e, "> 0", lambda a: a > 0),
-        ("SIGMA", cube.sigma_e, "> 0", lambda a: a > 0),
-        ("LAMMAX", cube.lammax_e, ">= 0", lambda a: a >= 0),
-        ("FRAC_C", cube.frac_c, "in [0, 1]", lambda a: (a >= 0) & (a <= 1)),
-        ("FRAC_LO", cube.frac_lo, "in [0, 1]", lambda a: (a >= 0) & (a <= 1)),
-        ("FRAC_HI", cube.frac_hi, "in [0, 1]", lambda a: (a >= 0) & (a <= 1)),
+        ("DELTA", "> 0", lambda a: a > 0),
+        ("SIGMA", "> 0", lambda a: a > 0),
+        ("LAMMAX", ">= 0", lambda a: a >= 0),
+        ("FRAC_C", "in [0, 1]", lambda a: (a >= 0) & (a <= 1)),
+        ("FRAC_LO", "in [0, 1]", lambda a: (a >= 0) & (a <= 1)),
+        ("FRAC_HI", "in [0, 1]", lambda a: (a >= 0) & (a <= 1)),
     )
-    for name, plane, rule, ok in checks:
-        bad = int(np.count_nonzero(~ok(plane[rtn])))
+    for name, rule, ok in checks:
+        bad = int(np.count_nonzero(~ok(values[name])))
         if bad:
             raise CubeFormatError(f"{source}: {name} must be {rule} at RTN pixels; {bad} pixels are not")
-    total = cube.frac_c[rtn] + cube.frac_lo[rtn] + cube.frac_hi[rtn]
+    total = values["FRAC_C"] + values["FRAC_LO"] + values["FRAC_HI"]
     bad = int(np.count_nonzero(np.abs(total - 1.0) > 1e-3))
     if bad:
         raise CubeFormatError(f"{source}: FRAC_C + FRAC_LO + FRAC_HI differs from 1 at {bad} RTN pixels")
@@ -222,29 +268,47 @@ def _validate(cube: RTNCube, source: str) -> None:
     if bad:
         raise CubeFormatError(f"{source}: READNOISE is negative at {bad} pixels")
     for name, (lo, hi, unit) in _RANGES.items():
-        attr, _unit, rtn_only = _PLANES[name]
-        values = getattr(cube, attr)[rtn] if rtn_only else getattr(cube, attr)
-        out = values[(values < lo) | (values > hi)]
+        rtn_only = _PLANES[name][2]
+        out = values[name][(values[name] < lo) | (values[name] > hi)]
         if out.size:
             scope = "RTN pixels" if rtn_only else "pixels"
             raise CubeFormatError(f"{source}: {name} must be in [{lo:g}, {hi:g}] {unit}; {out.size} {scope} are "
                                   f"not (e.g. {out[0]:g})")
 
 
-def write_cube(cube: RTNCube, path: str | os.PathLike, overwrite: bool = False) -> Path:
+def write_cube(cube: RTNCube, path: str | os.PathLike, overwrite: bool = False,
+               version: int = CUBE_FORMAT_VERSION) -> Path:
     """Write ``cube`` as a multi-extension FITS file with CHECKSUM/DATASUM.
+
+    Parameters
+    ----------
+    cube : RTNCube
+    path : path
+        The file to write.
+    overwrite : bool
+        Replace an existing file.
+    version : {1, 2}
+        Format version (docs/formats.md): 2, the default, stores the RTN pixels as a table and the
+        full-sensor maps tile-compressed; 1 stores one image plane per parameter.
 
     Returns
     -------
     pathlib.Path
         The file written.
+
+    Raises
+    ------
+    ValueError
+        ``version`` is not a known format version.
     """
     from rtnstream import __version__
 
+    if isinstance(version, bool) or version not in CUBE_FORMATS:
+        raise ValueError(f"version must be one of {CUBE_FORMATS}, got {version!r}")
     path = Path(path)
     primary = fits.PrimaryHDU()
     hdr = primary.header
-    hdr["RTNFMT"] = (CUBE_FORMAT_VERSION, "rtnstream RTN calibration file format version")
+    hdr["RTNFMT"] = (int(version), "rtnstream RTN calibration file format version")
     hdr["GAIN"] = (float(cube.gain_e_per_adu), "[e-/ADU] conversion gain")
     hdr["CUBEID"] = (cube.cube_id, "content hash of the planes")
     hdr["NRTN"] = (cube.n_rtn, "number of RTN pixels")
@@ -254,18 +318,44 @@ def write_cube(cube: RTNCube, path: str | os.PathLike, overwrite: bool = False) 
         value = meta.get(name)
         if value is not None:
             hdr[key] = value.item() if isinstance(value, np.generic) else value
-    hdus: list[fits.hdu.base.ExtensionHDU] = []
+    hdus = _v1_hdus(cube) if version == 1 else _v2_hdus(cube)
+    dq = hdus[-1]
+    for key, (bit, label) in _DQ_KEYS.items():
+        dq.header[key] = (bit, f"bit value of the {label} flag")
+    fits.HDUList([primary, *hdus]).writeto(path, overwrite=overwrite, checksum=True)
+    return path
+
+
+def _v1_hdus(cube: RTNCube) -> list[fits.ImageHDU]:
+    """Format 1: one float64 image per parameter (read back bit for bit: cube_id), then DQ."""
+    hdus = []
     for name, (attr, unit, _rtn) in _PLANES.items():
-        hdu = fits.ImageHDU(getattr(cube, attr), name=name)  # float64: read back bit for bit (cube_id)
+        hdu = fits.ImageHDU(getattr(cube, attr), name=name)
         hdu.header["BUNIT"] = unit
         hdus.append(hdu)
     dq = fits.ImageHDU(cube.dq, name="DQ")
     dq.header["BUNIT"] = ""
-    for key, (bit, label) in _DQ_KEYS.items():
-        dq.header[key] = (bit, f"bit value of the {label} flag")
-    hdus.append(dq)
-    fits.HDUList([primary, *hdus]).writeto(path, overwrite=overwrite, checksum=True)
-    return path
+    return [*hdus, dq]
+
+
+def _v2_hdus(cube: RTNCube) -> list[fits.BinTableHDU | fits.CompImageHDU]:
+    """Format 2: the RTN pixels' table, then MEANBIAS, READNOISE and DQ tile-compressed (lossless), DQ last."""
+    index = np.flatnonzero(cube.rtn_mask)
+    size = cube.shape[0] * cube.shape[1]
+    columns = [fits.Column(name="INDEX", format="J" if size <= np.iinfo(np.int32).max else "K", array=index)]
+    for name, (fmt, attr, unit) in _TABLE_COLUMNS.items():
+        columns.append(fits.Column(name=name, format=fmt, unit=unit or None,
+                                   array=getattr(cube, attr).reshape(-1)[index]))
+    table = fits.BinTableHDU.from_columns(columns, name=_TABLE)
+    hdus: list[fits.BinTableHDU | fits.CompImageHDU] = [table]
+    for name, attr, dtype in (("MEANBIAS", "meanbias_adu", np.float32), ("READNOISE", "readnoise_e", np.float32),
+                              ("DQ", "dq", np.uint16)):
+        # quantize_level=0: no quantization, the float32 values are kept bit for bit
+        hdu = fits.CompImageHDU(getattr(cube, attr).astype(dtype), name=name, compression_type=_COMPRESSION,
+                                quantize_level=0.0)
+        hdu.header["BUNIT"] = _PLANES[name][1] if name in _PLANES else ""
+        hdus.append(hdu)
+    return hdus
 
 
 def _unit_ok(found: str, expected: str) -> bool:
@@ -327,8 +417,10 @@ def _plane_hdus(where: str, hdul: fits.HDUList) -> dict[str, fits.ImageHDU]:
 def read_cube(path: str | os.PathLike, name: str | None = None) -> RTNCube:
     """Read and validate an RTN calibration file.
 
-    Every header is checked before any data is read: an extension that claims more data than the file
-    holds, or a plane of another shape than ``MU``, is refused without allocating it.
+    Both format versions are read (``RTNFMT`` in the primary header). Every header is checked before any
+    data is read: an extension that claims more data than the file holds, a plane of another shape than
+    the others, or (format 2) a compressed map that claims more pixels than its bytes can hold or a table
+    with more rows than the sensor has pixels, is refused without allocating it.
 
     Parameters
     ----------
@@ -363,24 +455,15 @@ def read_cube(path: str | os.PathLike, name: str | None = None) -> RTNCube:
     with hdul:
         try:
             _check_sizes(where, path, hdul)
-            hdus = _plane_hdus(where, hdul)
-            _verify_checksums(where, hdul)
-            planes: dict[str, Any] = {}
-            for ext, hdu in hdus.items():
-                if hdu.data is None:
-                    raise CubeFormatError(f"{where}: extension {ext} has no data")
-                if ext == "DQ":
-                    dq = np.asarray(hdu.data)
-                    if not np.issubdtype(dq.dtype, np.integer) or dq.min(initial=0) < 0 or dq.max(initial=0) > 0xFFFF:
-                        raise CubeFormatError(f"{where}: extension DQ must hold unsigned 16-bit integer flags, "
-                                              f"got {dq.dtype}")
-                    planes["dq"] = dq
-                    continue
-                attr, unit, _rtn = _PLANES[ext]
-                found = str(hdu.header.get("BUNIT", ""))
-                if not _unit_ok(found, unit):
-                    raise CubeFormatError(f"{where}: extension {ext} has BUNIT {found!r}, expected {unit!r}")
-                planes[attr] = np.asarray(hdu.data, dtype=np.float64)
+            version = _format_version(where, hdul[0].header)
+            if version == 2:
+                table, maps = _v2_hdus_checked(where, hdul)
+                _verify_checksums(where, hdul)
+                planes = _v2_planes(where, table, maps)
+            else:
+                hdus = _plane_hdus(where, hdul)
+                _verify_checksums(where, hdul)
+                planes = _v1_planes(where, hdus)
             hdr = hdul[0].header
             if "GAIN" not in hdr:
                 raise CubeFormatError(f"{where}: primary header has no GAIN (e-/ADU)")
@@ -395,6 +478,135 @@ def read_cube(path: str | os.PathLike, name: str | None = None) -> RTNCube:
             raise
         except (OSError, ValueError, TypeError) as exc:
             raise CubeFormatError(f"{where}: corrupt data ({scrub(exc)})") from exc
+
+
+def _format_version(where: str, header: fits.Header) -> int:
+    """``RTNFMT`` of the primary header (a file without it is format 1, as the first files were)."""
+    version = header.get("RTNFMT", 1)
+    if isinstance(version, bool) or version not in CUBE_FORMATS:
+        raise CubeFormatError(f"{where}: RTNFMT {version!r} is not a known format version "
+                              f"({', '.join(map(str, CUBE_FORMATS))})")
+    return int(version)
+
+
+def _v1_planes(where: str, hdus: dict[str, fits.ImageHDU]) -> dict[str, np.ndarray]:
+    """The (ny, nx) planes of a format-1 file (headers already checked)."""
+    planes: dict[str, np.ndarray] = {}
+    for ext, hdu in hdus.items():
+        if hdu.data is None:
+            raise CubeFormatError(f"{where}: extension {ext} has no data")
+        if ext == "DQ":
+            planes["dq"] = _dq_flags(where, np.asarray(hdu.data))
+            continue
+        attr, unit, _rtn = _PLANES[ext]
+        found = str(hdu.header.get("BUNIT", ""))
+        if not _unit_ok(found, unit):
+            raise CubeFormatError(f"{where}: extension {ext} has BUNIT {found!r}, expected {unit!r}")
+        planes[attr] = np.asarray(hdu.data, dtype=np.float64)
+    return planes
+
+
+def _dq_flags(where: str, dq: np.ndarray) -> np.ndarray:
+    if not np.issubdtype(dq.dtype, np.integer) or dq.min(initial=0) < 0 or dq.max(initial=0) > 0xFFFF:
+        raise CubeFormatError(f"{where}: extension DQ must hold unsigned 16-bit integer flags, got {dq.dtype}")
+    return dq
+
+
+def _v2_hdus_checked(where: str, hdul: fits.HDUList) -> tuple[fits.BinTableHDU, dict[str, fits.BinTableHDU]]:
+    """Format 2's table and compressed maps (as the raw binary tables), checked from their headers alone.
+
+    A map must be a 2-D tile-compressed image (GZIP) of the expected ZBITPIX, every map of one shape, and
+    claim no more pixels than its compressed bytes can hold; the table must have every column, with its
+    unit, and no more rows than the sensor has pixels.
+    """
+    names = {hdu.name.upper(): hdu for hdu in hdul[1:]}
+    missing = [n for n in (_TABLE, *_MAPS) if n not in names]
+    if missing:
+        raise CubeFormatError(f"{where}: missing extension(s) {', '.join(missing)}")
+    shape = None
+    maps: dict[str, fits.BinTableHDU] = {}
+    for name, zbitpix in _MAPS.items():
+        hdu = names[name]
+        hdr = hdu.header
+        if not isinstance(hdu, fits.BinTableHDU) or hdr.get("ZIMAGE") is not True:
+            raise CubeFormatError(f"{where}: extension {name} must be a tile-compressed image (format 2), got "
+                                  f"{type(hdu).__name__}")
+        if hdr.get("ZNAXIS") != 2:
+            raise CubeFormatError(f"{where}: {name} must be a 2-D (ny, nx) map, got ZNAXIS {hdr.get('ZNAXIS')!r}")
+        dims = (hdr.get("ZNAXIS2"), hdr.get("ZNAXIS1"))
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
+            raise CubeFormatError(f"{where}: {name} has an invalid shape {dims}")
+        if shape is None:
+            shape = dims
+        elif dims != shape:
+            raise CubeFormatError(f"{where}: {name} has shape {dims}, MEANBIAS has {shape}")
+        if hdr.get("ZBITPIX") != zbitpix:
+            raise CubeFormatError(f"{where}: {name} must have ZBITPIX {zbitpix}, got {hdr.get('ZBITPIX')!r}")
+        if hdr.get("ZCMPTYPE") not in _COMPRESSIONS:
+            raise CubeFormatError(f"{where}: {name} must be compressed with {' or '.join(_COMPRESSIONS)} "
+                                  f"(lossless), got {hdr.get('ZCMPTYPE')!r}")
+        held = int(hdu.size)
+        claimed = dims[0] * dims[1] * abs(zbitpix) // 8
+        if claimed > _MAX_DEFLATE_RATIO * max(held, 1):
+            raise CubeFormatError(f"{where}: {name} claims a map of shape {dims} ({claimed} bytes), more than "
+                                  f"its {held} compressed bytes can hold")
+        maps[name] = hdu
+    table = names[_TABLE]
+    if not isinstance(table, fits.BinTableHDU) or table.header.get("ZIMAGE") is True:
+        raise CubeFormatError(f"{where}: extension {_TABLE} must be a binary table, got {type(table).__name__}")
+    formats = {c.name.upper(): c for c in table.columns}
+    missing = [n for n in ("INDEX", *_TABLE_COLUMNS) if n not in formats]
+    if missing:
+        raise CubeFormatError(f"{where}: {_TABLE} has no column(s) {', '.join(missing)}")
+    if str(formats["INDEX"].format) not in ("J", "K", "1J", "1K"):
+        raise CubeFormatError(f"{where}: {_TABLE} column INDEX must be a 32- or 64-bit integer (J or K), got "
+                              f"{formats['INDEX'].format}")
+    for name, (_fmt, _attr, unit) in _TABLE_COLUMNS.items():
+        col = formats[name]
+        if str(col.format) not in ("E", "D", "1E", "1D"):
+            raise CubeFormatError(f"{where}: {_TABLE} column {name} must be a float (E or D), got {col.format}")
+        if not _unit_ok(str(col.unit or ""), unit):
+            raise CubeFormatError(f"{where}: {_TABLE} column {name} has unit {col.unit!r}, expected {unit!r}")
+    rows = int(table.header.get("NAXIS2", 0))
+    if rows > shape[0] * shape[1]:
+        raise CubeFormatError(f"{where}: {_TABLE} has {rows} rows, more than the {shape[0] * shape[1]} pixels "
+                              "of the maps")
+    return table, maps
+
+
+def _v2_planes(where: str, table: fits.BinTableHDU, maps: dict[str, fits.BinTableHDU]) -> dict[str, np.ndarray]:
+    """The (ny, nx) planes of a format-2 file (headers already checked): the table scattered, the maps."""
+    planes: dict[str, np.ndarray] = {}
+    images = {name: fits.CompImageHDU(bintable=hdu) for name, hdu in maps.items()}
+    for name, image in images.items():
+        found = str(image.header.get("BUNIT", ""))
+        unit = _PLANES[name][1] if name in _PLANES else ""
+        if name != "DQ" and not _unit_ok(found, unit):
+            raise CubeFormatError(f"{where}: extension {name} has BUNIT {found!r}, expected {unit!r}")
+    # the three maps decompressed side by side (zlib releases the GIL)
+    with ThreadPoolExecutor(len(images), thread_name_prefix="cube-read") as pool:
+        data = dict(zip(images, pool.map(lambda image: np.asarray(image.data), images.values()), strict=True))
+    for name, values in data.items():
+        if name == "DQ":
+            planes["dq"] = _dq_flags(where, values)
+        else:
+            planes[_PLANES[name][0]] = values.astype(np.float64)
+    shape = planes["meanbias_adu"].shape
+    data = table.data
+    index = np.asarray(data["INDEX"]) if data is not None else np.zeros(0, np.int64)
+    size = shape[0] * shape[1]
+    if index.size and (index[0] < 0 or index[-1] >= size or np.any(np.diff(index) <= 0)):
+        raise CubeFormatError(f"{where}: {_TABLE} INDEX must be strictly ascending flat pixel indices in "
+                              f"[0, {size})")
+    for name, (_fmt, attr, _unit) in _TABLE_COLUMNS.items():
+        plane = np.full(size, np.nan)
+        if index.size:
+            plane[index] = np.asarray(data[name], dtype=np.float64)
+        planes[attr] = plane.reshape(shape)
+    bad = index.size - int(np.count_nonzero(np.isfinite(planes["mu_adu"])))
+    if bad:
+        raise CubeFormatError(f"{where}: {_TABLE} MU is NaN or infinite in {bad} rows; every row is an RTN pixel")
+    return planes
 
 
 def model_mean_and_std(

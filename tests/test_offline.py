@@ -177,7 +177,7 @@ def test_corrupt_fits(sensor, frames, tmp_path, cube_path, capsys, damage):
 def test_nan_in_cube_is_refused(sensor, frames, tmp_path, capsys):
     path = tmp_path / "cube.fits"
     # damage a valid file, as a bad fit or a bad copy would
-    with fits.open(write_cube(sensor.true_cube(), path), mode="update") as hdul:
+    with fits.open(write_cube(sensor.true_cube(), path, version=1), mode="update") as hdul:
         hdul["DELTA"].data[np.unravel_index(sensor.rtn_index[0], SHAPE)] = np.nan
     data = tmp_path / "frames.fits"
     fits.PrimaryHDU(frames).writeto(data)

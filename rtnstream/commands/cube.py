@@ -1,14 +1,15 @@
-"""``rtnstream cube``: RTN calibration cubes: import the RTN paper's output, show a summary."""
+"""``rtnstream cube``: RTN calibration cubes: import the RTN paper's output, convert between formats, summary."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 
 from rtnstream.commands.fit import gain_from_args
-from rtnstream.kernels.cube import import_paper, read_cube, write_cube
+from rtnstream.kernels.cube import CUBE_FORMAT_VERSION, CUBE_FORMATS, import_paper, read_cube, write_cube
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +27,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     imp.add_argument("--read-noise", help="read noise map (electron), FITS")
     imp.add_argument("-o", "--output", required=True, help="cube file to write")
     imp.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    conv = sub.add_parser("convert", help="rewrite a cube in another format version (docs/formats.md)",
+                          formatter_class=parser.formatter_class)
+    conv.add_argument("input", metavar="IN.fits", help="cube to read (any format version)")
+    conv.add_argument("output", metavar="OUT.fits", help="cube file to write")
+    conv.add_argument("--format", type=int, choices=CUBE_FORMATS, default=CUBE_FORMAT_VERSION,
+                      help="format version to write: 2 (RTN pixels as a table, compressed maps) or 1 (one image "
+                           "plane per parameter)")
+    conv.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     info = sub.add_parser("info", help="validate a cube and print its summary as JSON",
                           formatter_class=parser.formatter_class)
     info.add_argument("cube", metavar="CUBE.fits")
@@ -40,6 +49,14 @@ def run(args: argparse.Namespace) -> int:
         gain_adu_per_e = args.gain_adu_per_e if args.gain_adu_per_e is not None else 1.0 / gain_e_per_adu
         cube = import_paper(args.params, gain_adu_per_e, args.mean_bias, args.read_noise)
         write_cube(cube, args.output, overwrite=args.overwrite)
+    elif args.cube_command == "convert":
+        if Path(args.output).exists() and not args.overwrite:
+            raise SystemExit(f"rtnstream cube convert: error: {args.output} exists (--overwrite replaces it)")
+        cube = read_cube(args.input)
+        write_cube(cube, args.output, overwrite=args.overwrite, version=args.format)
+        print(f"wrote {args.output} (format {args.format}, {Path(args.output).stat().st_size} bytes, cube "
+              f"{cube.cube_id})")
+        return 0
     else:
         cube = read_cube(args.cube)
     rtn = cube.rtn_mask

@@ -49,6 +49,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="folder for the PNG plots (default: <cube stem>_plots beside the cube)")
     parser.add_argument("--no-plots", action="store_true", help="write no plots")
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes")
+    parser.add_argument("--scheduler", default=None, metavar="local:N|ADDRESS",
+                        help="map the bands on dask.distributed: 'local:N' starts a LocalCluster of N workers, "
+                             "an address (tcp://host:8786) joins a running scheduler whose workers read the bias "
+                             "files by the same paths; needs pip install 'rtnstream[scale]'")
     parser.add_argument("--memory-limit", type=parse_size, default="1G", metavar="SIZE",
                         help="memory for bands and work arrays of all workers, e.g. 512M, 4G")
     parser.add_argument("--alpha", type=float, default=0.003, help="jump-test significance")
@@ -83,12 +87,13 @@ def run(args: argparse.Namespace) -> int:
         settings = FitSettings(alpha=args.alpha)
         result = fit_bias_stack(
             args.bias, gain_e_per_adu, n_frames=args.frames, settings=settings,
-            memory_limit_bytes=args.memory_limit, workers=args.workers, progress=not args.no_progress,
+            memory_limit_bytes=args.memory_limit, workers=args.workers, scheduler=args.scheduler,
+            progress=not args.no_progress,
             allowed_imagetyp=("bias", *args.allow_imagetyp),
         )
     except RTNStreamError:  # unreadable or mismatched files: reported by the CLI
         raise
-    except ValueError as exc:  # bad option values (the message names the option)
+    except (ValueError, ImportError) as exc:  # bad option values (the message names the option), no dask
         return _fail(str(exc))
     print(f"rtnstream fit: gain {result.report['gain']['e_per_adu']:.6g} e-/ADU "
           f"({result.report['gain']['detail']})")

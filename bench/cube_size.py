@@ -1,0 +1,109 @@
+"""Size on disk and load time of a full-sensor RTN cube (format 2, optionally format 1), and the engine's memory.
+
+    .venv/bin/python bench/cube_size.py                      # IMX455: 6388 x 9576, 5 % RTN pixels
+    .venv/bin/python bench/cube_size.py --shape 2000 2000 --v1
+
+The cube is simulated directly (no fit), with values shaped as a fit of ``--n-bias`` frames gives them:
+mean bias and the fractions are multiples of 1 / n-bias, the other parameters continuous. Prints the file
+size, the time to write it, the time to read and validate it (``read_cube``), the time to build the
+correction engine from it (``RTNEngine``, NumPy backend, temporal reference), the engine's per-pixel
+parameter memory and the process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rtnstream.kernels.cube import DQ_HOT, DQ_RTN, RTNCube, read_cube, write_cube
+from rtnstream.kernels.engine import RTNEngine
+from rtnstream.kernels.lut import get_table
+
+
+def simulate_cube(shape: tuple[int, int], rtn_fraction: float, n_bias: int, seed: int = 0) -> RTNCube:
+    """A cube of ``shape`` with ``rtn_fraction`` RTN pixels, values as a fit of ``n_bias`` frames gives them."""
+    rng = np.random.default_rng(seed)
+    ny, nx = shape
+    npix = ny * nx
+    g = 1 / 3.26
+    n = int(round(rtn_fraction * npix))
+    index = np.sort(rng.choice(npix, n, replace=False))
+    meanbias = np.rint((500.0 + rng.normal(0, 3.0, npix)) * n_bias) / n_bias
+    readnoise = np.clip(1.2 * np.exp(rng.normal(0, 0.15, npix)), 0.5, 5.0)
+    sigma = np.clip(1.2 * np.exp(rng.normal(0, 0.15, n)), 0.5, 5.0)
+    delta = rng.uniform(3.0, 10.0, n) * sigma
+    lo = np.rint(rng.uniform(0.02, 0.1, n) * n_bias) / n_bias
+    hi = np.rint(rng.uniform(0.0, 0.08, n) * n_bias) / n_bias
+    table = get_table(0.003)
+
+    def plane(values: np.ndarray) -> np.ndarray:
+        out = np.full(npix, np.nan)
+        out[index] = values
+        return out.reshape(shape)
+
+    readnoise[index] = np.sqrt(sigma**2 + delta**2 * (lo + hi) - (delta * (hi - lo)) ** 2)
+    dq = np.zeros(npix, np.uint16)
+    dq[index] = DQ_RTN
+    dq[rng.choice(npix, npix // 10_000, replace=False)] |= DQ_HOT
+    return RTNCube(
+        mu_adu=plane(meanbias[index] - delta * (hi - lo) / g), delta_e=plane(delta), sigma_e=plane(sigma),
+        frac_c=plane(1.0 - lo - hi), frac_lo=plane(lo), frac_hi=plane(hi),
+        lammax_e=plane(table.lambda_max(delta, sigma)), meanbias_adu=meanbias.reshape(shape),
+        readnoise_e=readnoise.reshape(shape), dq=dq.reshape(shape), gain_e_per_adu=g,
+    )
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shape", type=int, nargs=2, default=(6388, 9576), metavar=("NY", "NX"))
+    ap.add_argument("--rtn-fraction", type=float, default=0.05)
+    ap.add_argument("--n-bias", type=int, default=1000, help="bias frames the simulated fit used")
+    ap.add_argument("--v1", action="store_true", help="also write and read format 1 (about 74 bytes a pixel)")
+    ap.add_argument("--dir", default=None, help="folder for the files (default: a temporary one, removed)")
+    args = ap.parse_args()
+    shape = tuple(args.shape)
+    t0 = time.perf_counter()
+    cube = simulate_cube(shape, args.rtn_fraction, args.n_bias)
+    print(f"simulated {shape[0]} x {shape[1]} ({shape[0] * shape[1] / 1e6:.1f} Mpx), {cube.n_rtn} RTN pixels "
+          f"({cube.n_rtn / (shape[0] * shape[1]):.1%}) in {time.perf_counter() - t0:.1f} s")
+    versions = (2, 1) if args.v1 else (2,)
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        for version in versions:
+            path = Path(tmp) / f"cube_v{version}.fits"
+            t0 = time.perf_counter()
+            write_cube(cube, path, version=version)
+            t_write = time.perf_counter() - t0
+            size = path.stat().st_size
+            t0 = time.perf_counter()
+            back = read_cube(path)
+            t_read = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            engine = RTNEngine(back, backend="numpy")
+            t_engine = time.perf_counter() - t0
+            assert back.cube_id == cube.cube_id
+            p = engine.params
+            own = sum(a.nbytes for a in (p.index, p.mu_adu, p.delta_e, p.delta_adu_int, p.delta_adu_float, p.rn2_e2,
+                                         p.sigma_j, p.sigma_w, p.sigma_ok))
+            shared = np.shares_memory(p.meanbias_adu, back.meanbias_adu)
+            print(f"format {version}: {size / 1e6:.1f} MB on disk ({size / (shape[0] * shape[1]):.2f} bytes/pixel); "
+                  f"write {t_write:.1f} s; read_cube {t_read:.1f} s; RTNEngine {t_engine:.1f} s; loaded for "
+                  f"correction in {t_read + t_engine:.1f} s")
+            held = sum(getattr(back, a).nbytes for a in vars(back) if isinstance(getattr(back, a), np.ndarray))
+            print(f"  engine per-pixel parameters {own / 1e6:.1f} MB, plus the mean-bias map "
+                  f"{p.meanbias_adu.nbytes / 1e6:.1f} MB ({'shared with the cube, no copy' if shared else 'a copy'})"
+                  f"; the RTNCube itself {held / 1e6:.0f} MB")
+            del engine, back
+    print(f"peak RSS {_peak_rss_mb():.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
