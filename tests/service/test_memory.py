@@ -43,8 +43,9 @@ def test_rss_returns_from_its_peak_once_the_heap_trimmer_runs():
         pytest.skip("no malloc_trim here (not glibc)")
     out = subprocess.run([sys.executable, "-c", _LOAD], capture_output=True, text=True, timeout=120, check=True)
     peak, freed, trimmed = (float(v) for v in out.stdout.split())
-    assert freed > peak - 20  # glibc kept the freed frames: the risk is real in this process
-    assert trimmed < freed - 150  # and the trimmer gave them back
+    if freed <= peak - 20:  # glibc's dynamic thresholds vary with the machine's state; rarely it gives back
+        pytest.skip(f"glibc returned the freed frames by itself this time (RSS {peak:.0f} -> {freed:.0f} MB)")
+    assert trimmed < freed - 150  # glibc kept the freed frames (the risk is real), and the trimmer gave them back
 
 
 def test_heap_trimmer_refuses_a_period_that_is_not_positive():
