@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from rtnstream.kernels.engine import EngineSettings
 from rtnstream.kernels.simulate import SensorModel
 from rtnstream.service.server import free_port
 from tests.clients._job import start_job
-from tests.service._support import Collector, offline, wait_for
+from tests.service._support import Collector, offline, wait_for, wait_listening
 
 Camera = pytest.importorskip("alpaca.camera", reason="alpyca (the 'cameras' extra) not installed").Camera
 
@@ -38,15 +36,7 @@ def alpaca_server(tmp_path_factory) -> str:
         proc = subprocess.Popen([exe, "--host", "127.0.0.1", "--port", str(port)], stdout=out, stderr=out,
                                 cwd=log.parent)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError(f"alpaca-simulators did not listen on {port}: {log.read_text()}") from None
-                time.sleep(0.1)
+        wait_listening(port, proc, log, "alpaca-simulators", 30)
         yield f"127.0.0.1:{port}"
     finally:
         proc.terminate()

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,7 @@ from rtnstream.kernels.engine import EngineSettings
 from rtnstream.kernels.simulate import SensorModel
 from rtnstream.service.server import free_port
 from tests.clients._job import start_job
-from tests.service._support import Collector, offline, wait_for
+from tests.service._support import Collector, offline, wait_for, wait_listening
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(b) for b in ("indiserver", "indi_simulator_ccd", "indi_setprop")),
@@ -46,15 +44,7 @@ def indi(tmp_path_factory):
     with open(log, "w") as out:
         proc = subprocess.Popen(["indiserver", "-p", str(port), "indi_simulator_ccd"], stdout=out, stderr=out)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError(f"indiserver did not listen on {port}: {log.read_text()}") from None
-                time.sleep(0.1)
+        wait_listening(port, proc, log, "indiserver", 20)
         yield port
     finally:
         proc.terminate()

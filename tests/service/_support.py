@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -186,6 +187,25 @@ def write_preset(directory: Path, name: str, shape: tuple[int, int], **job: str 
     path = Path(directory) / f"{name}.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def listening(port: int) -> bool:
+    """True when something accepts TCP connections on 127.0.0.1:``port``."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def wait_listening(port: int, proc: subprocess.Popen, log: Path, what: str, timeout_s: float = 30.0) -> None:
+    """Wait until the server process ``proc`` listens on ``port`` (fails with its ``log`` if it exits or
+    never does)."""
+    deadline = time.monotonic() + timeout_s
+    while not listening(port):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise AssertionError(f"{what} did not listen on {port}: {log.read_text()}")
+        time.sleep(0.1)
 
 
 def healthy(url: str) -> bool:
