@@ -22,12 +22,14 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from astropy.io import fits
 
 from rtnstream.kernels.exceptions import CubeFormatError
+
+if TYPE_CHECKING:  # astropy is imported by the FITS functions only: the engine's import path needs NumPy alone
+    from astropy.io import fits
 
 __all__ = [
     "DQ_RTN",
@@ -301,6 +303,8 @@ def write_cube(cube: RTNCube, path: str | os.PathLike, overwrite: bool = False,
     ValueError
         ``version`` is not a known format version.
     """
+    from astropy.io import fits
+
     from rtnstream import __version__
 
     if isinstance(version, bool) or version not in CUBE_FORMATS:
@@ -328,6 +332,7 @@ def write_cube(cube: RTNCube, path: str | os.PathLike, overwrite: bool = False,
 
 def _v1_hdus(cube: RTNCube) -> list[fits.ImageHDU]:
     """Format 1: one float64 image per parameter (read back bit for bit: cube_id), then DQ."""
+    from astropy.io import fits
     hdus = []
     for name, (attr, unit, _rtn) in _PLANES.items():
         hdu = fits.ImageHDU(getattr(cube, attr), name=name)
@@ -340,6 +345,7 @@ def _v1_hdus(cube: RTNCube) -> list[fits.ImageHDU]:
 
 def _v2_hdus(cube: RTNCube) -> list[fits.BinTableHDU | fits.CompImageHDU]:
     """Format 2: the RTN pixels' table, then MEANBIAS, READNOISE and DQ tile-compressed (lossless), DQ last."""
+    from astropy.io import fits
     index = np.flatnonzero(cube.rtn_mask)
     size = cube.shape[0] * cube.shape[1]
     columns = [fits.Column(name="INDEX", format="J" if size <= np.iinfo(np.int32).max else "K", array=index)]
@@ -396,6 +402,7 @@ def _check_sizes(where: str, path: Path, hdul: fits.HDUList) -> None:
 
 def _plane_hdus(where: str, hdul: fits.HDUList) -> dict[str, fits.ImageHDU]:
     """The required extensions by name, each checked from its header alone: an image of MU's 2-D shape."""
+    from astropy.io import fits
     names = {hdu.name.upper(): hdu for hdu in hdul[1:]}
     required = [*_PLANES, "DQ"]
     missing = [n for n in required if n not in names]
@@ -437,6 +444,7 @@ def read_cube(path: str | os.PathLike, name: str | None = None) -> RTNCube:
         shape mismatch, wrong BUNIT, NaN where a value is required, out-of-range values. The message names
         the file and the part.
     """
+    from astropy.io import fits
     path = Path(path)
     where = str(path) if name is None else name
 
@@ -519,6 +527,7 @@ def _v2_hdus_checked(where: str, hdul: fits.HDUList) -> tuple[fits.BinTableHDU, 
     claim no more pixels than its compressed bytes can hold; the table must have every column, with its
     unit, and no more rows than the sensor has pixels.
     """
+    from astropy.io import fits
     names = {hdu.name.upper(): hdu for hdu in hdul[1:]}
     missing = [n for n in (_TABLE, *_MAPS) if n not in names]
     if missing:
@@ -576,6 +585,7 @@ def _v2_hdus_checked(where: str, hdul: fits.HDUList) -> tuple[fits.BinTableHDU, 
 
 def _v2_planes(where: str, table: fits.BinTableHDU, maps: dict[str, fits.BinTableHDU]) -> dict[str, np.ndarray]:
     """The (ny, nx) planes of a format-2 file (headers already checked): the table scattered, the maps."""
+    from astropy.io import fits
     planes: dict[str, np.ndarray] = {}
     images = {name: fits.CompImageHDU(bintable=hdu) for name, hdu in maps.items()}
     for name, image in images.items():
@@ -623,6 +633,7 @@ def model_mean_and_std(
 
 
 def _read_plane(path: Path, what: str, shape: tuple[int, int]) -> np.ndarray:
+    from astropy.io import fits
     try:
         data = fits.getdata(path)
     except (OSError, ValueError, TypeError) as exc:
@@ -657,6 +668,7 @@ def import_paper(
         (ny, nx) read noise in electron. Without it READNOISE is the model's standard deviation for RTN
         pixels and the median RTN-free sigma elsewhere.
     """
+    from astropy.io import fits
     params_path = Path(params_path)
     g_adu = float(gain_adu_per_e)
     if not (np.isfinite(g_adu) and g_adu > 0):
