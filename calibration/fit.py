@@ -577,6 +577,7 @@ def fit_bias_stack(
     scheduler: str | None = None,
     progress: bool = False,
     allowed_imagetyp: Sequence[str] = ("bias",),
+    prescreen: int | None = None,
 ) -> FitResult:
     """Fit the RTN parameters of every pixel of a bias stack.
 
@@ -605,6 +606,10 @@ def fit_bias_stack(
     allowed_imagetyp : sequence of str
         Frame types (``IMAGETYP`` / ``FRAME``, see :data:`rtnstream.calibration.acquisition.FRAME_KINDS`)
         fitted; frames without the keyword are taken as bias frames and counted.
+    prescreen : int, optional
+        Find the candidates in the first ``prescreen`` frames, then read only their values from the
+        others (:mod:`rtnstream.calibration.prescreen`, one process). ``files`` may also be a compact
+        stack (``rtnstream bias-collect``), fitted the same way.
 
     Returns
     -------
@@ -626,6 +631,12 @@ def fit_bias_stack(
     flagged ``DQ_ANOMALOUS_MEAN | DQ_ANOMALOUS_STD`` in the cube (with the sensor's median mean bias and
     read noise when it has fewer than 2).
     """
+    from rtnstream.calibration import prescreen as _prescreen
+
+    if _prescreen.applies(files, prescreen):  # the paper's data-volume trick, or a compact stack
+        return _prescreen.fit_prescreened(files, gain_e_per_adu, prescreen, n_frames=n_frames, settings=settings,
+                                          memory_limit_bytes=memory_limit_bytes, workers=workers,
+                                          scheduler=scheduler, progress=progress, allowed_imagetyp=allowed_imagetyp)
     stack = files if isinstance(files, FitsStack) else FitsStack(list(files))
     if n_frames is not None and 1 <= int(n_frames) < stack.n_frames:
         stack = stack.subset(range(int(n_frames)))

@@ -357,6 +357,53 @@ class FitsStack:
             data = _read_region(hdul, source, rows, cols)
         return np.array(data, dtype=dtype if dtype is not None else data.dtype, copy=True)
 
+    def iter_values(self, flat_index: np.ndarray, *, progress: bool = False, desc: str | None = None
+                    ) -> Iterator[np.ndarray]:
+        """Yield, frame by frame, the values of the pixels ``flat_index`` (row-major flat indices).
+
+        An uncompressed image is memory-mapped, so only the disk pages holding those pixels are read
+        (for pixels scattered over the sensor that is most pages: see docs/fit.md, "Prescreen"); each
+        file is opened once for its consecutive frames.
+
+        Yields
+        ------
+        numpy.ndarray, shape (len(flat_index),), dtype :attr:`dtype`, adu
+        """
+        flat_index = np.asarray(flat_index, dtype=np.int64)
+        dtype = self.dtype
+        i = 0
+        with tqdm(total=self.n_frames, desc=desc, disable=not progress, unit="frame") as bar:
+            while i < self.n_frames:
+                path = self._sources[i].path
+                j = i
+                while j < self.n_frames and self._sources[j].path == path:
+                    j += 1
+                for values in self._file_values(i, j, flat_index):
+                    yield values.astype(dtype, copy=False)
+                    bar.update()
+                i = j
+
+    def _file_values(self, i: int, j: int, flat_index: np.ndarray) -> Iterator[np.ndarray]:
+        """Values of frames ``i .. j-1`` (all in one file) at ``flat_index``."""
+        path = self._sources[i].path
+        try:
+            hdul = fits.open(path, memmap=True, do_not_scale_image_data=True, lazy_load_hdus=True)
+        except (OSError, ValueError, TypeError) as exc:
+            raise FrameError(f"cannot read FITS file {path}: {exc}") from exc
+        with hdul:
+            for k in range(i, j):
+                source = self._sources[k]
+                hdu = hdul[source.hdu_index]
+                bzero, bscale = hdu.header.get("BZERO", 0), hdu.header.get("BSCALE", 1)
+                if (not isinstance(hdu, fits.PrimaryHDU | fits.ImageHDU) or "BLANK" in hdu.header or bscale != 1
+                        or not float(bzero).is_integer()):  # compressed or scaled: astropy reads the frame
+                    yield self.read_frame(k, dtype=None).reshape(-1)[flat_index]
+                    continue
+                raw = hdu.data if source.plane is None else hdu.data[source.plane]
+                values = np.asarray(raw.reshape(-1)[flat_index])
+                del raw
+                yield values.astype(np.int64) + int(bzero) if bzero else values
+
     def iter_frames(
         self,
         *,
