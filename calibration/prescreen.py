@@ -55,7 +55,7 @@ from rtnstream.calibration.fit import (
 from rtnstream.calibration.stacks import FitsStack
 from rtnstream.kernels.lut import get_table
 
-__all__ = ["PAGE_BYTES", "applies", "screen_stack", "collect_stack", "fit_compact", "fit_prescreened",
+__all__ = ["PAGE_BYTES", "BiasCollector", "applies", "screen_stack", "collect_stack", "fit_compact", "fit_prescreened",
            "read_volume"]
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,86 @@ def _frame_names(stack: FitsStack) -> list[str]:
     return [str(s.path) if s.plane is None else f"{s.path}[{s.plane}]" for s in stack.frames]
 
 
+class BiasCollector:
+    """Build a compact stack while a bias run arrives: stacks (files) added in time order.
+
+    The first ``prescreen`` frames are held as their files (on disk, not in memory); once that many have
+    arrived they are screened (:func:`screen_stack`) and from then on only the candidates' values of each
+    frame are kept (:class:`~rtnstream.calibration.compact.CompactStackWriter`).
+
+    Parameters
+    ----------
+    output : path-like
+        The compact stack to write.
+    prescreen : int
+        Frames screened, ``>= MIN_FRAMES``.
+    settings, memory_limit_bytes, progress
+        As :func:`screen_stack`.
+    overwrite : bool
+        Replace an existing ``output``.
+    """
+
+    def __init__(self, output: str | os.PathLike, prescreen: int, settings: FitSettings = _DEFAULTS,
+                 memory_limit_bytes: int = 1024**3, progress: bool = False, overwrite: bool = False):
+        if int(prescreen) < MIN_FRAMES:
+            raise ValueError(f"prescreen must be at least {MIN_FRAMES} frames, got {prescreen!r}")
+        self.output = Path(output)
+        if self.output.exists() and not overwrite:
+            raise FileExistsError(f"{self.output} exists; give --overwrite to replace it")
+        self.prescreen = int(prescreen)
+        self._settings, self._memory, self._progress, self._overwrite = settings, memory_limit_bytes, progress, \
+            overwrite
+        self._waiting: list[FitsStack] = []
+        self.writer: CompactStackWriter | None = None
+
+    @property
+    def n_frames(self) -> int:
+        """Frames added so far."""
+        return (self.writer.n_frames if self.writer is not None
+                else sum(stack.n_frames for stack in self._waiting))
+
+    def add(self, stack: FitsStack) -> None:
+        """Add the next frames of the run (a file's frames, or any stack), in time order."""
+        if self.writer is not None:
+            if stack.shape != self.writer.screen.shape:
+                raise ValueError(f"stack: frame shape {stack.shape} differs from the run's {self.writer.screen.shape}")
+            self._keep(stack)
+            return
+        self._waiting.append(stack)
+        if self.n_frames < self.prescreen:
+            return
+        run = self._waiting[0] if len(self._waiting) == 1 else FitsStack([i for s in self._waiting for i in s.files])
+        self._waiting = []
+        screen = screen_stack(run.subset(range(self.prescreen)), self._settings, self._memory, self._progress)
+        log.info("prescreen: %d candidates (%.2f %% of pixels) in the first %d frames", screen.index.size,
+                 100 * screen.index.size / max(1, screen.mean_adu.size), self.prescreen)
+        self.writer = CompactStackWriter(self.output, screen, run.dtype, overwrite=self._overwrite)
+        self._keep(run)
+
+    def _keep(self, stack: FitsStack) -> None:
+        assert self.writer is not None
+        names = _frame_names(stack)
+        try:
+            for i, values in enumerate(stack.iter_values(self.writer.screen.index, progress=self._progress,
+                                                         desc="keep candidates")):
+                self.writer.add_values(values, stack.headers[i], names[i])
+        except BaseException:
+            self.writer.discard()
+            raise
+
+    def close(self) -> CompactStack:
+        """Write the compact stack and return it read back.
+
+        Raises
+        ------
+        ValueError
+            Fewer frames arrived than the screen needs.
+        """
+        if self.writer is None:
+            raise ValueError(f"prescreen: {self.n_frames} frames arrived, fewer than the {self.prescreen} to screen")
+        return CompactStack(self.writer.close())
+
+
 def collect_stack(stack: FitsStack, prescreen: int, output: str | os.PathLike, settings: FitSettings = _DEFAULTS,
                   memory_limit_bytes: int = 1024**3, progress: bool = False, overwrite: bool = False
                   ) -> CompactStack:
@@ -150,10 +230,8 @@ def collect_stack(stack: FitsStack, prescreen: int, output: str | os.PathLike, s
         Frames screened, ``MIN_FRAMES <= prescreen < n_frames``.
     output : path-like
         The compact stack to write.
-    settings, memory_limit_bytes, progress
-        As :func:`screen_stack`.
-    overwrite : bool
-        Replace an existing ``output``.
+    settings, memory_limit_bytes, progress, overwrite
+        As :class:`BiasCollector`.
 
     Returns
     -------
@@ -161,18 +239,9 @@ def collect_stack(stack: FitsStack, prescreen: int, output: str | os.PathLike, s
         The stack written.
     """
     _check_prescreen(prescreen, stack.n_frames)
-    screen = screen_stack(stack.subset(range(prescreen)), settings, memory_limit_bytes, progress)
-    log.info("prescreen: %d candidates (%.2f %% of pixels) in the first %d frames", screen.index.size,
-             100 * screen.index.size / max(1, screen.mean_adu.size), prescreen)
-    writer = CompactStackWriter(output, screen, stack.dtype, overwrite=overwrite)
-    names = _frame_names(stack)
-    try:
-        for i, values in enumerate(stack.iter_values(screen.index, progress=progress, desc="keep candidates")):
-            writer.add_values(values, stack.headers[i], names[i])
-    except BaseException:
-        writer.discard()
-        raise
-    return CompactStack(writer.close())
+    collector = BiasCollector(output, prescreen, settings, memory_limit_bytes, progress, overwrite)
+    collector.add(stack)
+    return collector.close()
 
 
 def _check_prescreen(prescreen: int, n_frames: int) -> None:

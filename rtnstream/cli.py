@@ -37,6 +37,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "characterize": ("characterize", "characterize a CMOS camera from bias, dark and flat stacks"),
     "simulate-camera": ("simulate_camera", "simulate bias, dark and flat frames of a CMOS camera with truth"),
     "fit": ("fit", "fit an RTN calibration cube from bias stacks, with a report and plots"),
+    "bias-collect": ("bias_collect", "keep a long bias run compact: screen the first frames, then candidates only"),
     "serve": ("serve", "run the live correction service (HTTP control plane, ZeroMQ pipelines)"),
     "camera": ("camera", "simulated camera: push frames of a simulated sensor to a job's ingest"),
     "replay": ("replay", "publish FITS frames to a job's ingest as a live series"),

@@ -35,7 +35,8 @@ def parse_size(text: str) -> int:
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``rtnstream fit`` to ``parser``."""
     parser.add_argument("bias", nargs="+", metavar="BIAS",
-                        help="bias FITS files: 2D frames or 3D stacks, in any mix, in time order")
+                        help="bias FITS files: 2D frames or 3D stacks, in any mix, in time order; or one compact "
+                             "stack written by rtnstream bias-collect")
     gain = parser.add_mutually_exclusive_group()
     gain.add_argument("--gain-e-per-adu", type=float, metavar="G",
                       help="conversion gain, e-/ADU (FITS GAIN convention; default: the headers' EGAIN, or GAIN "
@@ -45,6 +46,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="CUBE.fits",
                         help="RTN calibration cube to write; the JSON report goes beside it")
     parser.add_argument("--frames", type=int, default=None, metavar="N", help="use only the first N frames")
+    parser.add_argument("--prescreen", type=int, default=None, metavar="N",
+                        help="find the candidate pixels in the first N frames (e.g. 400) and read only their values "
+                             "from the others (the RTN paper's section V.1; one process); default: off")
     parser.add_argument("--plots", type=Path, default=None, metavar="DIR",
                         help="folder for the PNG plots (default: <cube stem>_plots beside the cube)")
     parser.add_argument("--no-plots", action="store_true", help="write no plots")
@@ -89,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             args.bias, gain_e_per_adu, n_frames=args.frames, settings=settings,
             memory_limit_bytes=args.memory_limit, workers=args.workers, scheduler=args.scheduler,
             progress=not args.no_progress,
-            allowed_imagetyp=("bias", *args.allow_imagetyp),
+            allowed_imagetyp=("bias", *args.allow_imagetyp), prescreen=args.prescreen,
         )
     except RTNStreamError:  # unreadable or mismatched files: reported by the CLI
         raise

@@ -1,0 +1,122 @@
+"""``rtnstream bias-collect``: keep a long bias run as a compact stack (the screen and candidates' values).
+
+From files given (folders, glob patterns, files; natural name order) or, with ``--watch``, from a folder
+as the camera software writes the frames (a file is taken once its size and time stay unchanged for
+``--settle`` seconds, as ``rtnstream watch`` does). ``rtnstream fit COMPACT.fits`` then fits it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["configure", "run"]
+
+log = logging.getLogger(__name__)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``rtnstream bias-collect`` to ``parser``."""
+    from rtnstream.commands.fit import parse_size
+
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="bias FITS files, folders or glob patterns, in time order (natural name order); with "
+                             "--watch, the one folder to watch")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="COMPACT.fits",
+                        help="compact stack to write")
+    parser.add_argument("--screen", type=int, default=400, metavar="N",
+                        help="first frames kept whole and screened for candidate RTN pixels")
+    parser.add_argument("--frames", type=int, default=None, metavar="N",
+                        help="stop after N frames (with --watch: the run's length)")
+    parser.add_argument("--watch", action="store_true",
+                        help="take the folder's FITS files as they are written, until --frames or --idle")
+    parser.add_argument("--settle", type=float, default=1.0, metavar="S",
+                        help="--watch: seconds a file must stay unchanged before it is taken")
+    parser.add_argument("--idle", type=float, default=600.0, metavar="S",
+                        help="--watch: stop after S seconds without a new file")
+    parser.add_argument("--poll", type=float, default=0.5, metavar="S", help="--watch: seconds between looks")
+    parser.add_argument("--memory-limit", type=parse_size, default="1G", metavar="SIZE",
+                        help="memory of the screen's bands and work arrays, e.g. 512M, 4G")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Collect, then write the compact stack; returns 0, or 2 on bad input."""
+    from rtnstream.calibration.prescreen import BiasCollector
+    from rtnstream.calibration.stacks import FitsStack, inspect_fits
+    from rtnstream.kernels.exceptions import FrameError
+    from rtnstream.series import discover
+
+    if args.frames is not None and args.frames < args.screen:
+        return _fail(f"--frames ({args.frames}) must be at least --screen ({args.screen})")
+    if args.watch and (len(args.inputs) != 1 or not Path(args.inputs[0]).is_dir()):
+        return _fail(f"--watch takes one folder, got {' '.join(args.inputs)}")
+    try:
+        collector = BiasCollector(args.output, args.screen, memory_limit_bytes=args.memory_limit,
+                                  progress=not args.no_progress, overwrite=args.overwrite)
+    except (ValueError, FileExistsError) as exc:
+        return _fail(str(exc))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    files = _watched(args) if args.watch else iter(discover(args.inputs)[0])
+    t0 = time.perf_counter()
+    for path in files:
+        stack = FitsStack([inspect_fits(path)])
+        if args.frames is not None:
+            left = args.frames - collector.n_frames
+            if stack.n_frames > left:
+                stack = stack.subset(range(left))
+        try:
+            collector.add(stack)
+        except ValueError as exc:  # another frame shape
+            return _fail(f"{path}: {exc}")
+        except FrameError:
+            raise
+        if args.frames is not None and collector.n_frames >= args.frames:
+            break
+    try:
+        compact = collector.close()
+    except ValueError as exc:
+        return _fail(str(exc))
+    full = compact.n_frames * compact.shape[0] * compact.shape[1] * compact.dtype.itemsize
+    print(f"rtnstream bias-collect: {compact.n_frames} frames, {compact.n_candidates} candidates "
+          f"({100 * compact.n_candidates / (compact.shape[0] * compact.shape[1]):.2f} % of pixels) in "
+          f"{compact.nbytes()} bytes, {full / compact.nbytes():.1f}x less than the frames' {full} bytes of pixels "
+          f"({time.perf_counter() - t0:.1f} s): {compact.path}")
+    return 0
+
+
+def _watched(args: argparse.Namespace):
+    """Paths of the watched folder's FITS files as they settle, in natural name order within each look."""
+    from rtnstream.calibration.stacks import inspect_fits
+    from rtnstream.kernels.exceptions import FrameError
+    from rtnstream.series import natural_key
+    from rtnstream.watch import _Folder
+
+    folder = _Folder(Path(args.inputs[0]), args.output.resolve(), "*")
+    handled: set[str] = set()
+    last = time.monotonic()
+    while time.monotonic() - last < args.idle:
+        ready, changed = folder.settled(handled, args.settle)
+        if changed:
+            last = time.monotonic()
+        for path in sorted(ready, key=lambda p: natural_key(p.name)):
+            try:
+                inspect_fits(path)
+            except FrameError:  # not complete yet
+                folder.not_complete(path)
+                continue
+            handled.add(path.relative_to(Path(args.inputs[0])).as_posix())
+            folder.forget(path)
+            last = time.monotonic()
+            yield path
+        time.sleep(args.poll)
+    log.info("bias-collect: no new file for %.0f s; stopping", args.idle)
+
+
+def _fail(message: str) -> int:
+    print(f"rtnstream bias-collect: error: {message}", file=sys.stderr)
+    return 2
