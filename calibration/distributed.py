@@ -10,13 +10,19 @@ the files under the same paths (shared storage). The stack's description goes to
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import functools
+import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
+from pathlib import Path
 from typing import Any
 
-__all__ = ["DaskBands", "dask_executor", "parse_scheduler"]
+from tqdm import tqdm
+
+__all__ = ["DaskBands", "correct_series", "dask_executor", "parse_scheduler"]
 
 _LOCAL = re.compile(r"local:(\d+)")
 
@@ -101,3 +107,59 @@ def dask_executor(scheduler: str, processes: bool = True) -> Iterator[DaskBands]
         bands = DaskBands(client)
         stack.callback(bands.executor.shutdown, wait=True)
         yield bands
+
+
+@functools.lru_cache(maxsize=2)
+def _cube(path: str, mtime_ns: int) -> Any:
+    """The cube of ``path`` read once per worker (and again only when the file changes)."""
+    from rtnstream.kernels.cube import read_cube
+
+    return read_cube(path)
+
+
+def _series_task(cube_path: str, series: Any, origin: tuple[int, int] | None, forced: dict, opts: Any,
+                 outdir: Path) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """Correct one series on a worker: ``offline._run_series`` with the cube read there by path."""
+    from rtnstream.guards import cube_part
+    from rtnstream.offline import _run_series
+
+    cube = _cube(cube_path, os.stat(cube_path).st_mtime_ns)
+    bad: list[dict[str, str]] = []
+    with tqdm(disable=True) as bar:
+        result = _run_series(series, cube_part(cube, origin, series.files[0].shape), origin, forced, opts, outdir,
+                             bar, bad)
+    return result, bad
+
+
+def correct_series(scheduler: str, cube_path: str | os.PathLike, series: Sequence[Any], checks: dict[int, tuple],
+                   opts: Any, outdir: Path, bar: tqdm, bad: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Correct ``series`` on a dask cluster, one task each; returns their summaries in ``series`` order.
+
+    Parameters
+    ----------
+    scheduler : str
+        ``local:N`` or a scheduler address (:func:`dask_executor`); the workers must reach the cube, the
+        inputs and ``outdir`` by the same paths.
+    cube_path : path-like
+        The cube's file, read by each worker.
+    series : sequence of rtnstream.series.Series
+    checks : dict
+        Series number -> (origin, forced guards), from ``offline.correct_files``.
+    opts : rtnstream.offline._Options
+    outdir : pathlib.Path
+    bar : tqdm
+        Advanced by a series' frames when it is done.
+    bad : list
+        Files passed over (``skip_bad``) are appended.
+    """
+    cube_path = str(Path(cube_path).resolve())
+    with dask_executor(scheduler) as dask:
+        futures = {dask.executor.submit(_series_task, cube_path, s, *checks[s.number], opts, outdir): k
+                   for k, s in enumerate(series)}
+        results: list[Any] = [None] * len(series)
+        for fut in concurrent.futures.as_completed(futures):
+            k = futures[fut]
+            results[k], skipped = fut.result()
+            bad.extend(skipped)
+            bar.update(series[k].n_frames)
+    return results

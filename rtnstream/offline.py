@@ -129,6 +129,7 @@ def correct_files(
     origin_keys: Sequence[str] = ("XORGSUBF", "YORGSUBF"),
     temperature_tolerance_c: float = DEFAULT_TEMPERATURE_TOLERANCE_C,
     dry_run: bool = False,
+    scheduler: str | None = None,
 ) -> dict[str, Any]:
     """Correct the frames of ``inputs`` into ``outdir``, series by series.
 
@@ -167,6 +168,10 @@ def correct_files(
     dry_run : bool
         Only plan: return the series (``summary['plan']``, a line each, with the reason a series would be
         refused), write nothing.
+    scheduler : str, optional
+        Correct the series on dask.distributed, one task each (``'local:N'`` or a scheduler address;
+        :func:`rtnstream.calibration.distributed.correct_series`); needs ``cube_path``, which the workers
+        read, as they read the inputs and write ``outdir``, by the same paths.
 
     Returns
     -------
@@ -181,6 +186,8 @@ def correct_files(
     SeriesError
         A series with fewer frames than the temporal window needs (without ``skip_short``).
     """
+    if scheduler is not None and cube_path is None:
+        raise ValueError("cube_path: correcting on a scheduler needs the cube's file (the workers read it)")
     outdir = Path(outdir)
     paths, skipped = discover(inputs)
     files, bad = scan(paths, order_key=order_key, skip_bad=skip_bad, progress=progress)
@@ -233,7 +240,11 @@ def correct_files(
     results = []
     with tqdm(total=total, unit="frame", desc="correct",
               disable=(not progress) if progress is not None else None) as bar:
-        for s in series:
+        if scheduler is not None:  # one series a task on dask.distributed
+            from rtnstream.calibration.distributed import correct_series
+
+            results = correct_series(scheduler, cube_path, series, checks, opts, outdir, bar, summary["bad"])
+        for s in series if scheduler is None else ():
             origin, forced = checks[s.number]
             results.append(_run_series(s, cube_part(cube, origin, s.files[0].shape), origin, forced, opts,
                                        outdir, bar, summary["bad"]))

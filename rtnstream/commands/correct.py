@@ -20,6 +20,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-short", action="store_true",
                         help="pass over series too short for the temporal window (listed) instead of stopping")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--scheduler", default=None, metavar="local:N|ADDRESS",
+                        help="correct many series at once (a night, an archive) on dask.distributed, one series a "
+                             "task: 'local:N' starts a LocalCluster of N workers, an address (tcp://host:8786) "
+                             "joins a running scheduler whose workers reach the cube, inputs and output folder by "
+                             "the same paths; needs pip install 'rtnstream[scale]'")
     add_correction_options(parser)
 
 
@@ -58,12 +63,16 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(f"rtnstream correct: error: {exc}") from None
     cube = read_cube(args.cube)
-    summary = correct_files(cube, args.inputs, args.outdir, settings, backend=args.backend,
-                            progress=False if args.no_progress else None, cube_path=args.cube, mode=args.mode,
-                            dq=not args.no_dq, uncertainty=not args.no_uncert, force=args.force,
-                            skip_bad=args.skip_bad, skip_short=args.skip_short, order_key=args.order_key,
-                            max_gap=args.max_gap, origin_keys=tuple(args.origin_keys),
-                            temperature_tolerance_c=args.temp_tolerance, dry_run=args.dry_run)
+    try:
+        summary = correct_files(cube, args.inputs, args.outdir, settings, backend=args.backend,
+                                progress=False if args.no_progress else None, cube_path=args.cube, mode=args.mode,
+                                dq=not args.no_dq, uncertainty=not args.no_uncert, force=args.force,
+                                skip_bad=args.skip_bad, skip_short=args.skip_short, order_key=args.order_key,
+                                max_gap=args.max_gap, origin_keys=tuple(args.origin_keys),
+                                temperature_tolerance_c=args.temp_tolerance, dry_run=args.dry_run,
+                                scheduler=args.scheduler)
+    except (ValueError, ImportError) as exc:  # a bad --scheduler, or no dask installed
+        raise SystemExit(f"rtnstream correct: error: {exc}") from None
     for entry in summary["skipped"] + summary["bad"]:
         print(f"skipped {entry['file']}: {entry['reason']}", file=sys.stderr)
     for entry in summary["short"]:
