@@ -264,8 +264,11 @@ class CompactStack:
                              bad_per_frame=np.asarray(meta["screen_bad_per_frame"], dtype=np.int64),
                              index=index, settings=settings)
         self.names = [f["name"] for f in meta["frames"]]
-        self.headers = tuple(fits.Header.fromstring(f["header"]) if f["header"] else fits.Header()
-                             for f in meta["frames"])
+        parsed: dict[str, fits.Header] = {}  # the planes of one file share their header: parse it once
+        for f in meta["frames"]:
+            if f["header"] not in parsed:
+                parsed[f["header"]] = fits.Header.fromstring(f["header"]) if f["header"] else fits.Header()
+        self.headers = tuple(parsed[f["header"]] for f in meta["frames"])
         self._offset = int(info["datLoc"])
         self._bzero = int(vhdr.get("BZERO", 0))
         self._stored = _storage(self.dtype)[2]
