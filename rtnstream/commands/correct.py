@@ -62,6 +62,13 @@ def run(args: argparse.Namespace) -> int:
                                   alpha=args.alpha, k_var=args.k_var)
     except ValueError as exc:
         raise SystemExit(f"rtnstream correct: error: {exc}") from None
+    if args.scheduler is not None:
+        from rtnstream.calibration.distributed import parse_scheduler
+
+        try:
+            parse_scheduler(args.scheduler)
+        except ValueError as exc:
+            raise SystemExit(f"rtnstream correct: error: --{exc}") from None
     cube = read_cube(args.cube)
     try:
         summary = correct_files(cube, args.inputs, args.outdir, settings, backend=args.backend,
@@ -71,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                                 max_gap=args.max_gap, origin_keys=tuple(args.origin_keys),
                                 temperature_tolerance_c=args.temp_tolerance, dry_run=args.dry_run,
                                 scheduler=args.scheduler)
-    except (ValueError, ImportError) as exc:  # a bad --scheduler, or no dask installed
+    except ImportError as exc:  # --scheduler without dask installed
         raise SystemExit(f"rtnstream correct: error: {exc}") from None
     for entry in summary["skipped"] + summary["bad"]:
         print(f"skipped {entry['file']}: {entry['reason']}", file=sys.stderr)
