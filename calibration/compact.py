@@ -39,6 +39,7 @@ SCREEN_PLANES = ("MEAN_ADU", "STD_ADU", "A2", "N_VALID")
 #: FitSettings fields the screen depends on: a fit must use the same values.
 SCREEN_SETTINGS = ("ad_frames", "a2_critical", "clip_sigma", "clip_iterations", "dither_seed")
 _BLOCK = 2880
+_PIECE_BYTES = 1024**2  # values streamed from the spool into VALUES this many bytes at a time
 # dtype -> (BITPIX, BZERO, big-endian storage dtype); unsigned integers stored offset, as FITS requires
 _STORAGE = {np.dtype(np.uint8): (8, 0, ">u1"), np.dtype(np.int16): (16, 0, ">i2"),
             np.dtype(np.uint16): (16, 32768, ">i2"), np.dtype(np.int32): (32, 0, ">i4"),
@@ -213,12 +214,12 @@ class CompactStackWriter:
         with open(tmp, "ab") as out, open(self._part, "rb") as spool:
             out.write(head.tostring().encode("ascii"))
             row_bytes = max(1, k) * self.dtype.itemsize
-            rows = max(1, (16 * 1024**2) // row_bytes)
+            rows = max(1, _PIECE_BYTES // row_bytes)
             written = 0
             while chunk := spool.read(rows * row_bytes):
                 raw = np.frombuffer(chunk, dtype=self.dtype)
-                if bzero:  # offset storage of unsigned integers, exact in int64
-                    raw = raw.astype(np.int64) - bzero
+                if bzero:  # offset storage: subtracting 2^(bits-1) is flipping the top bit
+                    raw = (raw ^ self.dtype.type(bzero)).view(np.dtype(stored).newbyteorder("="))
                 data = raw.astype(stored).tobytes()
                 out.write(data)
                 written += len(data)
@@ -305,11 +306,12 @@ class CompactStack:
         if self.n_candidates == 0 or stop <= start:
             return np.zeros((n, 0), dtype=self.dtype)
         raw = np.memmap(self.path, dtype=self._stored, mode="r", offset=self._offset, shape=self._shape)
-        part = np.asarray(raw[:n, start:stop])
+        part = raw[:n, start:stop].astype(np.dtype(self._stored).newbyteorder("="))  # one native copy
         del raw
-        if self._bzero:
-            return (part.astype(np.int64) + self._bzero).astype(self.dtype)
-        return part.astype(self.dtype)
+        if self._bzero:  # offset storage: adding 2^(bits-1) is flipping the top bit, in place
+            part = part.view(self.dtype)
+            part ^= self.dtype.type(self._bzero)
+        return part
 
     def nbytes(self) -> int:
         """Size of the file, bytes."""

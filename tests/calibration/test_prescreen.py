@@ -10,6 +10,7 @@ smallest-Delta ones, so at most a few in a thousand RTN pixels move; the pixels 
 normal pixels that failed the AD test by chance (1 % of them) and lie near the median.
 """
 
+import json
 import threading
 import time
 
@@ -141,6 +142,12 @@ def test_bias_collect_cli_from_a_folder_then_fit(run_files, pre, tmp_path, capsy
     assert main(["fit", str(out), "-o", str(tmp_path / "cube.fits"), "--no-plots", "--no-progress",
                  "--memory-limit", str(4 << 20)]) == 0
     assert_same_cube(read_cube(tmp_path / "cube.fits"), pre.cube)
+    assert main(["fit", *map(str, run_files), "--prescreen", str(SCREEN), "-o", str(tmp_path / "pre.fits"),
+                 "--no-progress", "--memory-limit", str(4 << 20), "--plots", str(tmp_path / "plots")]) == 0
+    assert_same_cube(read_cube(tmp_path / "pre.fits"), pre.cube)
+    report = json.loads((tmp_path / "pre_report.json").read_text())
+    assert report["prescreen"]["frames"] == SCREEN and report["prescreen"]["bytes"]["values"] > 0
+    assert len(list((tmp_path / "plots").glob("*.png"))) >= 4
     assert main(["bias-collect", str(run_files[0].parent), "-o", str(out), "--screen", "400"]) == 2  # exists
     assert "--overwrite" in capsys.readouterr().err
 
@@ -208,3 +215,29 @@ def test_bad_arguments_name_the_parameter(run_files, tmp_path):
     assert main(["bias-collect", *map(str, run_files[:2]), "-o", str(tmp_path / "x.fits"), "--frames", "100"]) == 2
     assert main(["bias-collect", *map(str, run_files[:2]), "-o", str(tmp_path / "x.fits"), "--screen", "400"]) == 2
     assert not (tmp_path / "x.fits").exists() and not list(tmp_path.glob("x.fits.*"))
+
+
+def test_compact_writer_memory_does_not_grow_with_the_run(tmp_path):
+    """Values are spooled to disk: 2000 frames of 5000 candidates (20 MB) written with a peak of a few MB."""
+    import tracemalloc
+
+    from rtnstream.calibration.compact import SCREEN_SETTINGS, CompactStackWriter, Screen
+
+    k, n = 5000, 2000
+    maps = np.zeros((100, 100))
+    screen = Screen(maps, maps, maps, np.full((100, 100), 400), np.zeros(400, np.int64),
+                    np.arange(0, 10000, 2)[:k], {name: getattr(FitSettings(), name) for name in SCREEN_SETTINGS})
+    rng = np.random.default_rng(1)
+    block = rng.integers(0, 65536, size=(50, k), dtype=np.uint16)
+    tracemalloc.start()
+    writer = CompactStackWriter(tmp_path / "c.fits", screen, np.uint16)
+    for i in range(n):
+        writer.add_values(block[i % 50], None, f"f{i}")
+    writer.close()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 8e6  # the values alone are 20 MB; they are streamed in 1 MB pieces
+    compact = CompactStack(tmp_path / "c.fits")
+    got = compact.values(0, k, 100)
+    np.testing.assert_array_equal(got, np.concatenate([block, block]))  # uint16 round trip, top bit included
+    assert got.dtype == np.uint16 and compact.n_frames == n
