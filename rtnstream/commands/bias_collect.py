@@ -38,6 +38,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle", type=float, default=600.0, metavar="S",
                         help="--watch: stop after S seconds without a new file")
     parser.add_argument("--poll", type=float, default=0.5, metavar="S", help="--watch: seconds between looks")
+    parser.add_argument("--remove-taken", action="store_true",
+                        help="delete each input file once its candidates' values are kept (the first --screen frames' "
+                             "files once screened; a file cut by --frames is kept), so the run never takes more disk "
+                             "than the screen's frames")
     parser.add_argument("--memory-limit", type=parse_size, default="1G", metavar="SIZE",
                         help="memory of the screen's bands and work arrays, e.g. 512M, 4G")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -48,7 +52,6 @@ def run(args: argparse.Namespace) -> int:
     """Collect, then write the compact stack; returns 0, or 2 on bad input."""
     from rtnstream.calibration.prescreen import BiasCollector
     from rtnstream.calibration.stacks import FitsStack, inspect_fits
-    from rtnstream.kernels.exceptions import FrameError
     from rtnstream.series import discover
 
     if args.frames is not None and args.frames < args.screen:
@@ -63,18 +66,23 @@ def run(args: argparse.Namespace) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     files = _watched(args) if args.watch else iter(discover(args.inputs)[0])
     t0 = time.perf_counter()
+    taken: list[Path] = []  # whole files whose values are kept (or that wait for the screen)
     for path in files:
         stack = FitsStack([inspect_fits(path)])
+        whole = True
         if args.frames is not None:
             left = args.frames - collector.n_frames
             if stack.n_frames > left:
-                stack = stack.subset(range(left))
+                stack, whole = stack.subset(range(left)), False
         try:
             collector.add(stack)
         except ValueError as exc:  # another frame shape
             return _fail(f"{path}: {exc}")
-        except FrameError:
-            raise
+        taken += [path] if whole else []
+        if args.remove_taken and collector.writer is not None:  # screened: their values are in the spool
+            for done in taken:
+                done.unlink()
+            taken = []
         if args.frames is not None and collector.n_frames >= args.frames:
             break
     try:

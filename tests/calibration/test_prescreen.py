@@ -153,14 +153,15 @@ def test_bias_collect_cli_from_a_folder_then_fit(run_files, pre, tmp_path, capsy
 
 
 def test_bias_collect_watches_a_folder_as_frames_arrive(run_files, tmp_path):
-    """Files appear one by one (renamed in whole, as camera software does); --frames ends the run."""
+    """Files appear one by one (renamed in whole, as camera software does); --frames ends the run; files
+    are removed once their values are kept."""
     folder = tmp_path / "incoming"
     folder.mkdir()
     out = tmp_path / "watched.fits"
     rc = []
     thread = threading.Thread(target=lambda: rc.append(main(
         ["bias-collect", str(folder), "--watch", "--frames", "800", "--screen", str(SCREEN), "-o", str(out),
-         "--settle", "0.05", "--poll", "0.02", "--idle", "20", "--no-progress"])))
+         "--settle", "0.05", "--poll", "0.02", "--idle", "20", "--no-progress", "--remove-taken"])))
     thread.start()
     try:
         for path in run_files:
@@ -173,6 +174,8 @@ def test_bias_collect_watches_a_folder_as_frames_arrive(run_files, tmp_path):
     assert rc == [0]
     compact = CompactStack(out)
     assert compact.n_frames == 800  # the last cube cut at --frames
+    # --remove-taken: every file whose values are kept is gone; the one cut at --frames stays
+    assert sorted(p.name for p in folder.iterdir()) == [run_files[-1].name]
     expected = collect_stack(FitsStack(run_files).subset(range(800)), SCREEN, tmp_path / "list.fits")
     np.testing.assert_array_equal(compact.values(), expected.values())
     np.testing.assert_array_equal(compact.screen.index, expected.screen.index)
