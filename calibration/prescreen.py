@@ -47,6 +47,7 @@ from rtnstream.calibration.fit import (
     _assemble,
     _empty_fit,
     _fill_unusable,
+    _frame_names,
     _non_finite_report,
     fill_non_finite,
     fit_band,
@@ -131,10 +132,6 @@ def screen_stack(stack: FitsStack, settings: FitSettings = _DEFAULTS, memory_lim
     candidate = (a2 > settings.a2_critical) & (std > np.nanmedian(std)) & (n_valid >= MIN_FRAMES)
     return Screen(mean_adu=mean, std_adu=std, a2=a2, n_valid=n_valid, bad_per_frame=bad,
                   index=np.flatnonzero(candidate).astype(np.int64), settings=_screen_settings(settings))
-
-
-def _frame_names(stack: FitsStack) -> list[str]:
-    return [str(s.path) if s.plane is None else f"{s.path}[{s.plane}]" for s in stack.frames]
 
 
 class BiasCollector:
