@@ -70,10 +70,9 @@ def applies(files: Any, prescreen: int | None) -> bool:
     """Whether a fit of ``files`` goes through this module: ``prescreen`` given, or a compact stack."""
     if prescreen is not None or isinstance(files, CompactStack):
         return True
-    if isinstance(files, FitsStack) or isinstance(files, str | os.PathLike):
-        return False
-    files = list(files)
-    return len(files) == 1 and is_compact_stack(files[0])
+    # a sequence of one compact stack's path (an iterator is left unconsumed for the full fit)
+    return isinstance(files, Sequence) and not isinstance(files, str) and len(files) == 1 \
+        and is_compact_stack(files[0])
 
 
 def _screen_settings(settings: FitSettings) -> dict[str, Any]:
