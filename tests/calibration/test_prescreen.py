@@ -244,3 +244,39 @@ def test_compact_writer_memory_does_not_grow_with_the_run(tmp_path):
     got = compact.values(0, k, 100)
     np.testing.assert_array_equal(got, np.concatenate([block, block]))  # uint16 round trip, top bit included
     assert got.dtype == np.uint16 and compact.n_frames == n
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.float32, np.float64])
+def test_compact_values_round_trip_every_pixel_type(tmp_path, dtype):
+    from rtnstream.calibration.compact import SCREEN_SETTINGS, CompactStackWriter, Screen
+
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else np.finfo(dtype)
+    values = np.array([[info.min, info.max, 0, 1, -1 if info.min < 0 else 2]] * 3, dtype=dtype)
+    maps = np.zeros((2, 3))
+    screen = Screen(maps, maps, maps, np.zeros((2, 3), np.int64), np.zeros(2, np.int64), np.array([0, 1, 2, 4, 5]),
+                    {name: getattr(FitSettings(), name) for name in SCREEN_SETTINGS})
+    writer = CompactStackWriter(tmp_path / "c.fits", screen, np.dtype(dtype))
+    for row in values:
+        writer.add_values(row, fits.Header({"DATE-OBS": "2025-03-01T20:00:00"}), "f")
+    compact = CompactStack(writer.close())
+    got = compact.values()
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, values)
+    np.testing.assert_array_equal(compact.values(1, 3, 2), values[:2, 1:3])
+    with fits.open(compact.path) as hdul:  # a valid FITS file that astropy reads the same
+        np.testing.assert_array_equal(hdul["VALUES"].data, values)
+
+
+def test_compact_writer_refuses_an_unsupported_type_and_needs_the_screened_frames(tmp_path):
+    from rtnstream.calibration.compact import SCREEN_SETTINGS, CompactStackWriter, Screen
+
+    maps = np.zeros((2, 3))
+    screen = Screen(maps, maps, maps, np.zeros((2, 3), np.int64), np.zeros(2, np.int64), np.array([0]),
+                    {name: getattr(FitSettings(), name) for name in SCREEN_SETTINGS})
+    with pytest.raises(ValueError, match="dtype"):
+        CompactStackWriter(tmp_path / "c.fits", screen, np.dtype(np.complex64))
+    writer = CompactStackWriter(tmp_path / "c.fits", screen, np.dtype(np.uint16))
+    writer.add_values(np.array([1], np.uint16), None, "f")
+    with pytest.raises(ValueError, match="screened"):
+        writer.close()
+    assert not list(tmp_path.iterdir())  # spool removed, nothing written
