@@ -37,7 +37,7 @@ from rtnstream.calibration._anderson import A2_CRITICAL_1PC, anderson_darling_ba
 from rtnstream.calibration._em import PARAM_NAMES, compress_values, fit_three_level
 from rtnstream.calibration.acquisition import GainSource, check_frame_kinds, common_camera_record, header_gain
 from rtnstream.calibration.stacks import FitsStack
-from rtnstream.kernels.cube import DQ_ANOMALOUS_MEAN, DQ_ANOMALOUS_STD, DQ_RTN, RTNCube
+from rtnstream.kernels.cube import DQ_ANOMALOUS_MEAN, DQ_ANOMALOUS_STD, DQ_RTN, RTNCube, RTNPixels
 from rtnstream.kernels.lut import ThresholdTable, get_table
 
 __all__ = [
@@ -749,11 +749,6 @@ def _assemble(stack: FitsStack, g: float, settings: FitSettings, table: Threshol
     chunk = max(1, plan.work_bytes // (4 * 8 * table.lambda_nodes.size))
     lammax[ok] = table.lambda_max(delta_e[ok], sigma_e[ok], chunk=chunk)
 
-    def plane(values: np.ndarray) -> np.ndarray:
-        out = np.full(ny * nx, np.nan)
-        out[index[ok]] = values[ok]
-        return out.reshape(ny, nx)
-
     read_noise = std * g
     accepted = np.zeros(ny * nx, dtype=bool)
     accepted[index[ok]] = True
@@ -761,15 +756,17 @@ def _assemble(stack: FitsStack, g: float, settings: FitSettings, table: Threshol
     dq = np.where(accepted, DQ_RTN, 0).astype(np.uint16) | dq_bad
     meta = {"n_bias_frames": stack.n_frames, "alpha": settings.alpha, "software_version": __version__,
             **_header_meta(stack, inputs["camera"])}
-    cube = RTNCube(
-        mu_adu=plane(fit["mu_adu"]), delta_e=plane(delta_e), sigma_e=plane(sigma_e),
-        frac_c=plane(fit["frac_c"]), frac_lo=plane(fit["frac_lo"]), frac_hi=plane(fit["frac_hi"]),
-        lammax_e=plane(lammax), meanbias_adu=mean, readnoise_e=read_noise, dq=dq, gain_e_per_adu=g, meta=meta,
-    )
-    after = np.where(accepted, cube.sigma_e, read_noise)
+    # the cube holds the accepted pixels sparsely (index is ascending, so index[ok] is too)
+    rtn = RTNPixels(index=index[ok], mu_adu=fit["mu_adu"][ok], delta_e=delta_e[ok], sigma_e=sigma_e[ok],
+                    frac_c=fit["frac_c"][ok], frac_lo=fit["frac_lo"][ok], frac_hi=fit["frac_hi"][ok],
+                    lammax_e=lammax[ok])
+    cube = RTNCube(shape=(ny, nx), rtn=rtn, meanbias_adu=mean, readnoise_e=read_noise, dq=dq, gain_e_per_adu=g,
+                   meta=meta)
+    after = read_noise.copy()
+    after.reshape(-1)[rtn.index] = rtn.sigma_e
     finite = np.isfinite(read_noise)
     flux = np.concatenate([[0.0], np.geomspace(0.1, max(1.0, table.lambda_top_e), 48)])
-    rn_acc, sig_acc, lm_acc = read_noise[accepted], cube.sigma_e[accepted], cube.lammax_e[accepted]
+    rn_acc, sig_acc, lm_acc = read_noise.reshape(-1)[rtn.index], rtn.sigma_e, rtn.lammax_e
     eff = predicted_read_noise(rn_acc, sig_acc, lm_acc, flux)  # (m, n_accepted)
     rest_sq = np.sum(read_noise[finite & ~accepted] ** 2)
     n_fin = max(1, int(finite.sum()))
