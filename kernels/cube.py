@@ -97,8 +97,11 @@ _TABLE_COLUMNS: dict[str, tuple[str, str, str]] = {
     "FRAC_HI": ("D", "frac_hi", ""),
     "LAMMAX": ("D", "lammax_e", "electron"),
 }
-# format 2's maps: lossless tile compression (one tile a row), and the dtype (ZBITPIX) each must have
+# format 2's maps: lossless tile compression (byte-shuffled deflate, tiles of _TILE_ROWS full rows: 16 rows
+# compress a full IMX455's float32 maps 5 % smaller than one row, bench/cube_size.py), and the dtype
+# (ZBITPIX) each must have
 _COMPRESSION = "GZIP_2"
+_TILE_ROWS = 16
 _COMPRESSIONS = ("GZIP_1", "GZIP_2")
 _MAPS = {"MEANBIAS": -32, "READNOISE": -32, "DQ": 16}
 # deflate never expands data by more than 1032:1 (RFC 1951 block limits): a compressed map that claims more
@@ -476,8 +479,9 @@ def _v2_hdus(cube: RTNCube) -> list[fits.BinTableHDU | fits.CompImageHDU]:
     for name, attr, dtype in (("MEANBIAS", "meanbias_adu", np.float32), ("READNOISE", "readnoise_e", np.float32),
                               ("DQ", "dq", np.uint16)):
         # quantize_level=0: no quantization, the float32 values are kept bit for bit
-        hdu = fits.CompImageHDU(getattr(cube, attr).astype(dtype, copy=False), name=name, compression_type=_COMPRESSION,
-                                quantize_level=0.0)
+        hdu = fits.CompImageHDU(getattr(cube, attr).astype(dtype, copy=False), name=name,
+                                compression_type=_COMPRESSION, quantize_level=0.0,
+                                tile_shape=(min(_TILE_ROWS, cube.shape[0]), cube.shape[1]))
         hdu.header["BUNIT"] = _PLANES[name][1] if name in _PLANES else ""
         hdus.append(hdu)
     return hdus
