@@ -90,7 +90,8 @@ def main() -> None:
             print(f"format {version}: {size / 1e6:.1f} MB on disk ({size / (shape[0] * shape[1]):.2f} bytes/pixel); "
                   f"write {t_write:.1f} s; read_cube {t_read:.1f} s; RTNEngine {t_engine:.1f} s; loaded for "
                   f"correction in {t_read + t_engine:.1f} s")
-            held = sum(getattr(back, a).nbytes for a in vars(back) if isinstance(getattr(back, a), np.ndarray))
+            arrays = [*(v for v in vars(back).values() if isinstance(v, np.ndarray)), *vars(back.rtn).values()]
+            held = sum(a.nbytes for a in arrays)
             print(f"  engine per-pixel parameters {own / 1e6:.1f} MB, plus the mean-bias map "
                   f"{p.meanbias_adu.nbytes / 1e6:.1f} MB ({'shared with the cube, no copy' if shared else 'a copy'})"
                   f"; the RTNCube itself {held / 1e6:.0f} MB")

@@ -27,6 +27,7 @@ import numpy as np
 from astropy.io import fits
 from memory_rss import RssSampler, plot_rss  # bench/ is on the path
 
+from rtnstream.calibration.fit_report import report_path
 from rtnstream.commands.fit import parse_size
 
 GAIN_E_PER_ADU = 0.3067
@@ -76,7 +77,7 @@ def measure_fit(paths: list[Path], n_frames: int, limit: str, out: Path) -> tupl
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"rtnstream fit exited with status {proc.returncode}")
-    report = json.loads(cube.with_suffix(".json").read_text())
+    report = json.loads(report_path(cube).read_text())
     return usage.ru_maxrss / 1024, sampler, report
 
 
