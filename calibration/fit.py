@@ -62,8 +62,9 @@ log = logging.getLogger(__name__)
 MIN_FRAMES = 50
 #: Bytes per pixel of the whole-sensor maps kept during a fit, at their peak (the cube's assembly): mean
 #: (float32), std (float64), A^2 (float32), masks, the cube's READNOISE and DQ, the predicted read noise and
-#: a median's copy of it (bench/memory_fit.py measures the peak of a full-sensor fit).
-MAP_BYTES_PER_PIXEL = 40
+#: a median's copy of it (34 bytes), and the candidates' fit results (120 bytes a candidate, some 5 % of the
+#: pixels; bench/memory_fit.py measures the peak of a full-sensor fit).
+MAP_BYTES_PER_PIXEL = 48
 #: Acceptance rules, in the order they are checked; a candidate is rejected by every rule it fails.
 REJECTION_RULES = (
     "not_converged",  # EM did not converge, or the observed information is singular

@@ -54,7 +54,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "an address (tcp://host:8786) joins a running scheduler whose workers read the bias "
                              "files by the same paths; needs pip install 'rtnstream[scale]'")
     parser.add_argument("--memory-limit", type=parse_size, default="4G", metavar="SIZE",
-                        help="memory of the fit: the whole-sensor maps (40 bytes a pixel, 2.5 GB for a 61 Mpx "
+                        help="memory of the fit: the whole-sensor maps (48 bytes a pixel, 2.9 GB for a 61 Mpx "
                              "sensor), then the bands and work arrays of all workers, e.g. 512M, 4G")
     parser.add_argument("--alpha", type=float, default=0.003, help="jump-test significance")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cube and report")
