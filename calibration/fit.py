@@ -702,9 +702,13 @@ def fit_bias_stack(
                                        lambda a, b: (plan.work_bytes, settings, candidate[a:b], std[a:b]),
                                        pool, workers, "pass 3/3 fit", progress):
             parts[y0] = res
-        ordered = [parts[y0] for y0, _ in fit_bands]
+        ordered = [parts.pop(y0) for y0, _ in fit_bands]
         keys = (*_FIT_FIELDS, "rel_stderr")
-        fit = {k: np.concatenate([p[k] for p in ordered]) for k in keys} if ordered else _empty_fit()
+        fit = _empty_fit()
+        if ordered:  # field by field, each band's part let go as it is joined: no second copy of them all
+            for k in keys:
+                fit[k] = np.concatenate([p.pop(k) for p in ordered])
+        del ordered
         timing["pass3_fit_s"] = time.perf_counter() - t0
 
     inputs = {"gain": {"e_per_adu": g, "source": gain.source, "detail": gain.detail},
@@ -782,17 +786,24 @@ def _assemble(stack: FitsStack, g: float, settings: FitSettings, table: Threshol
     flux = np.concatenate([[0.0], np.geomspace(0.1, max(1.0, table.lambda_top_e), 48)])
     rn_acc = std.reshape(-1)[rtn.index] * g
     sig_acc, lm_acc = rtn.sigma_e, rtn.lammax_e
-    eff = predicted_read_noise(rn_acc, sig_acc, lm_acc, flux)  # (m, n_accepted)
     n_fin, sum_sq = _finite_sum_sq(std, plan.work_bytes)
     sum_sq *= g * g
     rest_sq = sum_sq - np.sum(rn_acc**2)  # every accepted pixel is finite
     rms_before = float(np.sqrt(sum_sq / n_fin)) if n_fin else float("nan")
     n_fin = max(1, n_fin)
-    rms_eff = np.sqrt((rest_sq + np.sum(eff**2, axis=1)) / n_fin)
+    # one flux at a time: (flux, accepted pixel) arrays would take 49 x 8 bytes an RTN pixel (1.2 GB for a
+    # full IMX455 with 5 % RTN pixels)
+    eff_sq_sum = np.empty(flux.size)
+    snr_rtn_median = np.ones(flux.size)
+    for k in range(flux.size):
+        eff = predicted_read_noise(rn_acc, sig_acc, lm_acc, flux[k : k + 1])[0]  # (n_accepted,)
+        eff_sq_sum[k] = np.sum(eff**2)
+        if rn_acc.size:
+            with np.errstate(invalid="ignore"):
+                snr_rtn_median[k] = np.median(np.sqrt(flux[k] + rn_acc**2) / np.sqrt(flux[k] + eff**2))
+    rms_eff = np.sqrt((rest_sq + eff_sq_sum) / n_fin)
     after = read_noise.copy()  # the predicted read noise after correction (float32, as READNOISE)
     after.reshape(-1)[rtn.index] = rtn.sigma_e
-    with np.errstate(invalid="ignore"):
-        snr_pixels = np.sqrt(flux[:, None] + rn_acc**2) / np.sqrt(flux[:, None] + eff**2)
     n_pix = ny * nx
     counts = {
         "pixels": n_pix,
@@ -833,8 +844,7 @@ def _assemble(stack: FitsStack, g: float, settings: FitSettings, table: Threshol
             "flux_e": flux.tolist(),
             "rms_read_noise_e": rms_eff.tolist(),
             "snr_gain_sensor": (np.sqrt(flux + rms_before**2) / np.sqrt(flux + rms_eff**2)).tolist(),
-            "snr_gain_rtn_median": (np.median(snr_pixels, axis=1).tolist() if rn_acc.size
-                                    else [1.0] * flux.size),
+            "snr_gain_rtn_median": snr_rtn_median.tolist(),
         },
         "memory": {"limit_bytes": int(memory_limit_bytes), "workers": workers, **asdict(plan)},
         "timing_s": timing,

@@ -11,7 +11,8 @@ detector identifiers, GAIN in e-/ADU, provenance) and CHECKSUM/DATASUM on every 
   FRAC_HI, LAMMAX, each (ny, nx) float64 with NaN where a pixel has no RTN, MEANBIAS, READNOISE and DQ.
 
 The values the two versions store are the same: :class:`RTNCube` holds MEANBIAS and READNOISE at float32
-precision, so a cube converted either way corrects every frame identically.
+precision, so a cube converted either way corrects every frame identically. In memory the RTN pixels are
+held sparsely (:class:`RTNPixels`, format 2's table); the dense planes of format 1 are built on request.
 """
 
 from __future__ import annotations
