@@ -5,6 +5,7 @@ import hashlib
 
 import numpy as np
 import pytest
+from astropy.io import fits
 
 from rtnstream.guards import cube_part
 from rtnstream.kernels.cube import RTNCube, RTNPixels, read_cube, write_cube
@@ -121,3 +122,13 @@ def test_rtn_arrays_of_another_length_are_refused_by_name():
     with pytest.raises(CubeFormatError, match="DELTA has"):
         RTNPixels(np.arange(3), np.ones(3), np.ones(2), np.ones(3), np.ones(3), np.ones(3), np.ones(3),
                   np.ones(3))
+
+
+@pytest.mark.parametrize("ny", [40, 7])
+def test_version_2_maps_are_tiled_by_16_rows(tmp_path, table, ny):
+    cube = SensorModel.random((ny, 30), seed=1).true_cube(table=table)
+    path = write_cube(cube, tmp_path / "cube.fits")
+    with fits.open(path, disable_image_compression=True) as hdul:
+        for name in ("MEANBIAS", "READNOISE", "DQ"):
+            assert (hdul[name].header["ZTILE1"], hdul[name].header["ZTILE2"]) == (30, min(16, ny)), name
+    assert read_cube(path).cube_id == cube.cube_id
