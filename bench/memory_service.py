@@ -122,24 +122,25 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=40, help="frames the camera streams into the service")
     ap.add_argument("--demo-frames", type=int, default=20, help="frames of the demo run")
     ap.add_argument("--skip-demo", action="store_true")
+    ap.add_argument("--skip-service", action="store_true")
     ap.add_argument("--plot", type=Path, default=Path("bench/results/memory_service.png"))
     ap.add_argument("--dir", default=None, help="folder for the cube and the service's data (default: a "
                                                 "temporary one, removed)")
     args = ap.parse_args()
     shape = (args.shape[0], args.shape[1])
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        peak, sampler, marks = measure_service(shape, args.frames, Path(tmp))
-    print(f"service, {shape[0]} x {shape[1]}, {args.frames} frames, temporal W=10, NumPy: peak RSS {peak:.0f} MB "
-          f"({'within' if peak <= LIMIT_MB else 'ABOVE'} the 3 GB bound); phases (s): "
-          + ", ".join(f"{k} {v:.0f}" for k, v in marks.items()))
-    args.plot.parent.mkdir(parents=True, exist_ok=True)
-    plot_rss({"rtnstream serve": sampler}, marks, LIMIT_MB, args.plot,
-             f"rtnstream serve, {shape[0]} x {shape[1]} frames, NumPy backend: peak {peak:.0f} MB")
-    print(f"plot: {args.plot}")
+    if not args.skip_service:
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+            peak, sampler, marks = measure_service(shape, args.frames, Path(tmp))
+        print(f"service, {shape[0]} x {shape[1]}, {args.frames} frames, temporal W=10, NumPy: peak RSS {peak:.0f} "
+              f"MiB ({'within' if peak <= LIMIT_MB else 'ABOVE'} the 3 GiB bound); phases (s): "
+              + ", ".join(f"{k} {v:.0f}" for k, v in marks.items()))
+        plot_rss({"rtnstream serve": sampler}, marks, LIMIT_MB, args.plot,
+                 f"rtnstream serve, {shape[0]} x {shape[1]} frames, NumPy backend: peak {peak:.0f} MiB")
+        print(f"plot: {args.plot}")
     if not args.skip_demo:
         demo = measure_demo(shape, args.demo_frames)
-        print(f"demo, {shape[0]} x {shape[1]}, {args.demo_frames} frames, NumPy: peak RSS {demo:.0f} MB "
-              f"({'within' if demo <= LIMIT_MB else 'ABOVE'} the 3 GB bound)")
+        print(f"demo, {shape[0]} x {shape[1]}, {args.demo_frames} frames, NumPy: peak RSS {demo:.0f} MiB "
+              f"({'within' if demo <= LIMIT_MB else 'ABOVE'} the 3 GiB bound)")
 
 
 if __name__ == "__main__":
