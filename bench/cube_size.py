@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtnstream.kernels.cube import DQ_HOT, DQ_RTN, RTNCube, read_cube, write_cube
+from rtnstream.kernels.cube import DQ_HOT, DQ_RTN, RTNCube, RTNPixels, read_cube, write_cube
 from rtnstream.kernels.engine import RTNEngine
 from rtnstream.kernels.lut import get_table
 
@@ -41,21 +41,14 @@ def simulate_cube(shape: tuple[int, int], rtn_fraction: float, n_bias: int, seed
     hi = np.rint(rng.uniform(0.0, 0.08, n) * n_bias) / n_bias
     table = get_table(0.003)
 
-    def plane(values: np.ndarray) -> np.ndarray:
-        out = np.full(npix, np.nan)
-        out[index] = values
-        return out.reshape(shape)
-
     readnoise[index] = np.sqrt(sigma**2 + delta**2 * (lo + hi) - (delta * (hi - lo)) ** 2)
     dq = np.zeros(npix, np.uint16)
     dq[index] = DQ_RTN
     dq[rng.choice(npix, npix // 10_000, replace=False)] |= DQ_HOT
-    return RTNCube(
-        mu_adu=plane(meanbias[index] - delta * (hi - lo) / g), delta_e=plane(delta), sigma_e=plane(sigma),
-        frac_c=plane(1.0 - lo - hi), frac_lo=plane(lo), frac_hi=plane(hi),
-        lammax_e=plane(table.lambda_max(delta, sigma)), meanbias_adu=meanbias.reshape(shape),
-        readnoise_e=readnoise.reshape(shape), dq=dq.reshape(shape), gain_e_per_adu=g,
-    )
+    rtn = RTNPixels(index=index, mu_adu=meanbias[index] - delta * (hi - lo) / g, delta_e=delta, sigma_e=sigma,
+                    frac_c=1.0 - lo - hi, frac_lo=lo, frac_hi=hi, lammax_e=table.lambda_max(delta, sigma))
+    return RTNCube(shape=shape, rtn=rtn, meanbias_adu=meanbias.reshape(shape), readnoise_e=readnoise.reshape(shape),
+                   dq=dq.reshape(shape), gain_e_per_adu=g)
 
 
 def _peak_rss_mb() -> float:
@@ -97,7 +90,8 @@ def main() -> None:
             print(f"format {version}: {size / 1e6:.1f} MB on disk ({size / (shape[0] * shape[1]):.2f} bytes/pixel); "
                   f"write {t_write:.1f} s; read_cube {t_read:.1f} s; RTNEngine {t_engine:.1f} s; loaded for "
                   f"correction in {t_read + t_engine:.1f} s")
-            held = sum(getattr(back, a).nbytes for a in vars(back) if isinstance(getattr(back, a), np.ndarray))
+            arrays = [*(v for v in vars(back).values() if isinstance(v, np.ndarray)), *vars(back.rtn).values()]
+            held = sum(a.nbytes for a in arrays)
             print(f"  engine per-pixel parameters {own / 1e6:.1f} MB, plus the mean-bias map "
                   f"{p.meanbias_adu.nbytes / 1e6:.1f} MB ({'shared with the cube, no copy' if shared else 'a copy'})"
                   f"; the RTNCube itself {held / 1e6:.0f} MB")

@@ -11,9 +11,9 @@
 Each pass maps a pure tile function (``moments_band``, ``anderson_darling_band``, ``fit_band``) over row
 bands; a band is read by the task that processes it, so the same functions are mapped on a process pool
 (``workers``) or on a dask.distributed cluster (``scheduler``, :mod:`rtnstream.calibration.distributed`),
-with the same result. Memory: the bands and the work arrays of the passes stay under
-``memory_limit_bytes`` (split between the workers); the per-pixel result maps (about
-``MAP_BYTES_PER_PIXEL`` bytes a pixel) come on top.
+with the same result. Memory: the whole-sensor maps (about ``MAP_BYTES_PER_PIXEL`` bytes a pixel; the cube
+holds its RTN pixels sparsely) and the bands and work arrays of the passes, sized from what the maps leave
+and split between the workers, stay under ``memory_limit_bytes``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from rtnstream.calibration._anderson import A2_CRITICAL_1PC, anderson_darling_ba
 from rtnstream.calibration._em import PARAM_NAMES, compress_values, fit_three_level
 from rtnstream.calibration.acquisition import GainSource, check_frame_kinds, common_camera_record, header_gain
 from rtnstream.calibration.stacks import FitsStack
-from rtnstream.kernels.cube import DQ_ANOMALOUS_MEAN, DQ_ANOMALOUS_STD, DQ_RTN, RTNCube
+from rtnstream.kernels.cube import DQ_ANOMALOUS_MEAN, DQ_ANOMALOUS_STD, DQ_RTN, RTNCube, RTNPixels
 from rtnstream.kernels.lut import ThresholdTable, get_table
 
 __all__ = [
@@ -60,8 +60,11 @@ log = logging.getLogger(__name__)
 
 #: Fewest bias frames a fit accepts (ALGORITHM.md recommends >= 1000).
 MIN_FRAMES = 50
-#: Bytes per pixel of the whole-sensor maps kept during a fit (moments, A^2, masks, the cube's planes).
-MAP_BYTES_PER_PIXEL = 200
+#: Bytes per pixel of the whole-sensor maps kept during a fit, at their peak (the cube's assembly): mean
+#: (float32), std (float64), A^2 (float32), masks, the cube's READNOISE and DQ, the predicted read noise and
+#: a median's copy of it (34 bytes), and the candidates' fit results (120 bytes a candidate, some 5 % of the
+#: pixels; bench/memory_fit.py measures the peak of a full-sensor fit).
+MAP_BYTES_PER_PIXEL = 48
 #: Acceptance rules, in the order they are checked; a candidate is rejected by every rule it fails.
 REJECTION_RULES = (
     "not_converged",  # EM did not converge, or the observed information is singular
@@ -385,17 +388,24 @@ def predicted_read_noise(
 
 def plan_bands(stack: FitsStack, n_frames: int, ad_frames: int, memory_limit_bytes: int, workers: int = 1
                ) -> BandPlan:
-    """Band heights of the three passes so that each worker stays within its share of the memory limit.
+    """Band heights of the three passes so that the fit stays within the memory limit.
 
-    Half of a worker's share (at most 256 MiB) holds the band's raw pixels (in the files' type), a quarter
-    the work arrays; the rest is margin for the band's results and the reader's buffers.
+    The whole-sensor maps (:data:`MAP_BYTES_PER_PIXEL` a pixel) come first; what is left is shared between
+    the workers. Half of a worker's share (at most 256 MiB) holds the band's raw pixels (in the files'
+    type), a quarter the work arrays; the rest is margin for the band's results and the reader's buffers.
+    The bands, not the maps, depend on the frame count: more frames, fewer rows a band.
 
     Raises
     ------
     ValueError
-        ``memory_limit_bytes`` cannot hold even one row of the stack per worker.
+        ``memory_limit_bytes`` cannot hold the maps and one row of the stack per worker.
     """
-    share = int(memory_limit_bytes) // max(1, workers)
+    maps = MAP_BYTES_PER_PIXEL * stack.shape[0] * stack.shape[1]
+    if maps >= memory_limit_bytes:
+        raise ValueError(f"memory_limit_bytes={memory_limit_bytes} is too small: the whole-sensor maps of a "
+                         f"{stack.shape[0]} x {stack.shape[1]} fit take {maps} bytes ({MAP_BYTES_PER_PIXEL} a "
+                         "pixel), and the bands come on top")
+    share = (int(memory_limit_bytes) - maps) // max(1, workers)
     # bands above 256 MiB only add page faults (bench/fit.py): a larger limit buys nothing
     band_bytes, work_bytes = min(share // 2, _BAND_BYTES_MAX), share // 4
     nx = stack.shape[1]
@@ -405,7 +415,7 @@ def plan_bands(stack: FitsStack, n_frames: int, ad_frames: int, memory_limit_byt
         raise ValueError(
             f"memory_limit_bytes={memory_limit_bytes} is too small: one row of {n_frames} frames of width "
             f"{nx} takes {one_row} bytes and must fit in half a worker's share; give at least "
-            f"{2 * one_row * max(1, workers)} bytes"
+            f"{maps + 2 * one_row * max(1, workers)} bytes"
         )
     ny = stack.shape[0]
     rows_all = min(ny, band_bytes // one_row)
@@ -666,9 +676,11 @@ def fit_bias_stack(
         split = 1 if scheduler is not None else workers
         plan = plan_bands(stack, n, n_ad, memory_limit_bytes, split)
         t0 = time.perf_counter()
-        mean = np.empty((ny, nx))
+        # the whole-sensor maps (MAP_BYTES_PER_PIXEL): the mean at the float32 the cube keeps, the standard
+        # deviation at float64 (pass 3 takes it), A^2 at float32 (tested at float64, band by band)
+        mean = np.empty((ny, nx), dtype=np.float32)
         std = np.empty((ny, nx))
-        n_valid = np.empty((ny, nx), dtype=np.int64)
+        n_valid = np.empty((ny, nx), dtype=np.int32)
         bad_per_frame = np.zeros(n, dtype=np.int64)
         for y0, y1, (m, s, k, b) in _map_bands(_moments_task, share(stack), _bands(ny, plan.moments_rows, split),
                                                lambda a, b: (plan.work_bytes,), pool, workers,
@@ -676,19 +688,22 @@ def fit_bias_stack(
             mean[y0:y1], std[y0:y1], n_valid[y0:y1] = m, s, k
             bad_per_frame += b
         usable = n_valid >= MIN_FRAMES
-        read_noise = std * g
+        non_finite = _non_finite_report(stack, names, n_valid, bad_per_frame)
+        del n_valid
+        # median(std g) = median(std) g, and RN > median(RN) is std > median(std): no float64 RN map
+        std_median = float(np.nanmedian(std))
+        rn_median = std_median * g
         timing["pass1_moments_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         ad_stack = stack.subset(range(n_ad))
-        a2 = np.empty((ny, nx))
+        a2 = np.empty((ny, nx), dtype=np.float32)
+        non_normal = np.empty((ny, nx), dtype=bool)
         for y0, y1, res in _map_bands(_anderson_task, share(ad_stack), _bands(ny, plan.anderson_rows, split),
                                       lambda a, b: (plan.work_bytes, settings), pool, workers,
                                       "pass 2/3 candidates", progress):
-            a2[y0:y1] = res
-        rn_median = float(np.nanmedian(read_noise))
-        non_normal = a2 > settings.a2_critical
-        candidate = non_normal & (read_noise > rn_median) & usable
+            a2[y0:y1], non_normal[y0:y1] = res, res > settings.a2_critical
+        candidate = non_normal & (std > std_median) & usable
         timing["pass2_candidates_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -698,15 +713,19 @@ def fit_bias_stack(
                                        lambda a, b: (plan.work_bytes, settings, candidate[a:b], std[a:b]),
                                        pool, workers, "pass 3/3 fit", progress):
             parts[y0] = res
-        ordered = [parts[y0] for y0, _ in fit_bands]
+        ordered = [parts.pop(y0) for y0, _ in fit_bands]
         keys = (*_FIT_FIELDS, "rel_stderr")
-        fit = {k: np.concatenate([p[k] for p in ordered]) for k in keys} if ordered else _empty_fit()
+        fit = _empty_fit()
+        if ordered:  # field by field, each band's part let go as it is joined: no second copy of them all
+            for k in keys:
+                fit[k] = np.concatenate([p.pop(k) for p in ordered])
+        del ordered
         timing["pass3_fit_s"] = time.perf_counter() - t0
 
     inputs = {"gain": {"e_per_adu": g, "source": gain.source, "detail": gain.detail},
-              "frame_kinds": frame_kinds, "camera": camera,
-              "non_finite": _non_finite_report(stack, names, n_valid, bad_per_frame)}
-    mean, std, dq_bad = _fill_unusable(mean, std, usable)
+              "frame_kinds": frame_kinds, "camera": camera, "non_finite": non_finite}
+    dq_bad = _fill_unusable(mean, std, usable)
+    del usable
     return _assemble(stack, g, settings, table, plan, mean, std, a2, non_normal, candidate, rn_median, fit,
                      timing, memory_limit_bytes, workers, inputs, dq_bad)
 
@@ -732,16 +751,17 @@ def _non_finite_report(stack: FitsStack, names: Sequence[str], n_valid: np.ndarr
     return out
 
 
-def _fill_unusable(mean: np.ndarray, std: np.ndarray, usable: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean and std with the sensor medians where a pixel has no value (fewer than 2 finite ones), and the
-    cube DQ flags of the pixels with too few finite values to fit."""
+def _fill_unusable(mean: np.ndarray, std: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    """Put the sensor medians, in place, where a pixel of ``mean`` or ``std`` has no value (fewer than 2
+    finite ones); returns the cube DQ flags of the pixels with too few finite values to fit."""
     missing = ~(np.isfinite(mean) & np.isfinite(std))
     if missing.any():
-        mean = np.where(missing, np.nanmedian(mean) if (~missing).any() else 0.0, mean)
-        std = np.where(missing, np.nanmedian(std) if (~missing).any() else 0.0, std)
-    dq_bad = np.where(usable, 0, DQ_ANOMALOUS_MEAN | DQ_ANOMALOUS_STD).astype(np.uint16)
-    return mean, std, dq_bad
+        some = not missing.all()
+        mean[missing] = np.nanmedian(mean) if some else 0.0
+        std[missing] = np.nanmedian(std) if some else 0.0
+    dq_bad = np.zeros(usable.shape, dtype=np.uint16)
+    dq_bad[~usable] = DQ_ANOMALOUS_MEAN | DQ_ANOMALOUS_STD
+    return dq_bad
 
 
 def _assemble(stack: FitsStack, g: float, settings: FitSettings, table: ThresholdTable, plan: BandPlan,
@@ -760,34 +780,41 @@ def _assemble(stack: FitsStack, g: float, settings: FitSettings, table: Threshol
     chunk = max(1, plan.work_bytes // (4 * 8 * table.lambda_nodes.size))
     lammax[ok] = table.lambda_max(delta_e[ok], sigma_e[ok], chunk=chunk)
 
-    def plane(values: np.ndarray) -> np.ndarray:
-        out = np.full(ny * nx, np.nan)
-        out[index[ok]] = values[ok]
-        return out.reshape(ny, nx)
-
-    read_noise = std * g
+    read_noise = _scaled_float32(std, g, plan.work_bytes)  # the cube's READNOISE (float32, as it keeps it)
     accepted = np.zeros(ny * nx, dtype=bool)
     accepted[index[ok]] = True
     accepted = accepted.reshape(ny, nx)
-    dq = np.where(accepted, DQ_RTN, 0).astype(np.uint16) | dq_bad
+    dq = dq_bad
+    dq.reshape(-1)[index[ok]] |= DQ_RTN
     meta = {"n_bias_frames": stack.n_frames, "alpha": settings.alpha, "software_version": __version__,
             **_header_meta(stack, inputs["camera"])}
-    cube = RTNCube(
-        mu_adu=plane(fit["mu_adu"]), delta_e=plane(delta_e), sigma_e=plane(sigma_e),
-        frac_c=plane(fit["frac_c"]), frac_lo=plane(fit["frac_lo"]), frac_hi=plane(fit["frac_hi"]),
-        lammax_e=plane(lammax), meanbias_adu=mean, readnoise_e=read_noise, dq=dq, gain_e_per_adu=g, meta=meta,
-    )
-    after = np.where(accepted, cube.sigma_e, read_noise)
-    finite = np.isfinite(read_noise)
+    # the cube holds the accepted pixels sparsely (index is ascending, so index[ok] is too)
+    rtn = RTNPixels(index=index[ok], mu_adu=fit["mu_adu"][ok], delta_e=delta_e[ok], sigma_e=sigma_e[ok],
+                    frac_c=fit["frac_c"][ok], frac_lo=fit["frac_lo"][ok], frac_hi=fit["frac_hi"][ok],
+                    lammax_e=lammax[ok])
+    cube = RTNCube(shape=(ny, nx), rtn=rtn, meanbias_adu=mean, readnoise_e=read_noise, dq=dq, gain_e_per_adu=g,
+                   meta=meta)
     flux = np.concatenate([[0.0], np.geomspace(0.1, max(1.0, table.lambda_top_e), 48)])
-    rn_acc, sig_acc, lm_acc = read_noise[accepted], cube.sigma_e[accepted], cube.lammax_e[accepted]
-    eff = predicted_read_noise(rn_acc, sig_acc, lm_acc, flux)  # (m, n_accepted)
-    rest_sq = np.sum(read_noise[finite & ~accepted] ** 2)
-    n_fin = max(1, int(finite.sum()))
-    rms_before = float(np.sqrt(np.mean(read_noise[finite] ** 2))) if finite.any() else float("nan")
-    rms_eff = np.sqrt((rest_sq + np.sum(eff**2, axis=1)) / n_fin)
-    with np.errstate(invalid="ignore"):
-        snr_pixels = np.sqrt(flux[:, None] + rn_acc**2) / np.sqrt(flux[:, None] + eff**2)
+    rn_acc = std.reshape(-1)[rtn.index] * g
+    sig_acc, lm_acc = rtn.sigma_e, rtn.lammax_e
+    n_fin, sum_sq = _finite_sum_sq(std, plan.work_bytes)
+    sum_sq *= g * g
+    rest_sq = sum_sq - np.sum(rn_acc**2)  # every accepted pixel is finite
+    rms_before = float(np.sqrt(sum_sq / n_fin)) if n_fin else float("nan")
+    n_fin = max(1, n_fin)
+    # one flux at a time: (flux, accepted pixel) arrays would take 49 x 8 bytes an RTN pixel (1.2 GB for a
+    # full IMX455 with 5 % RTN pixels)
+    eff_sq_sum = np.empty(flux.size)
+    snr_rtn_median = np.ones(flux.size)
+    for k in range(flux.size):
+        eff = predicted_read_noise(rn_acc, sig_acc, lm_acc, flux[k : k + 1])[0]  # (n_accepted,)
+        eff_sq_sum[k] = np.sum(eff**2)
+        if rn_acc.size:
+            with np.errstate(invalid="ignore"):
+                snr_rtn_median[k] = np.median(np.sqrt(flux[k] + rn_acc**2) / np.sqrt(flux[k] + eff**2))
+    rms_eff = np.sqrt((rest_sq + eff_sq_sum) / n_fin)
+    after = read_noise.copy()  # the predicted read noise after correction (float32, as READNOISE)
+    after.reshape(-1)[rtn.index] = rtn.sigma_e
     n_pix = ny * nx
     counts = {
         "pixels": n_pix,
@@ -813,10 +840,10 @@ def _assemble(stack: FitsStack, g: float, settings: FitSettings, table: Threshol
         "counts": counts,
         "rtn_fraction": counts["accepted"] / n_pix,
         "read_noise_e": {
-            "median_before": float(np.nanmedian(read_noise)),
+            "median_before": rn_median,
             "rms_before": rms_before,
             "median_after_predicted": float(np.nanmedian(after)),
-            "rms_after_predicted": float(np.sqrt(np.nanmean(after**2))),
+            "rms_after_predicted": _rms(after, plan.work_bytes),
             "candidate_threshold_median": rn_median,
         },
         "accepted_median": {
@@ -828,8 +855,7 @@ def _assemble(stack: FitsStack, g: float, settings: FitSettings, table: Threshol
             "flux_e": flux.tolist(),
             "rms_read_noise_e": rms_eff.tolist(),
             "snr_gain_sensor": (np.sqrt(flux + rms_before**2) / np.sqrt(flux + rms_eff**2)).tolist(),
-            "snr_gain_rtn_median": (np.median(snr_pixels, axis=1).tolist() if rn_acc.size
-                                    else [1.0] * flux.size),
+            "snr_gain_rtn_median": snr_rtn_median.tolist(),
         },
         "memory": {"limit_bytes": int(memory_limit_bytes), "workers": workers, **asdict(plan)},
         "timing_s": timing,
@@ -846,6 +872,37 @@ def _assemble(stack: FitsStack, g: float, settings: FitSettings, table: Threshol
              counts["candidates"], counts["accepted"], 100 * report["rtn_fraction"], rms_before,
              report["read_noise_e"]["rms_after_predicted"])
     return FitResult(cube=cube, report=report, maps=maps, candidates=cands)
+
+
+def _row_chunks(shape: tuple[int, ...], work_bytes: int) -> Iterator[slice]:
+    """Row slices of a (ny, nx) map of at most ``work_bytes`` of float64 temporaries (at least one row)."""
+    rows = max(1, work_bytes // (16 * shape[1]))
+    return (slice(y0, y0 + rows) for y0 in range(0, shape[0], rows))
+
+
+def _scaled_float32(values: np.ndarray, factor: float, work_bytes: int) -> np.ndarray:
+    """``(values * factor).astype(float32)`` computed a few rows at a time (no full float64 temporary)."""
+    out = np.empty(values.shape, dtype=np.float32)
+    for rows in _row_chunks(values.shape, work_bytes):
+        out[rows] = values[rows] * factor
+    return out
+
+
+def _finite_sum_sq(values: np.ndarray, work_bytes: int) -> tuple[int, float]:
+    """Count and float64 sum of squares of the finite entries of a (ny, nx) map, a few rows at a time."""
+    count, total = 0, 0.0
+    for rows in _row_chunks(values.shape, work_bytes):
+        part = values[rows].astype(np.float64)
+        finite = np.isfinite(part)
+        count += int(finite.sum())
+        total += float(np.sum(part[finite] ** 2))
+    return count, total
+
+
+def _rms(values: np.ndarray, work_bytes: int) -> float:
+    """Root mean square of the finite entries of a (ny, nx) map (NaN when there are none)."""
+    count, total = _finite_sum_sq(values, work_bytes)
+    return float(np.sqrt(total / count)) if count else float("nan")
 
 
 def _median(values: np.ndarray) -> float | None:

@@ -74,14 +74,16 @@ def write_plots(result: FitResult, folder: str | os.PathLike) -> dict[str, Path]
         plt.close(fig)
 
     rn = maps["read_noise_e"]
-    after = np.where(accepted, cube.sigma_e, rn)
+    rtn = cube.rtn  # the accepted pixels, in ascending flat index: the order of rn[accepted]
+    after = rn.copy()
+    after.reshape(-1)[rtn.index] = rtn.sigma_e
     top = float(np.nanpercentile(rn, 99.9)) if np.isfinite(rn).any() else 1.0
     bins = np.linspace(0.0, max(top, 1e-3) * 1.05, 120)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     _hist(ax, rn.ravel(), "measured, with RTN", bins)
     _hist(ax, after.ravel(), "predicted, RTN corrected", bins)
     _hist(ax, rn[accepted], "RTN pixels, measured", bins)
-    _hist(ax, cube.sigma_e[accepted], "RTN pixels, sigma", bins)
+    _hist(ax, rtn.sigma_e, "RTN pixels, sigma", bins)
     r = rep["read_noise_e"]
     ax.set(xlabel="read noise (e-)", ylabel="pixels", yscale="log",
            title=f"RMS {r['rms_before']:.3f} e- -> {r['rms_after_predicted']:.3f} e- (predicted); "
@@ -99,14 +101,14 @@ def write_plots(result: FitResult, folder: str | os.PathLike) -> dict[str, Path]
            title=f"candidates (blue, {c['candidates']}) and accepted RTN pixels (red, {c['accepted']})")
     save(fig, "rtn_map.png")
 
-    ratio = cube.delta_e[accepted] / cube.sigma_e[accepted]
+    ratio = rtn.delta_e / rtn.sigma_e
     fig, ax = plt.subplots(figsize=(7, 4.5))
     _hist(ax, ratio, "accepted", 60)
     ax.set(xlabel="Delta / sigma", ylabel="pixels", title="jump size in units of the RTN-free read noise")
     save(fig, "delta_over_sigma_hist.png")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    _hist(ax, cube.lammax_e[accepted], "accepted", 60)
+    _hist(ax, rtn.lammax_e, "accepted", 60)
     ax.set(xlabel="lambda_max (e-/pixel/frame)", ylabel="pixels",
            title="largest signal at which positive jumps stay resolvable")
     save(fig, "lambda_max_hist.png")

@@ -11,7 +11,8 @@ detector identifiers, GAIN in e-/ADU, provenance) and CHECKSUM/DATASUM on every 
   FRAC_HI, LAMMAX, each (ny, nx) float64 with NaN where a pixel has no RTN, MEANBIAS, READNOISE and DQ.
 
 The values the two versions store are the same: :class:`RTNCube` holds MEANBIAS and READNOISE at float32
-precision, so a cube converted either way corrects every frame identically.
+precision, so a cube converted either way corrects every frame identically. In memory the RTN pixels are
+held sparsely (:class:`RTNPixels`, format 2's table); the dense planes of format 1 are built on request.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = [
     "CUBE_FORMAT_VERSION",
     "CUBE_FORMATS",
     "RTNCube",
+    "RTNPixels",
     "read_cube",
     "write_cube",
     "import_paper",
@@ -78,6 +80,10 @@ _PLANES: dict[str, tuple[str, str, bool]] = {
 }
 # planes held (and stored by format 2) at float32 precision: the maps every pixel has
 _FLOAT32_ATTRS = ("meanbias_adu", "readnoise_e")
+# the RTN parameters (held for the RTN pixels only), and every attribute's extension name (for messages)
+_RTN_ATTRS = tuple(attr for attr, _unit, rtn_only in _PLANES.values() if rtn_only)
+_NAMES = {**{attr: name for name, (attr, _unit, _rtn) in _PLANES.items()}, "dq": "DQ"}
+_HASH_CHUNK = 1 << 22  # pixels hashed at a time (a 32 MiB float64 temporary)
 _UNIT_ALIASES = {"adu": {"adu"}, "electron": {"electron", "electrons", "e-"}, "": {""}}
 
 # format 2: the RTN pixels' table (extension name, column -> (FITS format, attribute, unit)), float64: the
@@ -92,8 +98,11 @@ _TABLE_COLUMNS: dict[str, tuple[str, str, str]] = {
     "FRAC_HI": ("D", "frac_hi", ""),
     "LAMMAX": ("D", "lammax_e", "electron"),
 }
-# format 2's maps: lossless tile compression (one tile a row), and the dtype (ZBITPIX) each must have
+# format 2's maps: lossless tile compression (byte-shuffled deflate, tiles of _TILE_ROWS full rows: 16 rows
+# compress a full IMX455's float32 maps 5 % smaller than one row, bench/cube_size.py), and the dtype
+# (ZBITPIX) each must have
 _COMPRESSION = "GZIP_2"
+_TILE_ROWS = 16
 _COMPRESSIONS = ("GZIP_1", "GZIP_2")
 _MAPS = {"MEANBIAS": -32, "READNOISE": -32, "DQ": 16}
 # deflate never expands data by more than 1032:1 (RFC 1951 block limits): a compressed map that claims more
@@ -125,32 +134,24 @@ CAMERA_META = ("camera", "detector", "serial", "gain_setting", "offset", "readou
 
 
 @dataclass(eq=False)
-class RTNCube:
-    """Per-pixel RTN parameters of one sensor at one camera setting.
+class RTNPixels:
+    """Parameters of the n RTN pixels of a sensor, one entry a pixel, in ascending flat (C-order) index.
 
     Attributes
     ----------
-    mu_adu : numpy.ndarray, shape (ny, nx), float64, adu
-        Central bias level; NaN where the pixel has no (correctable) RTN.
-    delta_e, sigma_e : numpy.ndarray, shape (ny, nx), float64, electron
-        Jump size and RTN-free read noise; NaN where no RTN.
-    frac_c, frac_lo, frac_hi : numpy.ndarray, shape (ny, nx), float64 in [0, 1]
-        Fractions of frames in the central, low and high state; NaN where no RTN.
-    lammax_e : numpy.ndarray, shape (ny, nx), float64, electron
-        Largest expected signal at which positive jumps are resolvable; NaN where no RTN.
-    meanbias_adu : numpy.ndarray, shape (ny, nx), float64, adu
-        Mean bias of every pixel (mixture mean for RTN pixels). Held at float32 precision (the values of
-        format 2: a relative 6e-8, some 3e-5 adu at 500 adu, far below the fit's own uncertainty).
-    readnoise_e : numpy.ndarray, shape (ny, nx), float64, electron
-        Total read noise of every pixel (RTN included). Held at float32 precision, as ``meanbias_adu``.
-    dq : numpy.ndarray, shape (ny, nx), uint16
-        Bit flags ``DQ_RTN``, ``DQ_TWO_TRAP``, ``DQ_ANOMALOUS_MEAN``, ``DQ_ANOMALOUS_STD``, ``DQ_HOT``.
-    gain_e_per_adu : float
-        Conversion gain (FITS ``GAIN`` convention).
-    meta : dict
-        Detector identifiers and provenance (see ``_META_KEYS``).
+    index : numpy.ndarray, shape (n,), int64
+        Flat indices ``y * nx + x`` of the RTN pixels, strictly ascending.
+    mu_adu : numpy.ndarray, shape (n,), float64, adu
+        Central bias level.
+    delta_e, sigma_e : numpy.ndarray, shape (n,), float64, electron
+        Jump size and RTN-free read noise.
+    frac_c, frac_lo, frac_hi : numpy.ndarray, shape (n,), float64 in [0, 1]
+        Fractions of frames in the central, low and high state.
+    lammax_e : numpy.ndarray, shape (n,), float64, electron
+        Largest expected signal at which positive jumps are resolvable.
     """
 
+    index: np.ndarray
     mu_adu: np.ndarray
     delta_e: np.ndarray
     sigma_e: np.ndarray
@@ -158,24 +159,143 @@ class RTNCube:
     frac_lo: np.ndarray
     frac_hi: np.ndarray
     lammax_e: np.ndarray
+
+    def __post_init__(self) -> None:
+        index = np.asarray(self.index)
+        if index.ndim != 1 or (index.size and not np.issubdtype(index.dtype, np.integer)):
+            raise CubeFormatError(f"cube: the RTN pixels' index must be a 1-D integer array, got {index.dtype} "
+                                  f"of shape {index.shape}")
+        self.index = index.astype(np.int64, copy=False)
+        for attr in _RTN_ATTRS:
+            values = np.asarray(getattr(self, attr), dtype=np.float64)
+            if values.shape != self.index.shape:
+                raise CubeFormatError(f"cube: {_NAMES[attr]} has {values.shape} values for the "
+                                      f"{self.index.size} RTN pixels")
+            setattr(self, attr, values)
+
+    @property
+    def n(self) -> int:
+        """Number of RTN pixels."""
+        return int(self.index.size)
+
+
+class _DensePlane:
+    """Read-only attribute ``cube.<name>``: the (ny, nx) float64 plane of an RTN parameter, built on access."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attr = name
+
+    def __get__(self, cube: RTNCube | None, owner: type | None = None) -> Any:
+        return self if cube is None else cube.plane(self.attr)
+
+
+@dataclass(eq=False)
+class RTNCube:
+    """Per-pixel RTN parameters of one sensor at one camera setting.
+
+    The RTN pixels (a few % of a sensor) are held sparsely (:class:`RTNPixels`); only the maps every pixel
+    has a value in are (ny, nx) arrays. A full IMX455 (61 Mpx, 5 % RTN) takes about 0.8 GB.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        (ny, nx) of the sensor.
+    rtn : RTNPixels
+        The RTN pixels (those the engine corrects) and their parameters.
+    meanbias_adu : numpy.ndarray, shape (ny, nx), float32, adu
+        Mean bias of every pixel (mixture mean for RTN pixels); float32 is the precision of format 2 (a
+        relative 6e-8, some 3e-5 adu at 500 adu, far below the fit's own uncertainty).
+    readnoise_e : numpy.ndarray, shape (ny, nx), float32, electron
+        Total read noise of every pixel (RTN included).
+    dq : numpy.ndarray, shape (ny, nx), uint16
+        Bit flags ``DQ_RTN``, ``DQ_TWO_TRAP``, ``DQ_ANOMALOUS_MEAN``, ``DQ_ANOMALOUS_STD``, ``DQ_HOT``.
+    gain_e_per_adu : float
+        Conversion gain (FITS ``GAIN`` convention).
+    meta : dict
+        Detector identifiers and provenance (see ``_META_KEYS``).
+    mu_adu, delta_e, sigma_e, frac_c, frac_lo, frac_hi, lammax_e : numpy.ndarray, shape (ny, nx), float64
+        Read-only: the dense plane of the RTN parameter, NaN where a pixel has no RTN, built on every access
+        (:meth:`plane`; 8 bytes a pixel, for small sensors and tests: code that runs on full sensors reads
+        ``rtn``).
+    """
+
+    shape: tuple[int, int]
+    rtn: RTNPixels
     meanbias_adu: np.ndarray
     readnoise_e: np.ndarray
     dq: np.ndarray
     gain_e_per_adu: float
     meta: dict[str, Any] = field(default_factory=dict)
 
+    mu_adu = _DensePlane()
+    delta_e = _DensePlane()
+    sigma_e = _DensePlane()
+    frac_c = _DensePlane()
+    frac_lo = _DensePlane()
+    frac_hi = _DensePlane()
+    lammax_e = _DensePlane()
+
     def __post_init__(self) -> None:
-        for attr, _unit, _rtn_only in _PLANES.values():
-            setattr(self, attr, np.asarray(getattr(self, attr), dtype=np.float64))
+        shape = tuple(int(n) for n in self.shape)
+        if len(shape) != 2 or min(shape) < 1:
+            raise CubeFormatError(f"cube: MU must be a 2-D (ny, nx) plane, got shape {shape}")
+        self.shape = shape  # type: ignore[assignment]
+        for attr in _FLOAT32_ATTRS:
+            values = np.asarray(getattr(self, attr))
+            setattr(self, attr, values if np.issubdtype(values.dtype, np.floating) else values.astype(np.float64))
         self.dq = np.asarray(self.dq, dtype=np.uint16)
         _validate(self, source="cube")
         for attr in _FLOAT32_ATTRS:  # validated first: a value beyond float32 is refused by its range, by name
-            setattr(self, attr, getattr(self, attr).astype(np.float32).astype(np.float64))
+            setattr(self, attr, getattr(self, attr).astype(np.float32, copy=False))
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(ny, nx) of the sensor."""
-        return tuple(self.mu_adu.shape)  # type: ignore[return-value]
+    @classmethod
+    def from_planes(cls, *, mu_adu: np.ndarray, delta_e: np.ndarray, sigma_e: np.ndarray, frac_c: np.ndarray,
+                    frac_lo: np.ndarray, frac_hi: np.ndarray, lammax_e: np.ndarray, meanbias_adu: np.ndarray,
+                    readnoise_e: np.ndarray, dq: np.ndarray, gain_e_per_adu: float,
+                    meta: dict[str, Any] | None = None) -> RTNCube:
+        """A cube from dense (ny, nx) planes (format 1, the paper's import): RTN pixels where MU is finite.
+
+        Parameters
+        ----------
+        mu_adu, delta_e, sigma_e, frac_c, frac_lo, frac_hi, lammax_e : array_like, shape (ny, nx)
+            The RTN parameters (units as :class:`RTNPixels`), NaN (unused) where a pixel has no RTN.
+        meanbias_adu, readnoise_e, dq : array_like, shape (ny, nx)
+        gain_e_per_adu : float
+        meta : dict, optional
+
+        Raises
+        ------
+        CubeFormatError
+            A plane of another shape than MU, NaN where an RTN pixel needs a value, values out of range.
+        """
+        planes = {"mu_adu": mu_adu, "delta_e": delta_e, "sigma_e": sigma_e, "frac_c": frac_c,
+                  "frac_lo": frac_lo, "frac_hi": frac_hi, "lammax_e": lammax_e, "meanbias_adu": meanbias_adu,
+                  "readnoise_e": readnoise_e, "dq": dq}
+        mu = np.asarray(mu_adu, dtype=np.float64)
+        if mu.ndim != 2:
+            raise CubeFormatError(f"cube: MU must be a 2-D (ny, nx) plane, got shape {mu.shape}")
+        for attr, plane in planes.items():
+            if np.shape(plane) != mu.shape:
+                raise CubeFormatError(f"cube: {_NAMES[attr]} has shape {np.shape(plane)}, MU has {mu.shape}")
+        index = np.flatnonzero(np.isfinite(mu))
+        rtn = RTNPixels(index, **{attr: np.asarray(planes[attr], dtype=np.float64).reshape(-1)[index]
+                                  for attr in _RTN_ATTRS})
+        return cls(shape=mu.shape, rtn=rtn, meanbias_adu=meanbias_adu, readnoise_e=readnoise_e, dq=dq,
+                   gain_e_per_adu=gain_e_per_adu, meta=dict(meta or {}))
+
+    def plane(self, attr: str) -> np.ndarray:
+        """The dense (ny, nx) float64 plane of the RTN parameter ``attr`` (e.g. ``'delta_e'``), NaN elsewhere.
+
+        Raises
+        ------
+        ValueError
+            ``attr`` is not an RTN parameter.
+        """
+        if attr not in _RTN_ATTRS:
+            raise ValueError(f"attr must be one of {', '.join(_RTN_ATTRS)}, got {attr!r}")
+        out = np.full(self.shape[0] * self.shape[1], np.nan)
+        out[self.rtn.index] = getattr(self.rtn, attr)
+        return out.reshape(self.shape)
 
     @property
     def camera(self) -> dict[str, Any]:
@@ -184,30 +304,35 @@ class RTNCube:
 
     @property
     def rtn_mask(self) -> np.ndarray:
-        """(ny, nx) bool: pixels whose RTN the engine corrects (finite MU)."""
-        return np.isfinite(self.mu_adu)
+        """(ny, nx) bool: pixels whose RTN the engine corrects (built on access)."""
+        mask = np.zeros(self.shape[0] * self.shape[1], dtype=bool)
+        mask[self.rtn.index] = True
+        return mask.reshape(self.shape)
 
     @property
     def n_rtn(self) -> int:
         """Number of RTN pixels."""
-        return int(np.count_nonzero(self.rtn_mask))
+        return self.rtn.n
 
     @property
     def cube_id(self) -> str:
         """Content hash (16 hex digits) of the gain and what a file stores: the cube's identity everywhere.
 
-        SHA-256 over the gain, the shape, the flat indices of the RTN pixels, the RTN planes' values there,
-        then MEANBIAS, READNOISE (float64) and DQ: the values at non-RTN pixels of the RTN planes (NaN,
-        unused) are not part of it, so hashing a full sensor reads about a sixth of its planes.
+        SHA-256 over the gain (float64), the shape (int64), the flat indices of the RTN pixels (int64), the
+        RTN parameters there (float64, in the order MU, DELTA, SIGMA, FRAC_C, FRAC_LO, FRAC_HI, LAMMAX),
+        then MEANBIAS and READNOISE as float64 planes, and DQ (uint16): the values at non-RTN pixels of
+        the dense RTN planes (NaN, unused) are not part of it.
         """
         h = hashlib.sha256()
         h.update(np.float64(self.gain_e_per_adu).tobytes())
         h.update(np.asarray(self.shape, dtype=np.int64).tobytes())
-        index = np.flatnonzero(self.rtn_mask)
-        h.update(index.astype(np.int64).tobytes())
-        for attr, _unit, rtn_only in _PLANES.values():
-            plane = getattr(self, attr)
-            h.update(plane.reshape(-1)[index].tobytes() if rtn_only else np.ascontiguousarray(plane).tobytes())
+        h.update(self.rtn.index.astype(np.int64, copy=False).tobytes())
+        for attr in _RTN_ATTRS:
+            h.update(np.ascontiguousarray(getattr(self.rtn, attr), dtype=np.float64).tobytes())
+        for attr in _FLOAT32_ATTRS:  # hashed as float64 (the definition), a few Mpx at a time
+            flat = getattr(self, attr).reshape(-1)
+            for start in range(0, flat.size, _HASH_CHUNK):
+                h.update(flat[start:start + _HASH_CHUNK].astype(np.float64).tobytes())
         h.update(np.ascontiguousarray(self.dq).tobytes())
         return h.hexdigest()[:16]
 
@@ -232,18 +357,16 @@ def _validate(cube: RTNCube, source: str) -> None:
         raise CubeFormatError(f"{source}: GAIN must be a finite positive number in e-/ADU, got {g!r}")
     if not lo <= g <= hi:
         raise CubeFormatError(f"{source}: GAIN must be in [{lo:g}, {hi:g}] e-/ADU, got {g!r}")
-    shape = cube.mu_adu.shape
-    if len(shape) != 2:
-        raise CubeFormatError(f"{source}: MU must be a 2-D (ny, nx) plane, got shape {shape}")
-    for name, (attr, _unit, _rtn) in _PLANES.items():
+    shape = cube.shape
+    for attr in ("meanbias_adu", "readnoise_e", "dq"):
         plane = getattr(cube, attr)
         if plane.shape != shape:
-            raise CubeFormatError(f"{source}: {name} has shape {plane.shape}, MU has {shape}")
-    if cube.dq.shape != shape:
-        raise CubeFormatError(f"{source}: DQ has shape {cube.dq.shape}, MU has {shape}")
-    # the RTN planes are checked at the RTN pixels only: gathered once (a few % of a sensor), not masked
-    index = np.flatnonzero(np.isfinite(cube.mu_adu))
-    values = {name: (getattr(cube, attr).reshape(-1)[index] if rtn_only else getattr(cube, attr))
+            raise CubeFormatError(f"{source}: {_NAMES[attr]} has shape {plane.shape}, the cube has {shape}")
+    index = cube.rtn.index
+    if index.size and (index[0] < 0 or index[-1] >= shape[0] * shape[1] or np.any(np.diff(index) <= 0)):
+        raise CubeFormatError(f"{source}: the RTN pixels' index must be strictly ascending flat pixel indices "
+                              f"in [0, {shape[0] * shape[1]})")
+    values = {name: (getattr(cube.rtn, attr) if rtn_only else getattr(cube, attr))
               for name, (attr, _unit, rtn_only) in _PLANES.items()}
     for name, (_attr, _unit, rtn_only) in _PLANES.items():
         bad = values[name].size - int(np.count_nonzero(np.isfinite(values[name])))
@@ -335,7 +458,8 @@ def _v1_hdus(cube: RTNCube) -> list[fits.ImageHDU]:
     from astropy.io import fits
     hdus = []
     for name, (attr, unit, _rtn) in _PLANES.items():
-        hdu = fits.ImageHDU(getattr(cube, attr), name=name)
+        plane = cube.plane(attr) if attr in _RTN_ATTRS else getattr(cube, attr).astype(np.float64)
+        hdu = fits.ImageHDU(plane, name=name)
         hdu.header["BUNIT"] = unit
         hdus.append(hdu)
     dq = fits.ImageHDU(cube.dq, name="DQ")
@@ -346,19 +470,19 @@ def _v1_hdus(cube: RTNCube) -> list[fits.ImageHDU]:
 def _v2_hdus(cube: RTNCube) -> list[fits.BinTableHDU | fits.CompImageHDU]:
     """Format 2: the RTN pixels' table, then MEANBIAS, READNOISE and DQ tile-compressed (lossless), DQ last."""
     from astropy.io import fits
-    index = np.flatnonzero(cube.rtn_mask)
+    index = cube.rtn.index
     size = cube.shape[0] * cube.shape[1]
     columns = [fits.Column(name="INDEX", format="J" if size <= np.iinfo(np.int32).max else "K", array=index)]
     for name, (fmt, attr, unit) in _TABLE_COLUMNS.items():
-        columns.append(fits.Column(name=name, format=fmt, unit=unit or None,
-                                   array=getattr(cube, attr).reshape(-1)[index]))
+        columns.append(fits.Column(name=name, format=fmt, unit=unit or None, array=getattr(cube.rtn, attr)))
     table = fits.BinTableHDU.from_columns(columns, name=_TABLE)
     hdus: list[fits.BinTableHDU | fits.CompImageHDU] = [table]
     for name, attr, dtype in (("MEANBIAS", "meanbias_adu", np.float32), ("READNOISE", "readnoise_e", np.float32),
                               ("DQ", "dq", np.uint16)):
         # quantize_level=0: no quantization, the float32 values are kept bit for bit
-        hdu = fits.CompImageHDU(getattr(cube, attr).astype(dtype), name=name, compression_type=_COMPRESSION,
-                                quantize_level=0.0)
+        hdu = fits.CompImageHDU(getattr(cube, attr).astype(dtype, copy=False), name=name,
+                                compression_type=_COMPRESSION, quantize_level=0.0,
+                                tile_shape=(min(_TILE_ROWS, cube.shape[0]), cube.shape[1]))
         hdu.header["BUNIT"] = _PLANES[name][1] if name in _PLANES else ""
         hdus.append(hdu)
     return hdus
@@ -467,7 +591,7 @@ def read_cube(path: str | os.PathLike, name: str | None = None) -> RTNCube:
             if version == 2:
                 table, maps = _v2_hdus_checked(where, hdul)
                 _verify_checksums(where, hdul)
-                planes = _v2_planes(where, table, maps)
+                parts = _v2_parts(where, table, maps)
             else:
                 hdus = _plane_hdus(where, hdul)
                 _verify_checksums(where, hdul)
@@ -479,7 +603,9 @@ def read_cube(path: str | os.PathLike, name: str | None = None) -> RTNCube:
             gain = hdr["GAIN"]
             if isinstance(gain, bool | str):
                 raise CubeFormatError(f"{where}: GAIN must be a finite positive number in e-/ADU, got {gain!r}")
-            return RTNCube(gain_e_per_adu=float(gain), meta=meta, **planes)
+            if version == 2:
+                return RTNCube(gain_e_per_adu=float(gain), meta=meta, **parts)
+            return RTNCube.from_planes(gain_e_per_adu=float(gain), meta=meta, **planes)
         except CubeFormatError as exc:
             if str(exc).startswith("cube:"):
                 raise CubeFormatError(f"{where}:{str(exc)[5:]}") from None
@@ -583,10 +709,9 @@ def _v2_hdus_checked(where: str, hdul: fits.HDUList) -> tuple[fits.BinTableHDU, 
     return table, maps
 
 
-def _v2_planes(where: str, table: fits.BinTableHDU, maps: dict[str, fits.BinTableHDU]) -> dict[str, np.ndarray]:
-    """The (ny, nx) planes of a format-2 file (headers already checked): the table scattered, the maps."""
+def _v2_parts(where: str, table: fits.BinTableHDU, maps: dict[str, fits.BinTableHDU]) -> dict[str, Any]:
+    """The :class:`RTNCube` fields of a format-2 file (headers already checked): the table, the maps."""
     from astropy.io import fits
-    planes: dict[str, np.ndarray] = {}
     images = {name: fits.CompImageHDU(bintable=hdu) for name, hdu in maps.items()}
     for name, image in images.items():
         found = str(image.header.get("BUNIT", ""))
@@ -596,27 +721,24 @@ def _v2_planes(where: str, table: fits.BinTableHDU, maps: dict[str, fits.BinTabl
     # the three maps decompressed side by side (zlib releases the GIL)
     with ThreadPoolExecutor(len(images), thread_name_prefix="cube-read") as pool:
         data = dict(zip(images, pool.map(lambda image: np.asarray(image.data), images.values()), strict=True))
+    parts: dict[str, Any] = {"dq": _dq_flags(where, data.pop("DQ"))}
     for name, values in data.items():
-        if name == "DQ":
-            planes["dq"] = _dq_flags(where, values)
-        else:
-            planes[_PLANES[name][0]] = values.astype(np.float64)
-    shape = planes["meanbias_adu"].shape
-    data = table.data
-    index = np.asarray(data["INDEX"]) if data is not None else np.zeros(0, np.int64)
+        parts[_PLANES[name][0]] = values
+    shape = parts["meanbias_adu"].shape
+    rows = table.data
+    index = np.asarray(rows["INDEX"], dtype=np.int64) if rows is not None else np.zeros(0, np.int64)
     size = shape[0] * shape[1]
     if index.size and (index[0] < 0 or index[-1] >= size or np.any(np.diff(index) <= 0)):
         raise CubeFormatError(f"{where}: {_TABLE} INDEX must be strictly ascending flat pixel indices in "
                               f"[0, {size})")
-    for name, (_fmt, attr, _unit) in _TABLE_COLUMNS.items():
-        plane = np.full(size, np.nan)
-        if index.size:
-            plane[index] = np.asarray(data[name], dtype=np.float64)
-        planes[attr] = plane.reshape(shape)
-    bad = index.size - int(np.count_nonzero(np.isfinite(planes["mu_adu"])))
+    columns = {attr: (np.asarray(rows[name], dtype=np.float64) if rows is not None else np.zeros(0))
+               for name, (_fmt, attr, _unit) in _TABLE_COLUMNS.items()}
+    bad = index.size - int(np.count_nonzero(np.isfinite(columns["mu_adu"])))
     if bad:
         raise CubeFormatError(f"{where}: {_TABLE} MU is NaN or infinite in {bad} rows; every row is an RTN pixel")
-    return planes
+    parts["shape"] = shape
+    parts["rtn"] = RTNPixels(index, **columns)
+    return parts
 
 
 def model_mean_and_std(
@@ -717,7 +839,7 @@ def import_paper(
         meta["readnoise_source"] = "model"
     dq = np.where(rtn, DQ_RTN, 0).astype(np.uint16)
     try:
-        return RTNCube(
+        return RTNCube.from_planes(
             mu_adu=mu_adu, delta_e=keep(delta_e), sigma_e=keep(sigma_e), frac_c=keep(a), frac_lo=keep(b_lo),
             frac_hi=keep(b_hi), lammax_e=keep(lammax), meanbias_adu=meanbias, readnoise_e=readnoise, dq=dq,
             gain_e_per_adu=gain, meta=meta,

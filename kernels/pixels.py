@@ -40,8 +40,8 @@ class PixelParams:
     sigma_w : numpy.ndarray, shape (n,), float64
     sigma_ok : numpy.ndarray, shape (n,), bool
         Sigma coordinates in the table (:meth:`ThresholdTable.sigma_coords`).
-    meanbias_adu : numpy.ndarray, shape (ny * nx,), float64, adu
-        Mean bias of every pixel (spatial reference).
+    meanbias_adu : numpy.ndarray, shape (ny * nx,), float32, adu
+        Mean bias of every pixel (spatial reference): the cube's map itself, not a copy.
     """
 
     shape: tuple[int, int]
@@ -65,24 +65,23 @@ class PixelParams:
     @classmethod
     def from_cube(cls, cube: RTNCube, table: ThresholdTable) -> PixelParams:
         """Gather the RTN pixels' parameters of ``cube`` and their coordinates in ``table``."""
-        mask = cube.rtn_mask.ravel()
-        index = np.flatnonzero(mask).astype(np.int64)
+        rtn = cube.rtn
+        index = rtn.index
         g = float(cube.gain_e_per_adu)
-        delta_e = cube.delta_e.ravel()[index]
-        j, w, ok = table.sigma_coords(cube.sigma_e.ravel()[index])
+        j, w, ok = table.sigma_coords(rtn.sigma_e)
         return cls(
             shape=cube.shape,
             index=index,
             gain_e_per_adu=g,
-            mu_adu=cube.mu_adu.ravel()[index].copy(),
-            delta_e=delta_e.copy(),
-            delta_adu_int=np.rint(delta_e / g).astype(np.int64),
-            delta_adu_float=delta_e / g,
-            rn2_e2=cube.readnoise_e.ravel()[index] ** 2,
+            mu_adu=rtn.mu_adu,
+            delta_e=rtn.delta_e,
+            delta_adu_int=np.rint(rtn.delta_e / g).astype(np.int64),
+            delta_adu_float=rtn.delta_e / g,
+            rn2_e2=cube.readnoise_e.ravel()[index].astype(np.float64) ** 2,
             sigma_j=j,
             sigma_w=w,
             sigma_ok=ok,
-            meanbias_adu=np.ascontiguousarray(cube.meanbias_adu, dtype=np.float64).ravel(),
+            meanbias_adu=np.ascontiguousarray(cube.meanbias_adu).ravel(),
         )
 
 

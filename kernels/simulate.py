@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from rtnstream.kernels.cube import DQ_RTN, RTNCube, model_mean_and_std
+from rtnstream.kernels.cube import DQ_RTN, RTNCube, RTNPixels, model_mean_and_std
 from rtnstream.kernels.lut import ThresholdTable, get_table
 
 __all__ = ["SensorModel", "Scene", "SimulatedFrame"]
@@ -222,27 +222,22 @@ class SensorModel:
     def true_cube(self, alpha: float = 0.003, table: ThresholdTable | None = None) -> RTNCube:
         """The RTN calibration file of this sensor as a perfect fit would give it."""
         table = table or get_table(alpha)
-        ny, nx = self.shape
-        nan = np.full(ny * nx, np.nan)
-
-        def plane(values: np.ndarray) -> np.ndarray:
-            out = nan.copy()
-            out[self.rtn_index] = values
-            return out.reshape(self.shape)
-
-        sigma_rtn = self.sigma_e.ravel()[self.rtn_index]
-        mu = plane(self.bias_adu.ravel()[self.rtn_index])
-        delta, sig = plane(self.delta_e), plane(sigma_rtn)
-        flo, fhi = plane(self.frac_lo), plane(self.frac_hi)
-        mean_adu, std_e = model_mean_and_std(mu, delta, sig, flo, fhi, self.gain_e_per_adu)
-        rtn = np.isfinite(mu)
+        index = self.rtn_index
+        sigma_rtn = self.sigma_e.ravel()[index]
+        mu = self.bias_adu.ravel()[index]
+        mean_adu, std_e = model_mean_and_std(mu, self.delta_e, sigma_rtn, self.frac_lo, self.frac_hi,
+                                             self.gain_e_per_adu)
+        meanbias = self.bias_adu.copy()
+        meanbias.ravel()[index] = mean_adu
+        readnoise = self.sigma_e.copy()
+        readnoise.ravel()[index] = std_e
         dq = np.zeros(self.shape, np.uint16)
-        dq[rtn] = DQ_RTN
+        dq.ravel()[index] = DQ_RTN
+        rtn = RTNPixels(index=index, mu_adu=mu, delta_e=self.delta_e, sigma_e=sigma_rtn, frac_c=self.frac_c,
+                        frac_lo=self.frac_lo, frac_hi=self.frac_hi,
+                        lammax_e=table.lambda_max(self.delta_e, sigma_rtn))
         return RTNCube(
-            mu_adu=mu, delta_e=delta, sigma_e=sig, frac_c=plane(self.frac_c), frac_lo=flo, frac_hi=fhi,
-            lammax_e=plane(table.lambda_max(self.delta_e, sigma_rtn)),
-            meanbias_adu=np.where(rtn, mean_adu, self.bias_adu),
-            readnoise_e=np.where(rtn, std_e, self.sigma_e),
-            dq=dq, gain_e_per_adu=self.gain_e_per_adu,
+            shape=self.shape, rtn=rtn, meanbias_adu=meanbias, readnoise_e=readnoise, dq=dq,
+            gain_e_per_adu=self.gain_e_per_adu,
             meta={"camera": "simulated", "detector": "simulated IMX455-like", "alpha": alpha},
         )

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from rtnstream.kernels.cube import RTNCube
+from rtnstream.kernels.cube import RTNCube, RTNPixels
 from rtnstream.kernels.exceptions import FrameError
 
 __all__ = ["CAMERA_FRAME_KEYS", "DEFAULT_TEMPERATURE_TOLERANCE_C", "check_frame_header", "cube_part",
@@ -133,7 +133,12 @@ def cube_part(cube: RTNCube, origin: tuple[int, int] | None, shape: tuple[int, i
         return cube
     (y0, x0), (ny, nx) = origin, shape
     cut = (slice(y0, y0 + ny), slice(x0, x0 + nx))
-    planes = {attr: getattr(cube, attr)[cut] for attr in ("mu_adu", "delta_e", "sigma_e", "frac_c", "frac_lo",
-                                                          "frac_hi", "lammax_e", "meanbias_adu", "readnoise_e",
-                                                          "dq")}
-    return RTNCube(gain_e_per_adu=cube.gain_e_per_adu, meta=dict(cube.meta), **planes)
+    rtn = cube.rtn
+    y, x = np.divmod(rtn.index, cube.shape[1])
+    inside = np.flatnonzero((y >= y0) & (y < y0 + ny) & (x >= x0) & (x < x0 + nx))
+    # row-major order on the sensor is row-major order in the subframe: the index stays ascending
+    part = RTNPixels(index=(y[inside] - y0) * nx + (x[inside] - x0),
+                     **{attr: getattr(rtn, attr)[inside] for attr in ("mu_adu", "delta_e", "sigma_e", "frac_c",
+                                                                      "frac_lo", "frac_hi", "lammax_e")})
+    return RTNCube(shape=(ny, nx), rtn=part, meanbias_adu=cube.meanbias_adu[cut], readnoise_e=cube.readnoise_e[cut],
+                   dq=cube.dq[cut], gain_e_per_adu=cube.gain_e_per_adu, meta=dict(cube.meta))

@@ -176,14 +176,17 @@ class FrameModel:
         static[(flat & (DQ_ANOMALOUS_MEAN | DQ_ANOMALOUS_STD)) != 0] |= DQF_ANOMALOUS
         static[(flat & DQ_HOT) != 0] |= DQF_HOT
         self._static_dq = static
-        # full-frame planes in float32 (the uncertainty is written as float32): two frame-sized temporaries
-        level = cube.meanbias_adu.reshape(-1).copy()
+        # full-frame planes in float32 (the uncertainty is written as float32), MU rounded to float32 once
+        level = cube.meanbias_adu.reshape(-1).astype(np.float32)
         level[params.index] = params.mu_adu
-        self._level_adu = level.astype(np.float32)
-        self._rn2_e2 = (cube.readnoise_e.reshape(-1) ** 2).astype(np.float32)
-        self._rn_rtn_e = cube.readnoise_e.reshape(-1)[params.index]
-        self._sigma_e = cube.sigma_e.reshape(-1)[params.index]
-        self._lammax_e = cube.lammax_e.reshape(-1)[params.index]
+        self._level_adu = level
+        readnoise = cube.readnoise_e.reshape(-1)
+        # the square of a float32 is exact in float64: squaring in float32 rounds it once, as float64 then
+        # float32 did
+        self._rn2_e2 = readnoise.astype(np.float32) ** 2
+        self._rn_rtn_e = readnoise[params.index].astype(np.float64)
+        self._sigma_e = cube.rtn.sigma_e
+        self._lammax_e = cube.rtn.lammax_e
 
     def products(self, data: np.ndarray, states: np.ndarray | None, corrected: bool, mode: Mode, dq: bool,
                  uncertainty: bool) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:

@@ -434,7 +434,10 @@ class Pipeline:
         else:
             item.correct = not (self.config.overload == "passthrough"
                                 and self._queue.qsize() >= self._passthrough_backlog)
-            self._engine_step(lambda: self.engine.push(item.data, tag=item, correct=item.correct),  # <- corrected
+            # the engine holds the frame until it returns it corrected; the item (its tag) lets go of it, so
+            # each input is freed as its output is made (full frames: W/2 + 1 fewer frames at a series' start)
+            data, item.data = item.data, None
+            self._engine_step(lambda: self.engine.push(data, tag=item, correct=item.correct),  # <- corrected
                               pushed=1, what=f"frame {h.series}#{h.seq}")
 
     def _engine_step(self, step: Callable[[], list[CorrectedFrame]], pushed: int, what: str) -> None:

@@ -9,6 +9,7 @@ seconds in DATE-OBS and XORGSUBF / YORGSUBF. ``maxim``: ``<object>-<n>L.fit``, I
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -26,9 +27,7 @@ CAMERA = {"camera": "QHY600M", "gain_setting": 56, "offset": 30, "readout_mode":
 def with_camera(cube: RTNCube, **changes) -> RTNCube:
     """A copy of ``cube`` whose meta records the test camera (with ``changes``)."""
     meta = {**cube.meta, **CAMERA, **changes}
-    planes = {a: getattr(cube, a) for a in ("mu_adu", "delta_e", "sigma_e", "frac_c", "frac_lo", "frac_hi",
-                                            "lammax_e", "meanbias_adu", "readnoise_e", "dq")}
-    return RTNCube(gain_e_per_adu=cube.gain_e_per_adu, meta=meta, **planes)
+    return dataclasses.replace(cube, meta=meta)
 
 
 def header_for(style: str, k: int, start: datetime, cadence_s: float, obj: str = "M31", filt: str = "L",

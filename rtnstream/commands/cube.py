@@ -59,15 +59,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     else:
         cube = read_cube(args.cube)
-    rtn = cube.rtn_mask
     print(json.dumps({
         "id": cube.cube_id,
         "shape": list(cube.shape),
         "n_rtn": cube.n_rtn,
-        "rtn_fraction": cube.n_rtn / rtn.size,
+        "rtn_fraction": cube.n_rtn / (cube.shape[0] * cube.shape[1]),
         "gain_e_per_adu": cube.gain_e_per_adu,
-        "median_delta_e": float(np.median(cube.delta_e[rtn])) if cube.n_rtn else None,
-        "median_sigma_e": float(np.median(cube.sigma_e[rtn])) if cube.n_rtn else None,
+        "median_delta_e": float(np.median(cube.rtn.delta_e)) if cube.n_rtn else None,
+        "median_sigma_e": float(np.median(cube.rtn.sigma_e)) if cube.n_rtn else None,
         "meta": {k: str(v) for k, v in cube.meta.items()},
     }, indent=2))
     return 0

@@ -57,8 +57,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="map the bands on dask.distributed: 'local:N' starts a LocalCluster of N workers, "
                              "an address (tcp://host:8786) joins a running scheduler whose workers read the bias "
                              "files by the same paths; needs pip install 'rtnstream[scale]'")
-    parser.add_argument("--memory-limit", type=parse_size, default="1G", metavar="SIZE",
-                        help="memory for bands and work arrays of all workers, e.g. 512M, 4G")
+    parser.add_argument("--memory-limit", type=parse_size, default="4G", metavar="SIZE",
+                        help="memory of the fit: the whole-sensor maps (48 bytes a pixel, 2.9 GB for a 61 Mpx "
+                             "sensor), then the bands and work arrays of all workers, e.g. 512M, 4G")
     parser.add_argument("--alpha", type=float, default=0.003, help="jump-test significance")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cube and report")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -36,7 +36,7 @@ def _make_cube(
     flo = np.asarray(frac_lo, dtype=np.float64) * full
     fhi = np.asarray(frac_hi, dtype=np.float64) * full
     lammax = 100.0 * full if table is None else table.lambda_max(delta.ravel(), sigma.ravel()).reshape(mu.shape)
-    return RTNCube(
+    return RTNCube.from_planes(
         mu_adu=mu,
         delta_e=delta,
         sigma_e=sigma,
