@@ -55,7 +55,7 @@ class Screen:
     ----------
     mean_adu, std_adu : numpy.ndarray, shape (ny, nx), float64, adu
         Per-pixel mean and standard deviation (ddof = 1) of the screened frames' finite values.
-    a2 : numpy.ndarray, shape (ny, nx), float64
+    a2 : numpy.ndarray, shape (ny, nx), float32 (float64 holding float32 values when read from a file)
         Modified Anderson-Darling statistic of the first ``min(ad_frames, n_frames)`` screened frames.
     n_valid : numpy.ndarray, shape (ny, nx), int64
         Finite values of each pixel in the screened frames.

@@ -118,7 +118,9 @@ def screen_stack(stack: FitsStack, settings: FitSettings = _DEFAULTS, memory_lim
         raise ValueError(f"memory_limit_bytes={memory_limit_bytes} is too small for the screen: give at least "
                          f"{2 * one_row} bytes")
     n_ad = min(settings.ad_frames, n)
-    mean, std, a2 = np.empty((ny, nx)), np.empty((ny, nx)), np.empty((ny, nx))
+    mean, std = np.empty((ny, nx)), np.empty((ny, nx))
+    a2 = np.empty((ny, nx), dtype=np.float32)  # as the fit keeps it; tested at float64, band by band
+    non_normal = np.empty((ny, nx), dtype=bool)
     n_valid = np.empty((ny, nx), dtype=np.int64)
     bad = np.zeros(n, dtype=np.int64)
     for band in stack.iter_bands(band_bytes, dtype=None, progress=progress, desc=f"screen {n} frames"):
@@ -126,9 +128,10 @@ def screen_stack(stack: FitsStack, settings: FitSettings = _DEFAULTS, memory_lim
         mean[y0:y1], std[y0:y1], n_valid[y0:y1], b = moments_band(band.data, work_bytes)
         bad += b
         ad = fill_non_finite(band.data[:n_ad], inplace=True)  # the band is ours: no copy
-        a2[y0:y1] = anderson_darling_band(ad, y0, seed=settings.dither_seed, clip_sigma=settings.clip_sigma,
-                                          clip_iterations=settings.clip_iterations, max_bytes=work_bytes)
-    candidate = (a2 > settings.a2_critical) & (std > np.nanmedian(std)) & (n_valid >= MIN_FRAMES)
+        res = anderson_darling_band(ad, y0, seed=settings.dither_seed, clip_sigma=settings.clip_sigma,
+                                    clip_iterations=settings.clip_iterations, max_bytes=work_bytes)
+        a2[y0:y1], non_normal[y0:y1] = res, res > settings.a2_critical
+    candidate = non_normal & (std > np.nanmedian(std)) & (n_valid >= MIN_FRAMES)
     return Screen(mean_adu=mean, std_adu=std, a2=a2, n_valid=n_valid, bad_per_frame=bad,
                   index=np.flatnonzero(candidate).astype(np.int64), settings=_screen_settings(settings))
 
@@ -361,7 +364,7 @@ def fit_compact(
     usable = n_valid >= MIN_FRAMES
     inputs = {"gain": {"e_per_adu": g, "source": gain.source, "detail": gain.detail}, "frame_kinds": frame_kinds,
               "camera": camera, "non_finite": _non_finite_report(frames, names, n_valid, bad_per_frame)}
-    mean, std, dq_bad = _fill_unusable(mean, std, usable)
+    dq_bad = _fill_unusable(mean, std, usable)
     plan = BandPlan(moments_rows=0, anderson_rows=0, fit_rows=0, band_bytes=band_bytes, work_bytes=work_bytes)
     rn_median = float(np.nanmedian(screen.std_adu * g))
     result = _assemble(frames, g, settings, get_table(settings.alpha), plan, mean, std, screen.a2,
