@@ -20,7 +20,8 @@ The centred temporal reference holds W/2 frames, so its latency includes W/2 fra
                             [--io-threads auto] [--json FILE]
 
 Full frames (``--shape 6388 9576``) need several GB (the simulated sensor's cube): run them under
-``flock /tmp/heavy.lock``.
+``flock /tmp/heavy.lock``. ``--compare A.json B.json ... [--plot PNG]`` prints runs written by ``--json``
+side by side (and draws their frames/s and latency as a PNG) instead of measuring.
 """
 
 from __future__ import annotations
@@ -63,6 +64,43 @@ def _io_threads(asked: str, frame_bytes: int, rate_fps: float) -> tuple[int, int
     return io_threads_for(2 * stream), io_threads_for(stream), f"auto for {rate_fps:g} frames/s"
 
 
+def compare(paths: list[str], plot: str | None) -> None:
+    """Print the runs of ``paths`` (``--json`` files) side by side; draw them to ``plot`` (PNG) when given."""
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            runs.append(json.load(f))
+    labels = [Path(p).stem for p in paths]
+    print(f"{'run':<44} {'transport':>9} {'I/O thr':>7} {'frames/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    for label, r in zip(labels, runs, strict=True):
+        io = r.get("io_threads", {}).get("service", 1)
+        lat = r["e2e_steady_latency_ms"]
+        print(f"{label:<44} {r.get('transport', 'tcp'):>9} {io:>7} {r['frames_per_s']:>9.2f} {lat['p50']:>8.0f} "
+              f"{lat['p99']:>8.0f}")
+    if plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (ax_fps, ax_lat) = plt.subplots(1, 2, figsize=(10, 3.8))
+        y = np.arange(len(runs))
+        ax_fps.barh(y, [r["frames_per_s"] for r in runs], color="tab:blue")
+        ax_fps.set(yticks=y, yticklabels=labels, xlabel="frames/s, end to end")
+        ax_fps.invert_yaxis()
+        ax_lat.invert_yaxis()
+        ax_lat.barh(y - 0.2, [r["e2e_steady_latency_ms"]["p50"] for r in runs], 0.4, label="p50")
+        ax_lat.barh(y + 0.2, [r["e2e_steady_latency_ms"]["p99"] for r in runs], 0.4, label="p99")
+        ax_lat.set(yticks=y, yticklabels=[], xlabel="latency send -> receive after W+1 frames, ms")
+        ax_lat.legend()
+        r0 = runs[0]
+        fig.suptitle(f"service, {r0['shape'][1]} x {r0['shape'][0]} frames, backend {r0['backend']}, "
+                     f"{r0['cpu_count']} CPUs")
+        fig.tight_layout()
+        fig.savefig(plot, dpi=100)
+        print(f"plot: {plot}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", type=int, nargs=2, default=(2048, 2048), metavar=("NY", "NX"))
@@ -80,7 +118,12 @@ def main() -> None:
     ap.add_argument("--rate-fps", type=float, default=20.0,
                     help="frame rate the auto I/O threads are sized for, frames/s")
     ap.add_argument("--json", help="also write the figures to this JSON file")
+    ap.add_argument("--compare", nargs="+", metavar="JSON", help="print these runs side by side, measure nothing")
+    ap.add_argument("--plot", metavar="PNG", help="with --compare: draw the runs here")
     args = ap.parse_args()
+    if args.compare:
+        compare(args.compare, args.plot)
+        return
 
     shape = (args.shape[0], args.shape[1])
     t0 = time.perf_counter()
