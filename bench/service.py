@@ -5,7 +5,7 @@ ingest over ``ipc://`` (the fast path for a camera on the service's node; ``--tr
 TCP); a consumer thread PULLs the corrected frames from its lossless push output. The producer, the
 service and the consumer each have their own ZeroMQ context, as separate processes would, with
 ``--io-threads`` I/O threads each (``auto``: this rtnstream's rule, one per GB/s of the context's traffic
-at ``--rate-fps`` full-shape frames/s, at most one per CPU; an rtnstream without the rule gets 1, its
+at ``--rate-fps`` full-shape frames/s, at most one per two CPUs; an rtnstream without the rule gets 1, its
 default). The script runs against any rtnstream from e7ba72c on (its before / after comparisons of
 issue 16 ran this file with the older checkout's interpreter). Printed:
 end-to-end frames/s (first frame sent to last frame received), end-to-end latency p50 / p99 (send to

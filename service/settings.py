@@ -135,9 +135,9 @@ class ServiceSettings(BaseSettings):
         ``zmq_stream_bytes_per_s`` (:attr:`io_threads`).
     zmq_stream_bytes_per_s : float > 0
         Frame bytes per second the jobs of this service receive together, bytes/s; they go out again, so
-        the context is sized for twice this, one I/O thread per GB/s, at most one per CPU. Default 20 full
+        the context is sized for twice this, one I/O thread per GB/s, at most one per two CPUs. Default 20 full
         IMX455 frames/s (6388 x 9576 uint16: 2.45 GB/s), which gives 5 I/O threads on a machine with
-        5 CPUs or more.
+        10 CPUs or more.
     zmq_curve_secret_file, zmq_curve_clients_dir : pathlib.Path or None
         Both or neither: the service's secret ZeroMQ certificate, and the folder of the public certificates
         of the producers and consumers it admits. When set, every job socket is CURVE-encrypted and

@@ -28,14 +28,18 @@ MAX_IO_THREADS = 64
 
 
 def io_threads_for(bytes_per_s: float, cpus: int | None = None) -> int:
-    """I/O threads for a context that moves ``bytes_per_s``: one per GB/s, at least 1, at most the CPUs.
+    """I/O threads for a context that moves ``bytes_per_s``: one per GB/s, at least 1, at most half the CPUs.
+
+    The cap leaves the other CPUs to what the I/O threads serve (the engine, the producer and consumer):
+    on a 2-CPU machine, 2 I/O threads in each of three contexts moved full frames slower than 1
+    (``bench/zmq_relay.py``), since the kernel's socket copies, not the threads, are the limit there.
 
     Parameters
     ----------
     bytes_per_s : float >= 0
         Every message byte the context sends and receives per second, bytes/s.
     cpus : int, optional
-        CPUs to count on (default: ``os.cpu_count()``); more I/O threads than CPUs only compete.
+        CPUs to count on (default: ``os.cpu_count()``).
 
     Raises
     ------
@@ -44,7 +48,7 @@ def io_threads_for(bytes_per_s: float, cpus: int | None = None) -> int:
     """
     if not (math.isfinite(bytes_per_s) and bytes_per_s >= 0):
         raise ValueError(f"bytes_per_s must be a finite number >= 0 (bytes/s), got {bytes_per_s!r}")
-    cap = max(1, min(MAX_IO_THREADS, cpus if cpus is not None else (os.cpu_count() or 1)))
+    cap = max(1, min(MAX_IO_THREADS, (cpus if cpus is not None else (os.cpu_count() or 1)) // 2))
     return max(1, min(cap, math.ceil(bytes_per_s / BYTES_PER_IO_THREAD_S)))
 
 
