@@ -91,8 +91,8 @@ def compare(paths: list[str], plot: str | None) -> None:
         ax_lat.invert_yaxis()
         ax_lat.barh(y - 0.2, [r["e2e_steady_latency_ms"]["p50"] for r in runs], 0.4, label="p50")
         ax_lat.barh(y + 0.2, [r["e2e_steady_latency_ms"]["p99"] for r in runs], 0.4, label="p99")
-        ax_lat.set(yticks=y, yticklabels=[], xlabel="latency send -> receive after W+1 frames, ms")
-        ax_lat.legend()
+        ax_lat.set(yticks=y, yticklabels=[], xlabel="send -> receive after W+1 frames, ms")
+        ax_lat.legend(loc="lower right")
         r0 = runs[0]
         fig.suptitle(f"service, {r0['shape'][1]} x {r0['shape'][0]} frames, backend {r0['backend']}, "
                      f"{r0['cpu_count']} CPUs")
