@@ -1,4 +1,8 @@
-"""Simulated camera: frames of a simulated sensor (kernels/simulate.py) pushed live at a chosen rate."""
+"""Simulated camera: frames of a simulated sensor (kernels/simulate.py) pushed live at a chosen rate.
+
+Its sender should have the I/O threads its byte rate needs (:func:`camera_io_threads`: full frames at
+20 frames/s are 2.45 GB/s) and, on the service's node, an ``ipc://`` ingest endpoint (the fast path).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,9 @@ from tqdm import tqdm
 from rtnstream.clients._source import date_obs
 from rtnstream.clients.stream import FrameSender
 from rtnstream.kernels.simulate import Scene, SensorModel, SimulatedFrame
+from rtnstream.service.zmq_io import DEFAULT_STREAM_BYTES_PER_S, FULL_FRAME_BYTES, io_threads_for
 
-__all__ = ["run_camera", "camera_meta"]
+__all__ = ["run_camera", "camera_meta", "camera_io_threads"]
 
 #: Readout mode written by the simulated camera (its sensor has one).
 READOUT_MODE = "simulated"
@@ -32,6 +37,14 @@ def camera_meta(model: SensorModel, scene: Scene | None) -> dict[str, object]:
     return {"INSTRUME": "rtnstream simulated camera", "DETECTOR": f"simulated {model.shape[0]}x{model.shape[1]}",
             "IMAGETYP": imagetyp, "EGAIN": float(model.gain_e_per_adu), "READOUTM": READOUT_MODE,
             "XBINNING": 1, "YBINNING": 1}
+
+
+def camera_io_threads(model: SensorModel, fps: float | None) -> int:
+    """ZeroMQ I/O threads for a sender of ``model``'s frames (uint16) at ``fps`` frames/s (None: as fast as
+    the service takes them, counted as the default stream's 20 full frames/s), one per GB/s."""
+    frame_bytes = model.shape[0] * model.shape[1] * 2
+    rate = DEFAULT_STREAM_BYTES_PER_S / FULL_FRAME_BYTES if fps is None else fps
+    return io_threads_for(frame_bytes * rate)
 
 
 def run_camera(sender: FrameSender, model: SensorModel, n_frames: int, fps: float | None = None,

@@ -3,6 +3,12 @@
 :class:`FrameSender` PUSHes series of frames to a job's ingest endpoint; :class:`FrameReceiver` reads a
 job's output (SUB on the publish endpoint, or PULL on the lossless push endpoint). Encoding and decoding
 are :mod:`rtnstream.service.protocol`'s, the same code the service runs.
+
+Both send and receive without copying the pixels. A client that moves full frames needs a context with
+enough I/O threads (about one per GB/s: :func:`rtnstream.service.zmq_io.io_threads_for`): give
+``io_threads`` and it makes its own, terminated at :meth:`close`; the default is the process-wide
+context (one I/O thread). ``ipc://PATH`` endpoints (a job's socket in the service's ``socket_dir``) are
+the fast path for producers on the service's node.
 """
 
 from __future__ import annotations
@@ -18,8 +24,18 @@ import zmq
 from rtnstream.kernels.exceptions import RTNStreamError
 from rtnstream.service.curve import CurveClient
 from rtnstream.service.protocol import Header, decode_output, encode, encode_credit, frame_header, parse_delivery
+from rtnstream.service.zmq_io import frame_context
 
 __all__ = ["FrameSender", "FrameReceiver", "Message", "utc_now"]
+
+
+def _context(context: zmq.Context | None, io_threads: int | None) -> tuple[zmq.Context, bool]:
+    """The context a client uses, and whether it made it (and terminates it)."""
+    if io_threads is None:
+        return context or zmq.Context.instance(), False
+    if context is not None:
+        raise ValueError("give context or io_threads, not both (io_threads makes the client its own context)")
+    return frame_context(io_threads), True
 
 
 def utc_now() -> str:
@@ -42,9 +58,16 @@ class FrameSender:
     linger_s : float
         How long :meth:`close` waits for messages still queued, s.
     context : zmq.Context, optional
-        Default: the process-wide instance.
+        Default: the process-wide instance (unless ``io_threads``).
     curve : CurveClient, optional
         This client's CURVE keys and the service's public key, for a service that requires CURVE.
+    io_threads : int in [1, 64], optional
+        Make this sender its own context with this many I/O threads (not with ``context``).
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``io_threads`` not an integer in [1, 64], or given with ``context``.
 
     Examples
     --------
@@ -56,9 +79,11 @@ class FrameSender:
     """
 
     def __init__(self, endpoint: str, camera: str, sndhwm: int = 16, linger_s: float = 30.0,
-                 context: zmq.Context | None = None, curve: CurveClient | None = None) -> None:
+                 context: zmq.Context | None = None, curve: CurveClient | None = None,
+                 io_threads: int | None = None) -> None:
         self.camera = camera
-        self._socket = (context or zmq.Context.instance()).socket(zmq.PUSH)
+        self._context, self._own_context = _context(context, io_threads)
+        self._socket = self._context.socket(zmq.PUSH)
         if curve is not None:
             curve.apply(self._socket)
         self._socket.setsockopt(zmq.SNDHWM, sndhwm)
@@ -105,6 +130,8 @@ class FrameSender:
     def close(self) -> None:
         """Close the socket (waits up to ``linger_s`` for queued messages to go out)."""
         self._socket.close()
+        if self._own_context:
+            self._context.term()
 
     def __enter__(self) -> FrameSender:
         return self
@@ -142,12 +169,20 @@ class FrameReceiver:
         ``pull`` mode: messages the service may send ahead of what this consumer has taken.
     curve : CurveClient, optional
         This client's CURVE keys and the service's public key, for a service that requires CURVE.
+    io_threads : int in [1, 64], optional
+        Make this receiver its own context with this many I/O threads (not with ``context``).
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``mode``, ``credit`` or ``io_threads`` out of range, or ``io_threads`` given with ``context``.
     """
 
     _HEARTBEAT_S = 1.0
 
     def __init__(self, endpoint: str, mode: Literal["sub", "pull"] = "sub", rcvhwm: int = 1000,
-                 context: zmq.Context | None = None, credit: int = 8, curve: CurveClient | None = None) -> None:
+                 context: zmq.Context | None = None, credit: int = 8, curve: CurveClient | None = None,
+                 io_threads: int | None = None) -> None:
         if mode not in ("sub", "pull"):
             raise ValueError(f"mode must be 'sub' or 'pull', got {mode!r}")
         if isinstance(credit, bool) or not isinstance(credit, int) or credit < 1:
@@ -155,7 +190,8 @@ class FrameReceiver:
         self.mode = mode
         self.credit = credit
         self.missed = 0
-        self._socket = (context or zmq.Context.instance()).socket(zmq.SUB if mode == "sub" else zmq.DEALER)
+        self._context, self._own_context = _context(context, io_threads)
+        self._socket = self._context.socket(zmq.SUB if mode == "sub" else zmq.DEALER)
         if curve is not None:
             curve.apply(self._socket)
         self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
@@ -231,6 +267,8 @@ class FrameReceiver:
         if self.mode == "pull" and self._last_id >= 0:
             self._send_credit()
         self._socket.close()
+        if self._own_context:
+            self._context.term()
 
     def __enter__(self) -> FrameReceiver:
         return self

@@ -40,7 +40,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis_handle = open_redis(settings)
-        context = zmq.Context()
+        context = zmq.Context(io_threads=settings.io_threads)  # sized for full frames: docs/service.md
         curve, authenticator = None, None
         if settings.zmq_curve_secret_file is not None:
             curve = CurveServer.from_file(settings.zmq_curve_secret_file)

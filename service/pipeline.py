@@ -28,6 +28,15 @@ Overload policies (``overload``), visible in the counters:
     pixels still serve its neighbours' temporal reference) and goes out flagged ``rtn.corrected = false,
     rtn.overload = "passthrough"`` (counted in ``passthrough``).
 
+Frames travel without a host copy: each is received zero-copy (``recv_multipart(copy=False)``) into the
+buffer libzmq allocated for that message alone, which the pipeline owns from then on and hands to the
+engine writable (:func:`~rtnstream.service.protocol.writable_pixels`); the corrected frame goes out
+zero-copy (``send_multipart(copy=False)``), referenced by the PUB socket and the lossless output until
+they are done with it. No buffer is ever reused for another frame, so a frame's output cannot be
+overwritten by a later frame before its consumer took it; memory stays bounded by the frames in flight
+(queue, engine window, output bounds). ``inproc://`` messages share the producer's memory: those are
+copied once.
+
 Start / end messages are never dropped. A message that fails a check is rejected, counted by reason and
 logged once per reason per interval; nothing a producer sends stops the pipeline.
 """
@@ -51,7 +60,7 @@ from rtnstream.kernels.engine import CorrectedFrame, EngineSettings, RTNEngine
 from rtnstream.kernels.exceptions import FrameError
 from rtnstream.kernels.numpy_backend import STATE_NONE
 from rtnstream.service.curve import CurveServer
-from rtnstream.service.endpoints import EndpointError, check_bindable
+from rtnstream.service.endpoints import EndpointError, check_bindable, parse_endpoint
 from rtnstream.service.outputs import LosslessOutput, OutputBounds
 from rtnstream.service.protocol import MAX_HEADER_BYTES, Header, ProtocolError, RTNInfo, decode, encode
 from rtnstream.service.stats import PipelineCounters, RateLimitedLog, RateWindow
@@ -207,6 +216,8 @@ class Pipeline:
         self._stopping = threading.Event()
         self._abort = threading.Event()
         self._rx_series: _RxSeries | None = None
+        # a received message's buffer is the pipeline's, except over inproc (the producer's own memory)
+        self._copy_received = parse_endpoint(config.ingest).scheme == "inproc"
         self._series: Header | None = None
         self._held = 0  # frames pushed into the engine and not yet out of it
         ny, nx = self.engine.shape
@@ -334,13 +345,15 @@ class Pipeline:
     def _receive(self, parts: list[zmq.Frame]) -> None:
         t_arrival = time.monotonic()
         try:
-            header, data = decode(parts)
+            header, data = decode(parts, writable=True)  # the engine may correct it in place
             self._admit(header)
         except ProtocolError as exc:
             self.counters.reject(exc.reason)
             self._rejects.warning(exc.reason, "job %s: rejected a message (%s): %s", self.name, exc.reason,
                                   exc)
             return
+        if data is not None and self._copy_received:
+            data = data.copy()
         item = _Item(header, data, t_arrival)
         if header.kind != "frame":
             self._put(item)

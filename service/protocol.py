@@ -38,6 +38,7 @@ __all__ = [
     "encode",
     "decode",
     "decode_output",
+    "writable_pixels",
     "frame_header",
     "unix_time",
     "delivery_part",
@@ -397,19 +398,24 @@ def _parse_header(raw: bytes | memoryview) -> Header:
                   timestamp_s=timestamp_s)
 
 
-def decode(parts: list[Any]) -> tuple[Header, np.ndarray | None]:
+def decode(parts: list[Any], writable: bool = False) -> tuple[Header, np.ndarray | None]:
     """Parse and validate a received message (what producers send: a frame has exactly two parts).
 
     Parameters
     ----------
     parts : list of bytes, memoryview or zmq.Frame
         The message parts (``recv_multipart(copy=False)`` frames are read without a copy).
+    writable : bool
+        Return the pixels writable, still without a copy when part 1 is a received ``zmq.Frame`` (see
+        :func:`writable_pixels`) or a writable buffer; a read-only buffer of another kind (``bytes``) is
+        copied.
 
     Returns
     -------
     header : Header
-    data : numpy.ndarray, shape (ny, nx), header dtype, read-only, or None
-        The pixels, a view on the received buffer (no copy); None for start / end.
+    data : numpy.ndarray, shape (ny, nx), header dtype, or None
+        The pixels, a view on the received buffer (no copy; read-only unless ``writable``); None for
+        start / end.
 
     Raises
     ------
@@ -417,7 +423,48 @@ def decode(parts: list[Any]) -> tuple[Header, np.ndarray | None]:
         With ``reason`` in ``parts``, ``size``, ``json``, ``proto``, ``header``, ``dtype``, ``bytes``.
     """
     header, data, _ = _decode(parts, output=False)
+    if writable and data is not None and not data.flags.writeable:
+        data = writable_pixels(parts[1], data)
     return header, data
+
+
+class _ReceivedPixels:
+    """Owner of a received message's pixels: keeps its ``zmq.Frame`` alive for as long as an array views it,
+    and exposes the frame's memory to NumPy writable (``__array_interface__``)."""
+
+    __slots__ = ("frame", "__array_interface__")
+
+    def __init__(self, frame: Any, view: np.ndarray) -> None:
+        self.frame = frame
+        self.__array_interface__ = {"data": (view.__array_interface__["data"][0], False), "shape": view.shape,
+                                    "typestr": view.dtype.str, "version": 3}
+
+
+def writable_pixels(part: Any, view: np.ndarray) -> np.ndarray:
+    """``view`` (the read-only pixels of message part ``part``) made writable, without a copy when it can be.
+
+    A received ``zmq.Frame`` owns its message buffer (libzmq hands the receiver the message, and its data is
+    the receiver's to change: ``zmq_msg_data`` is not const); pyzmq only exposes it read-only. The array
+    returned views that buffer and holds the frame, so the buffer lives as long as the array and is never
+    given to another message: no later frame can overwrite it. Any other read-only buffer (``bytes``, which
+    Python shares) is copied.
+
+    Parameters
+    ----------
+    part : zmq.Frame, bytes or buffer
+        The message part ``view`` was made from.
+    view : numpy.ndarray, shape (ny, nx)
+        ``np.frombuffer`` view of ``part``'s buffer.
+
+    Returns
+    -------
+    numpy.ndarray, shape (ny, nx), the dtype of ``view``, writable
+    """
+    import zmq  # the service extra; decoding bytes needs no pyzmq
+
+    if isinstance(part, zmq.Frame):
+        return np.asarray(_ReceivedPixels(part, view))
+    return view.copy()
 
 
 def decode_output(parts: list[Any]) -> tuple[Header, np.ndarray | None, np.ndarray | None]:

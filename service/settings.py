@@ -18,6 +18,8 @@ from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
+from rtnstream.service.zmq_io import DEFAULT_STREAM_BYTES_PER_S, MAX_IO_THREADS, io_threads_for
+
 __all__ = ["ServiceSettings", "get_settings", "read_toml", "is_loopback_host"]
 
 #: Settings holding a path: a relative path in a configuration file is taken relative to the file's folder.
@@ -127,6 +129,15 @@ class ServiceSettings(BaseSettings):
         in frames and in bytes; the byte bound is counted for 8-byte pixels.
     socket_dir : pathlib.Path or None
         The only folder ``ipc://`` endpoints may use (default ``data_dir/sockets``).
+    zmq_io_threads : int in [1, 64] or None
+        I/O threads of the service's ZeroMQ context, which carries every job's frames in and out (each
+        connection on one thread, about 1 GB/s a thread). None (default): derived from
+        ``zmq_stream_bytes_per_s`` (:attr:`io_threads`).
+    zmq_stream_bytes_per_s : float > 0
+        Frame bytes per second the jobs of this service receive together, bytes/s; they go out again, so
+        the context is sized for twice this, one I/O thread per GB/s, at most one per two CPUs. Default 20 full
+        IMX455 frames/s (6388 x 9576 uint16: 2.45 GB/s), which gives 5 I/O threads on a machine with
+        10 CPUs or more.
     zmq_curve_secret_file, zmq_curve_clients_dir : pathlib.Path or None
         Both or neither: the service's secret ZeroMQ certificate, and the folder of the public certificates
         of the producers and consumers it admits. When set, every job socket is CURVE-encrypted and
@@ -195,6 +206,8 @@ class ServiceSettings(BaseSettings):
     output_queue_frames: int = Field(16, ge=1, le=1024)
     output_queue_bytes: int = Field(1 << 30, ge=1 << 20, le=1 << 40)
     socket_dir: Path | None = None
+    zmq_io_threads: int | None = Field(None, ge=1, le=MAX_IO_THREADS)
+    zmq_stream_bytes_per_s: float = Field(DEFAULT_STREAM_BYTES_PER_S, gt=0, allow_inf_nan=False)
     zmq_curve_secret_file: Path | None = None
     zmq_curve_clients_dir: Path | None = None
     stats_window_s: float = Field(10.0, gt=0)
@@ -255,6 +268,12 @@ class ServiceSettings(BaseSettings):
             raise ValueError(f"instance_lease_s ({self.instance_lease_s}) must exceed state_flush_s "
                              f"({self.state_flush_s}), which is how often the lease is renewed")
         return self
+
+    @property
+    def io_threads(self) -> int:
+        """I/O threads of the service's ZeroMQ context: ``zmq_io_threads``, or one per GB/s of
+        ``2 * zmq_stream_bytes_per_s`` (in and out), at least 1, at most the CPUs."""
+        return self.zmq_io_threads or io_threads_for(2 * self.zmq_stream_bytes_per_s)
 
     @property
     def cube_dir(self) -> Path:

@@ -93,6 +93,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="what the job does when frames come faster than it corrects them")
     parser.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
                         help="compute backend (auto: CuPy when a GPU is usable, else NumPy)")
+    parser.add_argument("--transport", choices=("ipc", "tcp"), default="ipc",
+                        help="the job's sockets: ipc (Unix sockets in the service's socket folder, the fast path "
+                             "on one node) or tcp on loopback")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated sensor and scene")
     parser.add_argument("--linger", type=float, default=0.0, metavar="S",
                         help="keep the service and its dashboard up S seconds after the camera's last frame, "
@@ -130,7 +133,7 @@ def _live(bar: tqdm, status: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; returns 0."""
-    from rtnstream.clients.camera import run_camera  # the service extra loads only when the demo runs
+    from rtnstream.clients.camera import camera_io_threads, run_camera  # the service extra loads only now
     from rtnstream.clients.control import ControlClient
     from rtnstream.clients.stream import FrameReceiver, FrameSender
     from rtnstream.service.server import BackgroundServer, free_port
@@ -153,7 +156,10 @@ def run(args: argparse.Namespace) -> int:
         with BackgroundServer(settings) as server, ControlClient(server.url) as api:
             print(f"service on {server.url} (job state in an embedded Redis); dashboard: {server.url}/")
             cube = api.upload_cube(work / "cube.fits")
-            ingest, publish, push = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
+            if args.transport == "ipc":
+                ingest, publish, push = (f"ipc://{settings.ipc_dir / name}" for name in ("ingest", "publish", "push"))
+            else:
+                ingest, publish, push = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
             job_id = api.create_job("demo-cam", cube["id"], ingest, publish, push=push,
                                     reference=args.reference, window=args.window, overload=args.overload)
             job = api.get_job(job_id)
@@ -161,7 +167,9 @@ def run(args: argparse.Namespace) -> int:
                   f"({job['device']}); camera -> {ingest}, sink <- {push}")
             truth = TruthScore(model)
             done = threading.Event()
-            with FrameReceiver(push, "pull") as receiver, FrameSender(ingest, "demo-cam") as sender:
+            io_threads = camera_io_threads(model, args.fps)  # the sink takes what the camera sends
+            with FrameReceiver(push, "pull", io_threads=io_threads) as receiver, \
+                    FrameSender(ingest, "demo-cam", io_threads=io_threads) as sender:
                 sink = threading.Thread(target=_sink, args=(receiver, truth, args.outdir, done), daemon=True)
                 sink.start()
                 camera = threading.Thread(target=run_camera, daemon=True,
