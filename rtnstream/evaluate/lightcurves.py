@@ -135,7 +135,8 @@ def star_table(curves: LightCurves, apertures, predicted: dict[str, np.ndarray],
         Keys: ``id``, ``x``, ``y``, ``flux_e`` (mean raw flux, electron/frame), ``count_rate_e_per_pix``,
         ``n_rtn_in_aperture``, ``snr_raw``, ``snr_corrected``, ``snr_masked``, ``improvement_corrected_pct``,
         ``improvement_masked_pct``, ``predicted_improvement_corrected_pct``, ``predicted_improvement_masked_pct``,
-        ``predicted_improvement_ideal_pct``, ``flux_bias_pct_without_offset``, ``flux_bias_pct_with_offset``
+        ``predicted_improvement_ideal_pct``, ``predicted_snr_raw``, ``predicted_snr_corrected`` (per frame, from
+        the cube's noise model), ``flux_bias_pct_without_offset``, ``flux_bias_pct_with_offset``
         (mean corrected flux against mean raw flux, percent), ``masked_flux_pct`` (mean masked flux against
         raw, percent), ``comparison``.
     """
@@ -171,6 +172,8 @@ def star_table(curves: LightCurves, apertures, predicted: dict[str, np.ndarray],
             "predicted_improvement_corrected_pct": num(_pct(predicted["gain_corrected"][k])),
             "predicted_improvement_masked_pct": num(_pct(predicted["gain_masked"][k])),
             "predicted_improvement_ideal_pct": num(_pct(predicted["gain_ideal"][k])),
+            "predicted_snr_raw": num(predicted["snr_raw"][k]),
+            "predicted_snr_corrected": num(predicted["snr_corrected"][k]),
             "flux_bias_pct_without_offset": num(bias_without[k]),
             "flux_bias_pct_with_offset": num(bias_with[k]),
             "masked_flux_pct": num(masked_flux[k]),

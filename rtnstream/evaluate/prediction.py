@@ -211,7 +211,10 @@ def monte_carlo(cube: RTNCube, fwhm_px: float, flux_e: Sequence[float] | np.ndar
         gains["corrected"].append(signal / np.sqrt((w2 * (lam + rn_eff**2)).sum(axis=1)) / snr_raw)
         gains["ideal"].append(signal / np.sqrt((w2 * (lam + sigma**2)).sum(axis=1)) / snr_raw)
         masked_signal = f * (w_masked * psf).sum(axis=1)
-        gains["masked"].append(masked_signal / np.sqrt((w_masked**2 * (lam + rn**2)).sum(axis=1)) / snr_raw)
+        masked_noise = np.sqrt((w_masked**2 * (lam + rn**2)).sum(axis=1))
+        # every aperture pixel masked: no signal left (SNR 0)
+        gains["masked"].append(np.divide(masked_signal, masked_noise, out=np.zeros(n_trials), where=masked_noise > 0)
+                               / snr_raw)
     for name, rows in gains.items():
         g = np.stack(rows)  # (m, n_trials)
         out[f"gain_{name}_median"] = np.median(g, axis=1)

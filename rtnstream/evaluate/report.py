@@ -70,9 +70,10 @@ def _plot_panels(stars: list[dict], outdir: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 5))
     for name in ("raw", "corrected", "masked"):
         ax.scatter(flux, 1 / _col(stars, f"snr_{name}"), s=12, color=_COLOURS[name], label=name, alpha=0.8)
-    pred = 1 / (_col(stars, "snr_raw") * (1 + _col(stars, "predicted_improvement_corrected_pct") / 100))
     order = np.argsort(flux)
-    ax.plot(flux[order], pred[order], color="tab:red", lw=0.8, ls="--", label="corrected, predicted")
+    for name, colour in (("raw", "tab:blue"), ("corrected", "tab:red")):
+        ax.plot(flux[order], 1 / _col(stars, f"predicted_snr_{name}")[order], color=colour, lw=0.8, ls="--",
+                label=f"{name}, predicted from the cube")
     ax.set(xscale="log", yscale="log", xlabel="mean flux (e-/frame)", ylabel="noise-to-signal ratio (1/SNR)",
            title="(a) light-curve NSR against flux")
     ax.legend()
