@@ -3,8 +3,8 @@
 A :class:`StarField` is a :class:`~rtnstream.kernels.simulate.SensorModel` (the RTN pixels and their truth)
 looking at a :class:`~rtnstream.kernels.simulate.Scene` of constant stars laid out on a jittered grid, far
 enough apart that each star's aperture (radius FWHM) and background annulus (out to 3 FWHM) hold no light of
-another star. The frames and the true trap states are drawn by the sensor model itself; this module only
-chooses the field and says what the photometry of each star should give. ``rtnstream evaluate`` is tested and
+another star (light taken to end at 2 FWHM). The frames and the true trap states are drawn by the sensor
+model itself; this module only chooses the field and says what the photometry of each star should give. ``rtnstream evaluate`` is tested and
 benchmarked on these fields (the RTN paper's regimes: undersampled FWHM about 2.6 px and well sampled about
 6 px, faint and bright stars, 1-10 % RTN pixels).
 """
@@ -21,11 +21,15 @@ import numpy as np
 from rtnstream.kernels.cube import RTNCube, write_cube
 from rtnstream.kernels.simulate import Scene, SensorModel, SimulatedFrame
 
-__all__ = ["StarField", "ANNULUS_OUTER_FWHM"]
+__all__ = ["StarField", "ANNULUS_OUTER_FWHM", "LIGHT_REACH_FWHM", "JITTER_PX"]
 
 #: outer radius of the background annulus in FWHM (rtnstream.evaluate uses 2-3 FWHM); stars are spaced so that
 #: no star's light reaches another star's annulus
 ANNULUS_OUTER_FWHM = 3.0
+#: a star's light is taken to end 2 FWHM from its centre (the Gaussian is 2^-16 of its peak there)
+LIGHT_REACH_FWHM = 2.0
+#: each star is moved by up to this much from its grid point in x and y (random sub-pixel phases)
+JITTER_PX = 1.0
 
 
 def _check_positive(name: str, value: float) -> float:
@@ -68,8 +72,8 @@ class StarField:
         rtn_fraction : float in [0, 1]
             Fraction of RTN pixels of the sensor.
         spacing_px : float, optional
-            Grid step between stars, pixel; default ``2 * 3 FWHM + 2`` (annuli never reach a neighbour's
-            aperture). Each star is jittered by up to a quarter step.
+            Grid step between stars, pixel; default ``(3 + 2) FWHM + 2``: after the jitter of up to 1 px in x
+            and y, no star's light (out to 2 FWHM) reaches a neighbour's annulus (out to 3 FWHM).
         seed : int
             Seed of the sensor and of the layout.
 
@@ -85,18 +89,18 @@ class StarField:
         if not np.isfinite(sky_e) or sky_e < 0:
             raise ValueError(f"sky_e must be >= 0, got {sky_e!r}")
         step = _check_positive("spacing_px", spacing_px) if spacing_px is not None else (
-            2 * ANNULUS_OUTER_FWHM * fwhm_px + 2)
+            (ANNULUS_OUTER_FWHM + LIGHT_REACH_FWHM) * fwhm_px + 2 * JITTER_PX)
         ny, nx = (int(s) for s in shape)
-        margin = ANNULUS_OUTER_FWHM * fwhm_px + 1
-        ys = np.arange(margin + step / 4, ny - margin - step / 4, step)
-        xs = np.arange(margin + step / 4, nx - margin - step / 4, step)
+        margin = ANNULUS_OUTER_FWHM * fwhm_px + JITTER_PX
+        ys = np.arange(margin, ny - margin, step)
+        xs = np.arange(margin, nx - margin, step)
         if ys.size == 0 or xs.size == 0:
             raise ValueError(f"shape {shape} is too small for one star of FWHM {fwhm_px} px "
-                             f"(needs at least {2 * margin + step / 2:.0f} px a side)")
+                             f"(needs at least {2 * margin:.0f} px a side)")
         rng = np.random.default_rng(seed + 1)
         gy, gx = (g.ravel() for g in np.meshgrid(ys, xs, indexing="ij"))
         n = gy.size
-        jitter = step / 4
+        jitter = JITTER_PX
         star_y = gy + rng.uniform(-jitter, jitter, n)
         star_x = gx + rng.uniform(-jitter, jitter, n)
         flux = np.exp(rng.permutation(np.linspace(np.log(lo), np.log(hi), n)))

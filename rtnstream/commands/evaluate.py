@@ -7,6 +7,8 @@ import json
 
 import numpy as np
 
+from rtnstream.kernels.exceptions import RTNStreamError
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", metavar="FRAMES",
@@ -56,6 +58,8 @@ def _predict(args: argparse.Namespace) -> int:
     try:
         runs = [monte_carlo(cube, fwhm, flux, rtn_fraction=frac, sky_e=args.sky_e, n_trials=args.trials)
                 for fwhm in args.fwhm for frac in fractions]
+    except RTNStreamError:
+        raise
     except ValueError as exc:
         raise SystemExit(f"rtnstream evaluate: error: {exc}") from None
     print(f"{'FWHM':>5} {'RTN %':>6} {'flux e-':>9} | {'corrected %':>11} {'masked %':>9} {'no RTN %':>9} "
@@ -97,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
                                     offset_map=args.offset_map, fwhm_px=args.fwhm[0] if args.fwhm else None,
                                     sources=args.sources, n_comparison=args.comparison, settings=settings,
                                     backend=args.backend, progress=progress)
+    except RTNStreamError:
+        raise  # printed by the entry point, exit status 2
     except ValueError as exc:
         raise SystemExit(f"rtnstream evaluate: error: {exc}") from None
     paths = write_report(evaluation, args.outdir, max_star_plots=args.star_plots, progress=progress)

@@ -6,7 +6,14 @@ import pytest
 from astropy.stats import SigmaClip
 from photutils.aperture import ApertureStats, CircularAnnulus, CircularAperture, aperture_photometry
 
-from rtnstream.evaluate.photometry import ANNULUS_FWHM, CLIP_ITERATIONS, CLIP_SIGMA, Apertures, estimate_fwhm, find_sources
+from rtnstream.evaluate.photometry import (
+    ANNULUS_FWHM,
+    CLIP_ITERATIONS,
+    CLIP_SIGMA,
+    Apertures,
+    estimate_fwhm,
+    find_sources,
+)
 from rtnstream.starfield import StarField
 
 SHAPE = (60, 70)
