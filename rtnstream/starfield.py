@@ -3,10 +3,10 @@
 A :class:`StarField` is a :class:`~rtnstream.kernels.simulate.SensorModel` (the RTN pixels and their truth)
 looking at a :class:`~rtnstream.kernels.simulate.Scene` of constant stars laid out on a jittered grid, far
 enough apart that each star's aperture (radius FWHM) and background annulus (out to 3 FWHM) hold no light of
-another star (light taken to end at 2 FWHM). The frames and the true trap states are drawn by the sensor
-model itself; this module only chooses the field and says what the photometry of each star should give. ``rtnstream evaluate`` is tested and
-benchmarked on these fields (the RTN paper's regimes: undersampled FWHM about 2.6 px and well sampled about
-6 px, faint and bright stars, 1-10 % RTN pixels).
+another star (light taken to end at 2 FWHM). The frames and the true trap states are drawn by the sensor model
+itself; this module only chooses the field and says what the photometry of each star should give. ``rtnstream
+evaluate`` is tested and benchmarked on these fields (the RTN paper's regimes: undersampled FWHM about 2.6 px
+and well sampled about 6 px, faint and bright stars, 1-10 % RTN pixels).
 """
 
 from __future__ import annotations
