@@ -76,6 +76,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    import photutils  # noqa: F401  (the 'evaluate' extra: missing, the entry point names the install, before any work)
+
     from rtnstream.kernels.engine import EngineSettings
 
     if args.predict:
