@@ -54,18 +54,29 @@ def _weights(masks, shape: tuple[int, int]) -> sparse.csr_matrix:
                              shape=(len(masks), ny * nx))
 
 
-def _padded_index(weights: sparse.csr_matrix) -> np.ndarray:
-    """(n_stars, m) int64 pixel indices of each row's non-zero columns, -1 past a row's end."""
-    counts = np.diff(weights.indptr)
-    out = np.full((weights.shape[0], max(int(counts.max(initial=0)), 1)), -1, dtype=np.int64)
-    for k in range(weights.shape[0]):
-        idx = weights.indices[weights.indptr[k] : weights.indptr[k + 1]]
-        out[k, : idx.size] = idx
+def _drop_columns(m: sparse.csr_matrix, drop: np.ndarray) -> sparse.csr_matrix:
+    """``m`` with the entries of the columns where ``drop`` (bool, one per column) is true removed."""
+    out = m.copy()
+    out.data[drop[out.indices]] = 0.0
+    out.eliminate_zeros()
+    return out
+
+
+def _padded_index(m: sparse.csr_matrix, columns: np.ndarray) -> np.ndarray:
+    """(n_rows, k) int64: each row's non-zero columns as positions in the sorted ``columns``, -1 past its end."""
+    counts = np.diff(m.indptr)
+    out = np.full((m.shape[0], max(int(counts.max(initial=0)), 1)), -1, dtype=np.int64)
+    for k in range(m.shape[0]):
+        idx = m.indices[m.indptr[k] : m.indptr[k + 1]]
+        out[k, : idx.size] = np.searchsorted(columns, idx)
     return out
 
 
 class Apertures:
     """Source apertures and background annuli of fixed stars on frames of one shape.
+
+    Only the pixels of some aperture or annulus are ever read (:attr:`pixels`): a frame's photometry costs
+    those pixels, not the frame (:meth:`gather`, then :meth:`fluxes_of`).
 
     Parameters
     ----------
@@ -83,8 +94,11 @@ class Apertures:
     Attributes
     ----------
     radius_px : float
-    weights, weights_masked : scipy.sparse.csr_matrix, shape (n_stars, ny * nx)
-        Exact-overlap aperture weights in [0, 1]; the masked one with the excluded pixels at 0.
+    pixels : numpy.ndarray, shape (n_pixels,), int64
+        Flat indices (ascending) of the pixels in some aperture or annulus.
+    weights, weights_masked : scipy.sparse.csr_matrix, shape (n_stars, n_pixels)
+        Exact-overlap aperture weights in [0, 1] over :attr:`pixels`; the masked one with the excluded pixels
+        at 0.
     area_px, area_masked_px : numpy.ndarray, shape (n_stars,)
         Sum of the weights.
     annulus_size, annulus_size_masked : numpy.ndarray, shape (n_stars,), int
@@ -110,19 +124,19 @@ class Apertures:
             raise ValueError(f"excluded must have shape {self.shape}, got {np.shape(excluded)}")
         self.positions_xy = pos
         self.radius_px = float(fwhm_px)
-        self.weights = _weights(CircularAperture(pos, r=self.radius_px).to_mask(method="exact"), self.shape)
-        keep = sparse.diags((~excl).astype(np.float64))
-        self.weights_masked = (self.weights @ keep).tocsr()
-        self.weights_masked.eliminate_zeros()
+        full = _weights(CircularAperture(pos, r=self.radius_px).to_mask(method="exact"), self.shape)
+        annuli = CircularAnnulus(pos, r_in=r_in * self.radius_px, r_out=r_out * self.radius_px)
+        ann = _weights(annuli.to_mask(method="center"), self.shape)
+        self.pixels = np.union1d(full.indices, ann.indices).astype(np.int64)
+        drop = excl[self.pixels]
+        self.weights = full[:, self.pixels].tocsr()
+        self.weights_masked = _drop_columns(self.weights, drop)
         self.area_px = np.asarray(self.weights.sum(axis=1)).ravel()
         self.area_masked_px = np.asarray(self.weights_masked.sum(axis=1)).ravel()
         self.n_excluded = np.diff(self.weights.indptr) - np.diff(self.weights_masked.indptr)
-        annuli = CircularAnnulus(pos, r_in=r_in * self.radius_px, r_out=r_out * self.radius_px)
-        ann = _weights(annuli.to_mask(method="center"), self.shape)
-        ann_masked = (ann @ keep).tocsr()
-        ann_masked.eliminate_zeros()
-        self._annulus = _padded_index(ann)
-        self._annulus_masked = _padded_index(ann_masked)
+        ann_masked = _drop_columns(ann, excl)
+        self._annulus = _padded_index(ann, self.pixels)
+        self._annulus_masked = _padded_index(ann_masked, self.pixels)
         self.annulus_size = np.diff(ann.indptr)
         self.annulus_size_masked = np.diff(ann_masked.indptr)
 
@@ -130,41 +144,51 @@ class Apertures:
     def n_stars(self) -> int:
         return int(self.positions_xy.shape[0])
 
-    def background(self, image: np.ndarray, masked: bool = False) -> np.ndarray:
-        """3-sigma clipped median of ``image`` (ny, nx) in each star's annulus, shape (n_stars,), the image's
-        unit; NaN for an annulus with no pixel. The clipping drops residual jumps and cosmic rays."""
+    def gather(self, image: np.ndarray, name: str = "image") -> np.ndarray:
+        """The values of :attr:`pixels` of ``image`` (ny, nx), as float64, shape (n_pixels,)."""
+        if np.shape(image) != self.shape:
+            raise ValueError(f"{name} must have shape {self.shape}, got {np.shape(image)}")
+        return np.asarray(image).reshape(-1)[self.pixels].astype(np.float64)
+
+    def background_of(self, values: np.ndarray, masked: bool = False) -> np.ndarray:
+        """3-sigma clipped median of gathered ``values`` (n_pixels,) in each star's annulus, shape (n_stars,),
+        their unit; NaN for an annulus with no pixel. The clipping drops residual jumps and cosmic rays."""
         index = self._annulus_masked if masked else self._annulus
-        flat = np.asarray(image, dtype=np.float64).reshape(-1)
-        values = np.where(index >= 0, flat[np.maximum(index, 0)], np.nan)
+        ring = np.where(index >= 0, np.asarray(values, np.float64)[np.maximum(index, 0)], np.nan)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # an empty annulus: NaN
             for _ in range(CLIP_ITERATIONS):
-                median = np.nanmedian(values, axis=1, keepdims=True)
-                spread = np.nanstd(values, axis=1, keepdims=True)
-                values = np.where(np.abs(values - median) <= CLIP_SIGMA * spread, values, np.nan)
-            return np.nanmedian(values, axis=1)
+                median = np.nanmedian(ring, axis=1, keepdims=True)
+                spread = np.nanstd(ring, axis=1, keepdims=True)
+                ring = np.where(np.abs(ring - median) <= CLIP_SIGMA * spread, ring, np.nan)
+            return np.nanmedian(ring, axis=1)
 
-    def fluxes(self, source_image: np.ndarray, background_image: np.ndarray | None = None,
-               masked: bool = False) -> np.ndarray:
-        """Background-subtracted aperture sums, shape (n_stars,), the images' unit.
+    def background(self, image: np.ndarray, masked: bool = False) -> np.ndarray:
+        """:meth:`background_of` the pixels of ``image`` (ny, nx)."""
+        return self.background_of(self.gather(image), masked)
+
+    def fluxes_of(self, source: np.ndarray, background: np.ndarray | None = None, masked: bool = False
+                  ) -> np.ndarray:
+        """Background-subtracted aperture sums of gathered values, shape (n_stars,), their unit.
 
         Parameters
         ----------
-        source_image : numpy.ndarray, shape (ny, nx)
-            Bias-subtracted frame for the apertures (with the bias offset map, for corrected frames).
-        background_image : numpy.ndarray, shape (ny, nx), optional
-            Bias-subtracted frame for the annuli (without the offset map); default ``source_image``.
+        source : numpy.ndarray, shape (n_pixels,)
+            Bias-subtracted values for the apertures (with the bias offset map, for corrected frames).
+        background : numpy.ndarray, shape (n_pixels,), optional
+            Bias-subtracted values for the annuli (without the offset map); default ``source``.
         masked : bool
             Leave the excluded pixels out of apertures and annuli.
         """
-        if np.shape(source_image) != self.shape:
-            raise ValueError(f"source_image must have shape {self.shape}, got {np.shape(source_image)}")
-        bkg_img = source_image if background_image is None else background_image
-        if np.shape(bkg_img) != self.shape:
-            raise ValueError(f"background_image must have shape {self.shape}, got {np.shape(bkg_img)}")
         w, area = (self.weights_masked, self.area_masked_px) if masked else (self.weights, self.area_px)
-        sums = w @ np.asarray(source_image, dtype=np.float64).reshape(-1)
-        return sums - self.background(bkg_img, masked) * area
+        return w @ source - self.background_of(source if background is None else background, masked) * area
+
+    def fluxes(self, source_image: np.ndarray, background_image: np.ndarray | None = None,
+               masked: bool = False) -> np.ndarray:
+        """:meth:`fluxes_of` the pixels of ``source_image`` (ny, nx) and ``background_image`` (ny, nx)."""
+        source = self.gather(source_image, "source_image")
+        background = None if background_image is None else self.gather(background_image, "background_image")
+        return self.fluxes_of(source, background, masked)
 
 
 def estimate_fwhm(image: np.ndarray, positions_xy: np.ndarray, guess_px: float = 3.0) -> float:

@@ -25,8 +25,12 @@ from rtnstream.kernels.exceptions import FrameError, SeriesError
 
 __all__ = ["Evaluation", "evaluate_arrays", "evaluate_files", "read_catalog", "MEDIAN_FRAMES"]
 
-#: frames (evenly spaced over the series) whose median the stars are found on
-MEDIAN_FRAMES = 64
+#: frames (evenly spaced over the series) whose median the stars are found on, at most, and at least
+MEDIAN_FRAMES, MEDIAN_FRAMES_MIN = 64, 3
+#: bytes of frames (in their own dtype) the median frame's sample may hold: fewer frames for large frames
+MEDIAN_BYTES = 512 * 2**20
+#: pixels per band of the median's computation (its float64 temporaries: frames x band x 8 bytes)
+MEDIAN_BAND_PX = 2**22
 
 
 @dataclass
@@ -85,12 +89,23 @@ def read_catalog(path: str | os.PathLike) -> np.ndarray:
 
 
 def _median_e(sample: Sequence[np.ndarray], cube: RTNCube) -> np.ndarray:
-    stack = np.stack([np.asarray(f, np.float64) for f in sample])
-    return (np.median(stack, axis=0) - cube.meanbias_adu) * float(cube.gain_e_per_adu)
+    """(ny, nx) float64 electron: the median of the sample frames less MEANBIAS, computed band by band."""
+    stack = np.stack(sample)  # the frames' own dtype
+    ny, nx = stack.shape[1:]
+    out = np.empty((ny, nx), dtype=np.float64)
+    rows = max(1, MEDIAN_BAND_PX // nx)
+    for y0 in range(0, ny, rows):
+        out[y0 : y0 + rows] = np.median(stack[:, y0 : y0 + rows], axis=0)
+    out -= cube.meanbias_adu
+    out *= float(cube.gain_e_per_adu)
+    return out
 
 
-def _sample_indices(n_frames: int) -> np.ndarray:
-    return np.unique(np.linspace(0, n_frames - 1, min(n_frames, MEDIAN_FRAMES)).round().astype(int))
+def _sample_indices(n_frames: int, frame_nbytes: int) -> np.ndarray:
+    """Frames of the median's sample, evenly spread: as many as :data:`MEDIAN_BYTES` hold, within
+    :data:`MEDIAN_FRAMES_MIN` .. :data:`MEDIAN_FRAMES`."""
+    k = int(np.clip(MEDIAN_BYTES // max(int(frame_nbytes), 1), MEDIAN_FRAMES_MIN, MEDIAN_FRAMES))
+    return np.unique(np.linspace(0, n_frames - 1, min(n_frames, k)).round().astype(int))
 
 
 def _evaluate(median_e: np.ndarray, pairs: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]], n_frames: int,
@@ -113,8 +128,7 @@ def _evaluate(median_e: np.ndarray, pairs: Callable[[], Iterator[tuple[np.ndarra
     apertures = Apertures(positions_xy, fwhm_px, median_e.shape, excluded=noise.rtn)
     curves = measure(pairs(), apertures, cube, offset_adu, n_frames=n_frames, progress=progress)
     predicted = predict_gains(apertures, median_e, noise)
-    lam = np.maximum(median_e, 0.0).reshape(-1)
-    count_rate = (apertures.weights @ lam) / apertures.area_px
+    count_rate = (apertures.weights @ apertures.gather(np.maximum(median_e, 0.0))) / apertures.area_px
     stars = star_table(curves, apertures, predicted, n_comparison, count_rate)
     info = {**info, "n_frames": n_frames, "fwhm_px": float(fwhm_px), "n_stars": apertures.n_stars,
             "n_comparison": int(min(n_comparison, apertures.n_stars)), "aperture_radius_px": float(fwhm_px),
@@ -172,7 +186,7 @@ def evaluate_arrays(raw_adu: np.ndarray, cube: RTNCube, corrected_adu: np.ndarra
             raise ValueError("offset_adu (the bias offset map of corrected_adu) is required with corrected_adu")
         offset = np.asarray(offset_adu, np.float64)
         info = {"corrected": "given"}
-    median = _median_e(raw[_sample_indices(raw.shape[0])], cube)
+    median = _median_e(list(raw[_sample_indices(raw.shape[0], raw[0].nbytes)]), cube)
     return _evaluate(median, lambda: zip(raw, corrected, strict=True), raw.shape[0], cube, offset, fwhm_px,
                      positions_xy, n_comparison, progress, info)
 
@@ -275,7 +289,8 @@ def evaluate_files(cube_path: str | os.PathLike, inputs: Sequence[str | os.PathL
         raise FrameError(f"bias offset map {offset_path} has shape {offset.shape}, the frames {first.shape}")
     info["bias_offset_map"] = str(offset_path)
     n = raw_series.n_frames
-    wanted = set(_sample_indices(n).tolist())
+    frame_nbytes = first.shape[0] * first.shape[1] * 8  # float frames at most
+    wanted = set(_sample_indices(n, frame_nbytes).tolist())
     median = _median_e([f for t, f in enumerate(_frames(raw_files)) if t in wanted], part)
     positions = read_catalog(sources) if sources is not None else None
     return _evaluate(median, lambda: zip(_frames(raw_files), _frames(corr_files), strict=True), n, part, offset,

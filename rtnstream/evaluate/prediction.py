@@ -25,7 +25,8 @@ __all__ = ["PixelNoise", "predict_gains", "monte_carlo"]
 
 def _effective_read_noise(rn_e: np.ndarray, sigma_e: np.ndarray, lammax_e: np.ndarray, signal_e: np.ndarray
                           ) -> np.ndarray:
-    """Element by element :func:`predicted_read_noise` (each pixel at its own signal), any common shape."""
+    """Element by element :func:`predicted_read_noise` (each pixel at its own signal), any common shape; RN where
+    ``lammax_e`` is 0 (pixels that are not corrected)."""
     shape = np.shape(signal_e)
     flat = [np.asarray(a, np.float64).reshape(-1) for a in (rn_e, sigma_e, lammax_e, signal_e)]
     # flux of shape (1, n) broadcasts against the n pixels one to one: result (1, 1, n)
@@ -55,17 +56,11 @@ class PixelNoise:
 
     @classmethod
     def from_cube(cls, cube: RTNCube) -> PixelNoise:
-        rtn = np.isfinite(cube.mu_adu)
+        rtn = np.asarray(cube.rtn_mask, bool)
         rn = np.asarray(cube.readnoise_e, np.float64)
         sigma = np.where(rtn & np.isfinite(cube.sigma_e), cube.sigma_e, rn)
         lammax = np.where(rtn & np.isfinite(cube.lammax_e), cube.lammax_e, 0.0)
         return cls(rn, sigma, np.maximum(lammax, 0.0), rtn)
-
-    def effective_e(self, signal_e: np.ndarray) -> np.ndarray:
-        """(ny, nx) electron: read noise after correction at ``signal_e`` (ny, nx) electron/pixel/frame."""
-        return np.where(self.lammax_e > 0,
-                        _effective_read_noise(self.rn_e, self.sigma_e, self.lammax_e, np.maximum(signal_e, 0)),
-                        self.rn_e)
 
 
 def predict_gains(apertures, signal_e: np.ndarray, noise: PixelNoise) -> dict[str, np.ndarray]:
@@ -91,15 +86,13 @@ def predict_gains(apertures, signal_e: np.ndarray, noise: PixelNoise) -> dict[st
         ``snr_raw``, ``snr_corrected``, ``snr_masked``, ``snr_ideal`` (per frame) and ``gain_corrected``,
         ``gain_masked``, ``gain_ideal`` (SNR ratios to raw).
     """
-    lam = np.maximum(np.asarray(signal_e, np.float64), 0.0)
-    if lam.shape != apertures.shape:
-        raise ValueError(f"signal_e must have shape {apertures.shape}, got {lam.shape}")
-    rn_eff = noise.effective_e(lam)
-    pix_var = {
-        "raw": lam + noise.rn_e**2,
-        "corrected": lam + rn_eff**2,
-        "ideal": lam + noise.sigma_e**2,
-    }
+    if np.shape(signal_e) != apertures.shape:
+        raise ValueError(f"signal_e must have shape {apertures.shape}, got {np.shape(signal_e)}")
+    # only the pixels of apertures and annuli
+    lam = np.maximum(apertures.gather(signal_e), 0.0)
+    rn, sigma, lammax = (apertures.gather(a) for a in (noise.rn_e, noise.sigma_e, noise.lammax_e))
+    rn_eff = _effective_read_noise(rn, sigma, lammax, lam)
+    pix_var = {"raw": lam + rn**2, "corrected": lam + rn_eff**2, "ideal": lam + sigma**2}
     out: dict[str, np.ndarray] = {}
     for name, var in pix_var.items():
         out[f"snr_{name}"] = _snr(apertures, lam, var, False)
@@ -111,13 +104,13 @@ def predict_gains(apertures, signal_e: np.ndarray, noise: PixelNoise) -> dict[st
 
 
 def _snr(apertures, lam: np.ndarray, var: np.ndarray, masked: bool) -> np.ndarray:
+    """SNR of each star from gathered signal and variance (n_pixels,)."""
     w = apertures.weights_masked if masked else apertures.weights
     area = apertures.area_masked_px if masked else apertures.area_px
     n_ann = apertures.annulus_size_masked if masked else apertures.annulus_size
-    background = apertures.background(lam, masked)
-    signal = w @ lam.reshape(-1) - background * area
-    ap_var = w.multiply(w) @ var.reshape(-1)
-    bkg_var = area**2 * (np.pi / 2) * apertures.background(var, masked) / np.maximum(n_ann, 1)
+    signal = apertures.fluxes_of(lam, masked=masked)
+    ap_var = w.multiply(w) @ var
+    bkg_var = area**2 * (np.pi / 2) * apertures.background_of(var, masked) / np.maximum(n_ann, 1)
     with np.errstate(divide="ignore", invalid="ignore"):
         return signal / np.sqrt(ap_var + bkg_var)
 
@@ -177,7 +170,7 @@ def monte_carlo(cube: RTNCube, fwhm_px: float, flux_e: Sequence[float] | np.ndar
     if int(n_trials) < 1:
         raise ValueError(f"n_trials must be >= 1, got {n_trials!r}")
     n_trials = int(n_trials)
-    frac = float(np.isfinite(cube.mu_adu).mean()) if rtn_fraction is None else float(rtn_fraction)
+    frac = float(np.mean(cube.rtn_mask)) if rtn_fraction is None else float(rtn_fraction)
     if not 0 <= frac <= 1:
         raise ValueError(f"rtn_fraction must be in [0, 1], got {rtn_fraction!r}")
     rn_pop, sigma_pop, lammax_pop, clean_pop = _population(cube)
@@ -205,7 +198,7 @@ def monte_carlo(cube: RTNCube, fwhm_px: float, flux_e: Sequence[float] | np.ndar
     gains: dict[str, list[np.ndarray]] = {"corrected": [], "masked": [], "ideal": []}
     for f in flux:
         lam = f * psf + sky_e
-        rn_eff = np.where(lammax > 0, _effective_read_noise(rn, sigma, lammax, lam), rn)
+        rn_eff = _effective_read_noise(rn, sigma, lammax, lam)
         signal = f * (weights * psf).sum(axis=1)
         snr_raw = signal / np.sqrt((w2 * (lam + rn**2)).sum(axis=1))
         gains["corrected"].append(signal / np.sqrt((w2 * (lam + rn_eff**2)).sum(axis=1)) / snr_raw)
