@@ -54,6 +54,18 @@ def _weights(masks, shape: tuple[int, int]) -> sparse.csr_matrix:
                              shape=(len(masks), ny * nx))
 
 
+def _row_median(values: np.ndarray) -> np.ndarray:
+    """Median of each row of ``values`` (n, m) ignoring NaN (NaN for a row without a number): a sort, much
+    faster than :func:`numpy.nanmedian` on many short rows."""
+    ordered = np.sort(values, axis=1)  # NaN last
+    n = np.sum(~np.isnan(values), axis=1)
+    rows = np.arange(values.shape[0])
+    lo, hi = np.maximum((n - 1) // 2, 0), np.maximum(n // 2, 0)
+    out = 0.5 * (ordered[rows, lo] + ordered[rows, hi])
+    out[n == 0] = np.nan
+    return out
+
+
 def _drop_columns(m: sparse.csr_matrix, drop: np.ndarray) -> sparse.csr_matrix:
     """``m`` with the entries of the columns where ``drop`` (bool, one per column) is true removed."""
     out = m.copy()
@@ -158,10 +170,10 @@ class Apertures:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # an empty annulus: NaN
             for _ in range(CLIP_ITERATIONS):
-                median = np.nanmedian(ring, axis=1, keepdims=True)
+                median = _row_median(ring)[:, None]
                 spread = np.nanstd(ring, axis=1, keepdims=True)
                 ring = np.where(np.abs(ring - median) <= CLIP_SIGMA * spread, ring, np.nan)
-            return np.nanmedian(ring, axis=1)
+            return _row_median(ring)
 
     def background(self, image: np.ndarray, masked: bool = False) -> np.ndarray:
         """:meth:`background_of` the pixels of ``image`` (ny, nx)."""
