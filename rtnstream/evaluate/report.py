@@ -105,13 +105,15 @@ def _plot_panels(stars: list[dict], outdir: Path) -> None:
         ax.scatter(nrtn + shift + rng.uniform(-0.05, 0.05, nrtn.size), y, s=10, color=_COLOURS[name], alpha=0.5,
                    label=name)
         levels = np.unique(nrtn[np.isfinite(y)])
-        ax.plot(levels, [np.median(y[(nrtn == n) & np.isfinite(y)]) for n in levels], color=_COLOURS[name], lw=2)
+        ax.plot(levels, [np.median(y[(nrtn == n) & np.isfinite(y)]) for n in levels], color=_COLOURS[name], lw=2,
+                label=f"{name}, median")
         p = _col(stars, f"predicted_improvement_{name}_pct")
-        ax.plot(levels, [np.nanmedian(p[nrtn == n]) for n in levels], color=_COLOURS[name], lw=1.2, ls="--")
+        ax.plot(levels, [np.nanmedian(p[nrtn == n]) for n in levels], color=_COLOURS[name], lw=1.2, ls="--",
+                label=f"{name}, predicted from the cube")
     ax.axhline(0, color="k", lw=0.6)
     ax.set(xlabel="RTN pixels in the aperture", ylabel="SNR improvement (%)",
-           title="(c) improvement against RTN pixels (lines: measured median, dashed: predicted)")
-    ax.legend()
+           title="(c) improvement against RTN pixels in the aperture")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(outdir / "improvement_vs_nrtn.png", dpi=110)
     plt.close(fig)
