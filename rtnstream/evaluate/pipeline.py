@@ -110,7 +110,7 @@ def _sample_indices(n_frames: int, frame_nbytes: int) -> np.ndarray:
 
 def _evaluate(median_e: np.ndarray, pairs: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]], n_frames: int,
               cube: RTNCube, offset_adu: np.ndarray, fwhm_px: float | None, positions_xy: np.ndarray | None,
-              n_comparison: int, progress: bool | None, info: dict) -> Evaluation:
+              n_comparison: int, progress: bool | None, info: dict, settings: EngineSettings) -> Evaluation:
     if n_frames < 3:
         raise SeriesError(f"evaluate needs at least 3 frames for a light curve's scatter, got {n_frames}")
     noise = PixelNoise.from_cube(cube)
@@ -127,7 +127,7 @@ def _evaluate(median_e: np.ndarray, pairs: Callable[[], Iterator[tuple[np.ndarra
             raise FrameError("no star found on the median frame (pass --sources CATALOG)")
     apertures = Apertures(positions_xy, fwhm_px, median_e.shape, excluded=noise.rtn)
     curves = measure(pairs(), apertures, cube, offset_adu, n_frames=n_frames, progress=progress)
-    predicted = predict_gains(apertures, median_e, noise)
+    predicted = predict_gains(apertures, median_e, noise, settings)
     count_rate = (apertures.weights @ apertures.gather(np.maximum(median_e, 0.0))) / apertures.area_px
     stars = star_table(curves, apertures, predicted, n_comparison, count_rate)
     info = {**info, "n_frames": n_frames, "fwhm_px": float(fwhm_px), "n_stars": apertures.n_stars,
@@ -188,7 +188,7 @@ def evaluate_arrays(raw_adu: np.ndarray, cube: RTNCube, corrected_adu: np.ndarra
         info = {"corrected": "given"}
     median = _median_e(list(raw[_sample_indices(raw.shape[0], raw[0].nbytes)]), cube)
     return _evaluate(median, lambda: zip(raw, corrected, strict=True), raw.shape[0], cube, offset, fwhm_px,
-                     positions_xy, n_comparison, progress, info)
+                     positions_xy, n_comparison, progress, info, settings or EngineSettings())
 
 
 def _frames(files: Sequence[Path]) -> Iterator[np.ndarray]:
@@ -294,4 +294,4 @@ def evaluate_files(cube_path: str | os.PathLike, inputs: Sequence[str | os.PathL
     median = _median_e([f for t, f in enumerate(_frames(raw_files)) if t in wanted], part)
     positions = read_catalog(sources) if sources is not None else None
     return _evaluate(median, lambda: zip(_frames(raw_files), _frames(corr_files), strict=True), n, part, offset,
-                     fwhm_px, positions, n_comparison, progress, info)
+                     fwhm_px, positions, n_comparison, progress, info, settings)
