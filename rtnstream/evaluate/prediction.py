@@ -162,12 +162,16 @@ def _correction_moments(lam, lam_ref, veto, sigma, delta, flo, fhi, table: Thres
         (q_lo - delta, np.minimum(q_lo, q_hi - delta), 1.0, usable & (lam_ref - q_lo < delta)),
         (np.maximum(q_hi, q_lo + delta), q_hi + delta, -1.0, usable & (q_hi - lam_ref < delta)),
     )
-    top = lam.max()
-    low = lam.min()
-    n = np.arange(max(0, int(low - 8 * np.sqrt(low) - 8)), int(np.ceil(top + 8 * np.sqrt(top) + 8)) + 1)
-    pn = np.exp(xlogy(n, lam[:, None]) - lam[:, None] - gammaln(n + 1.0))  # Poisson terms, (k, n_terms)
     d1 = np.zeros(lam_ref.shape)
     d2 = np.zeros(lam_ref.shape)
+    active = np.flatnonzero((windows[0][3] | windows[1][3]).any(axis=0))  # pixels some window can move
+    if active.size == 0:
+        return d1.mean(axis=0), d2.mean(axis=0)
+    lam, sigma, delta, flo, fhi = (a[active] for a in (lam, sigma, delta, flo, fhi))
+    windows = tuple((lo[:, active], hi[:, active], sign, ok[:, active]) for lo, hi, sign, ok in windows)
+    top, low = lam.max(), lam.min()
+    n = np.arange(max(0, int(low - 8 * np.sqrt(low) - 8)), int(np.ceil(top + 8 * np.sqrt(top) + 8)) + 1)
+    pn = np.exp(xlogy(n, lam[:, None]) - lam[:, None] - gammaln(n + 1.0))  # Poisson terms, (k, n_terms)
     s = sigma[None, :, None]
     dd = delta[None, :, None]
     for j, p_j in ((-1.0, flo), (0.0, 1.0 - flo - fhi), (1.0, fhi)):
@@ -180,8 +184,8 @@ def _correction_moments(lam, lam_ref, veto, sigma, delta, flo, fhi, table: Thres
             prob = np.where(inside, ndtr(zb) - ndtr(za), 0.0)
             first = np.where(inside, m * prob + s * _INV_SQRT_2PI * (np.exp(-0.5 * za * za)
                                                                       - np.exp(-0.5 * zb * zb)), 0.0)
-            d1 += sign * delta * (w * prob).sum(axis=2)
-            d2 += (w * (sign * 2.0 * dd * first + dd**2 * prob)).sum(axis=2)
+            d1[:, active] += sign * delta * (w * prob).sum(axis=2)
+            d2[:, active] += (w * (sign * 2.0 * dd * first + dd**2 * prob)).sum(axis=2)
     return d1.mean(axis=0), d2.mean(axis=0)
 
 

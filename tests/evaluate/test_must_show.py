@@ -5,9 +5,9 @@ by PSF sampling and brightness, and the flux bias without and with the bias offs
 Every field is drawn with fixed seeds (200 frames; 22-36 stars with RTN pixels in their aperture). Tolerances
 come from the scatter over stars: ``SE`` is the standard error of a mean over stars (std / sqrt(n)); a claim
 "A > B" asks for the mean paired difference to exceed 3 SE, "consistent with zero" for it to lie within 3 SE.
-The measured gain of a star scatters around its prediction by 1-2.5 percentage points (which RTN pixels, how
-far from the core, the SNR estimate of a 200-frame light curve: 1/sqrt(2 * 199) = 5 % per star, largely common
-to raw and corrected).
+The measured gain of a star scatters around its prediction by 1.5-4 percentage points (the SNR estimate of a
+200-frame light curve: 1/sqrt(2 * 199) = 5 % per star, largely common to raw and corrected; which frames its
+RTN pixels jumped in), so the mean over 30-60 stars is known to 0.2-0.6 points.
 """
 
 import numpy as np
@@ -57,12 +57,10 @@ def test_measured_gains_agree_with_the_prediction_within_their_scatter(name):
         d = measured - predicted
         # the mean over stars within the stars' scatter about the prediction
         assert abs(d.mean()) <= np.std(d, ddof=1), (variant, d.mean(), np.std(d, ddof=1))
-    d_mask = s["improvement_masked_pct"] - s["predicted_improvement_masked_pct"]
-    # masking changes the pixels in the aperture and nothing else: its prediction is exact up to noise
-    assert abs(d_mask.mean()) < 3 * se(d_mask)
-    d_corr = s["improvement_corrected_pct"] - s["predicted_improvement_corrected_pct"]
-    # section 6.5's linear effective read noise is a conservative model: the engine does at least as well
-    assert d_corr.mean() > -3 * se(d_corr)
+        # and the paired difference consistent with zero: its mean within 3 standard errors of the mean over
+        # stars (the prediction is the engine's own decision rule on the cube's pixel model, prediction.py;
+        # what is left is each star's light-curve noise and which frames its RTN pixels jumped in)
+        assert abs(d.mean()) < 3 * se(d), (variant, d.mean(), se(d))
     if np.std(s["predicted_improvement_corrected_pct"]) > 0.5:  # the prediction tells stars apart
         assert np.corrcoef(s["improvement_corrected_pct"], s["predicted_improvement_corrected_pct"])[0, 1] > 0.5
 

@@ -5,8 +5,11 @@ import numpy as np
 import pytest
 
 from rtnstream.evaluate.photometry import Apertures
-from rtnstream.evaluate.prediction import PixelNoise, monte_carlo, predict_gains
-from rtnstream.kernels.simulate import SensorModel
+from rtnstream.calibration.fit import predicted_read_noise
+from rtnstream.evaluate.prediction import PixelNoise, corrected_variance, monte_carlo, predict_gains
+from rtnstream.kernels.cube import model_mean_and_std
+from rtnstream.kernels.engine import EngineSettings, RTNEngine
+from rtnstream.kernels.simulate import Scene, SensorModel
 
 
 @pytest.fixture(scope="module")
@@ -14,27 +17,84 @@ def cube():
     return SensorModel.random((96, 96), rtn_fraction=0.05, seed=7).true_cube()
 
 
-def _uniform_cube(rn_e: float, sigma_e: float, lammax_e: float, shape=(40, 40)):
-    """Every pixel an RTN pixel with the same read noise, sigma and lambda_max."""
+def _uniform_cube(delta_e: float, sigma_e: float, frac_lo: float, frac_hi: float, shape=(40, 40)):
+    """Every pixel an RTN pixel with the same jump, sigma and state fractions (RN from the model)."""
     sensor = SensorModel.random(shape, rtn_fraction=1.0, seed=1)
     c = sensor.true_cube()
-    c.readnoise_e = np.full(shape, rn_e)
-    c.sigma_e = np.full(shape, sigma_e)
-    c.lammax_e = np.full(shape, lammax_e)
+    c.delta_e, c.sigma_e = np.full(shape, delta_e), np.full(shape, sigma_e)
+    c.frac_lo, c.frac_hi = np.full(shape, frac_lo), np.full(shape, frac_hi)
+    c.frac_c = 1 - c.frac_lo - c.frac_hi
+    _, c.readnoise_e = model_mean_and_std(c.mu_adu, c.delta_e, c.sigma_e, c.frac_lo, c.frac_hi, c.gain_e_per_adu)
     return c
 
 
+@pytest.fixture(scope="module")
+def flat_pixels():
+    """2048 RTN pixels of an IMX455-like sensor under flat light, through the real engine: per pixel and
+    signal level, the variance and mean shift of the corrected values (electron), 400 frames."""
+    sensor = SensorModel.random((64, 64), rtn_fraction=0.5, seed=7)
+    cube = sensor.true_cube()
+    idx, g, n = sensor.rtn_index, sensor.gain_e_per_adu, 400
+    out = {}
+    for lam in (0.0, 1.0, 3.0, 12.0):
+        scene = Scene("flat", sensor.shape, sky_e=lam) if lam else Scene("bias", sensor.shape)
+        raw, _, _ = sensor.stack(n, scene, seed=11)
+        engine = RTNEngine(cube, EngineSettings())
+        outs = sorted([o for f in raw for o in engine.push(f)] + engine.finish(), key=lambda o: o.index)
+        cor = np.stack([o.data for o in outs]).reshape(n, -1)[:, idx] * g
+        out[lam] = (cor.var(axis=0, ddof=1), cor.mean(axis=0) - raw.reshape(n, -1)[:, idx].mean(axis=0) * g)
+    params = [getattr(cube, a).ravel()[idx] for a in ("readnoise_e", "sigma_e", "delta_e", "frac_lo", "frac_hi")]
+    return out, params, cube.lammax_e.ravel()[idx], g
+
+
+def test_corrected_variance_matches_the_engine_on_simulated_pixels(flat_pixels):
+    measured, (rn, sigma, delta, flo, fhi), lammax, g = flat_pixels
+    quantisation = g * g / 12  # the frames are integer adu
+    for lam, (var, shift) in measured.items():
+        lam_e = np.full(rn.size, lam)
+        model_var, model_shift = corrected_variance(lam_e, rn, sigma, delta, flo, fhi)
+        model_var = model_var + quantisation
+        # the mean over 2048 pixels within 4 standard errors of the per-pixel estimates, and within 2 %
+        d = var - model_var
+        assert abs(d.mean()) < 4 * d.std(ddof=1) / np.sqrt(d.size), (lam, var.mean(), model_var.mean())
+        assert abs(d.mean()) < 0.02 * var.mean()
+        ds = shift - model_shift
+        assert abs(ds.mean()) < 4 * ds.std(ddof=1) / np.sqrt(ds.size) + 0.005, (lam, shift.mean(), model_shift.mean())
+        # section 6.5's line misses the engine: too optimistic at no signal (no reference scatter, no veto),
+        # far too pessimistic at a few e- (the windows still catch most jumps at half of lambda_max)
+        line = predicted_read_noise(rn, sigma, lammax, np.array([lam]))[0] ** 2 + lam + quantisation
+        if lam == 0.0:
+            assert line.mean() < var.mean() - 0.2
+        if lam == 3.0:
+            assert line.mean() > var.mean() + 1.0
+
+
 def test_monte_carlo_matches_the_closed_form_in_the_read_noise_limit():
-    # every pixel RTN with RN = 3, sigma = 1.2: at vanishing flux the corrected pixels have sigma, so the SNR
-    # ratio is RN / sigma exactly, the ideal the same, and masking every pixel leaves no signal
-    c = _uniform_cube(3.0, 1.2, 50.0)
+    # every pixel the same RTN pixel: at vanishing flux the SNR ratio is RN over the corrected noise at no
+    # signal, the ideal RN / sigma, and masking every pixel leaves no signal
+    c = _uniform_cube(6.0, 1.2, 0.06, 0.06)
+    rn = float(c.readnoise_e[0, 0])
+    var0, _ = corrected_variance(np.zeros(256), *(np.full(256, v) for v in (rn, 1.2, 6.0, 0.06, 0.06)))
     r = monte_carlo(c, 2.6, [1e-6], rtn_fraction=1.0, n_trials=50)
-    assert r["gain_corrected_median"][0] == pytest.approx(3.0 / 1.2, rel=1e-6)
-    assert r["gain_ideal_median"][0] == pytest.approx(3.0 / 1.2, rel=1e-6)
+    # the sample's pixels differ only in their drawn reference windows
+    assert r["gain_corrected_median"][0] == pytest.approx(rn / np.sqrt(var0.mean()), rel=0.01)
+    assert r["gain_ideal_median"][0] == pytest.approx(rn / 1.2, rel=1e-6)
     assert r["gain_masked_median"][0] == 0.0
-    # at lambda_max and beyond the corrected pixel is back at RN: the flux puts the peak pixel far above 50 e-
+    # beyond the threshold table (100 e-) nothing is corrected: the flux puts the core far above it
     bright = monte_carlo(c, 2.6, [1e6], rtn_fraction=1.0, n_trials=50)
     assert bright["gain_corrected_median"][0] < 1.0 + 1e-3
+
+
+def test_monte_carlo_psf_sampling():
+    # the pixel-centre PSF of the simulated scenes against the pixel-integrated one: the same total light
+    # (to the Gaussian's discretisation), a sharper core at 2.6 px
+    c = _uniform_cube(6.0, 1.2, 0.06, 0.06)
+    kw = dict(rtn_fraction=0.0, n_trials=200, seed=2)
+    for sampling in ("integrated", "centre"):
+        r = monte_carlo(c, 2.6, [100.0], psf_sampling=sampling, **kw)
+        np.testing.assert_allclose(r["gain_masked_median"], 1.0)
+    with pytest.raises(ValueError, match="psf_sampling"):
+        monte_carlo(c, 2.6, [100.0], psf_sampling="nearest")
 
 
 def test_no_rtn_pixels_no_change(cube):
@@ -43,7 +103,8 @@ def test_no_rtn_pixels_no_change(cube):
         np.testing.assert_allclose(r[f"gain_{name}_median"], 1.0, rtol=1e-12)
     noise = PixelNoise.from_cube(cube)
     ap = Apertures(np.array([[30.2, 40.7], [60.5, 20.1]]), 2.6, cube.shape, excluded=np.zeros(cube.shape, bool))
-    clean = PixelNoise(noise.rn_e, noise.rn_e, np.zeros(cube.shape), np.zeros(cube.shape, bool))
+    zero = np.zeros(cube.shape)
+    clean = PixelNoise(noise.rn_e, noise.rn_e, zero, zero, zero, np.zeros(cube.shape, bool))
     yy, xx = np.mgrid[: cube.shape[0], : cube.shape[1]]
     stars = sum(100 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 2.4) for x, y in ap.positions_xy)
     g = predict_gains(ap, 2.0 + stars, clean)
