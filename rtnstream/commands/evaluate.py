@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rtnstream.kernels.exceptions import RTNStreamError
+
+if TYPE_CHECKING:
+    from rtnstream.kernels.engine import EngineSettings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +46,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _predict(args: argparse.Namespace) -> int:
+def _predict(args: argparse.Namespace, settings: EngineSettings) -> int:
     from rtnstream.evaluate.prediction import monte_carlo
     from rtnstream.evaluate.report import write_prediction
     from rtnstream.kernels.cube import read_cube
@@ -56,7 +60,8 @@ def _predict(args: argparse.Namespace) -> int:
     fractions = args.rtn_fraction or [None]
     flux = np.geomspace(lo, hi, 13)
     try:
-        runs = [monte_carlo(cube, fwhm, flux, rtn_fraction=frac, sky_e=args.sky_e, n_trials=args.trials)
+        runs = [monte_carlo(cube, fwhm, flux, rtn_fraction=frac, sky_e=args.sky_e, n_trials=args.trials,
+                            settings=settings)
                 for fwhm in args.fwhm for frac in fractions]
     except RTNStreamError:
         raise
@@ -80,8 +85,12 @@ def run(args: argparse.Namespace) -> int:
 
     from rtnstream.kernels.engine import EngineSettings
 
+    try:
+        settings = EngineSettings(reference=args.reference, window=args.window, alpha=args.alpha)
+    except ValueError as exc:
+        raise SystemExit(f"rtnstream evaluate: error: {exc}") from None
     if args.predict:
-        return _predict(args)
+        return _predict(args, settings)
     if not args.inputs:
         raise SystemExit("rtnstream evaluate: error: FRAMES are required (or --predict)")
     if not args.outdir:
@@ -90,10 +99,6 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("rtnstream evaluate: error: --fwhm takes one value without --predict")
     if args.comparison < 0:
         raise SystemExit(f"rtnstream evaluate: error: --comparison must be >= 0, got {args.comparison}")
-    try:
-        settings = EngineSettings(reference=args.reference, window=args.window, alpha=args.alpha)
-    except ValueError as exc:
-        raise SystemExit(f"rtnstream evaluate: error: {exc}") from None
     from rtnstream.evaluate import evaluate_files
     from rtnstream.evaluate.report import write_report
 

@@ -4,8 +4,8 @@ the RTN paper's conclusions (its Fig. 6)."""
 import numpy as np
 import pytest
 
-from rtnstream.evaluate.photometry import Apertures
 from rtnstream.calibration.fit import predicted_read_noise
+from rtnstream.evaluate.photometry import Apertures
 from rtnstream.evaluate.prediction import PixelNoise, corrected_variance, monte_carlo, predict_gains
 from rtnstream.kernels.cube import model_mean_and_std
 from rtnstream.kernels.engine import EngineSettings, RTNEngine
