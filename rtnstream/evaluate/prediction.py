@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 from scipy.special import gammaln, ndtr, xlogy
 
+from rtnstream.evaluate.photometry import ANNULUS_FWHM
 from rtnstream.kernels.cube import RTNCube
 from rtnstream.kernels.engine import EngineSettings
 from rtnstream.kernels.lut import ThresholdTable, get_table
@@ -278,7 +279,7 @@ def _population(cube: RTNCube, settings: EngineSettings | None, rng: np.random.G
 
 def monte_carlo(cube: RTNCube, fwhm_px: float, flux_e: Sequence[float] | np.ndarray,
                 rtn_fraction: float | None = None, sky_e: float = 0.0, n_trials: int = 2000, seed: int = 0,
-                psf_sampling: Literal["integrated", "centre"] = "integrated",
+                psf_sampling: Literal["integrated", "centre"] = "integrated", background_error: bool = True,
                 settings: EngineSettings | None = None) -> dict[str, np.ndarray | float]:
     """The RTN paper's Monte Carlo of correction against masking against the no-RTN ideal (its Fig. 6).
 
@@ -286,8 +287,11 @@ def monte_carlo(cube: RTNCube, fwhm_px: float, flux_e: Sequence[float] | np.ndar
     ``rtn_fraction``, its parameters drawn from (a sample of :data:`POPULATION_PIXELS` of) the cube's RTN
     pixels, the read noise of the others from the cube's other pixels. Aperture: radius FWHM, exact overlap
     (photutils); noise per pixel ``lambda + RN^2`` raw, :func:`corrected_variance` corrected (interpolated in
-    ``lambda`` on a grid of the sample), ``lambda`` the star's light plus ``sky_e`` (no background-estimate
-    error: the paper's model).
+    ``lambda`` on a grid of the sample), ``lambda`` the star's light plus ``sky_e``; plus, as in
+    :func:`predict_gains`, the error of the median background of an annulus from 2 to 3 FWHM,
+    ``A^2 (pi / 2) v / n`` (``A`` the aperture's area, ``v`` the sky plus the median read noise squared of the
+    cube's other pixels, ``n`` the annulus' pixels, less the RTN pixels for masking), unless
+    ``background_error`` is False (the paper's model).
 
     Parameters
     ----------
@@ -304,7 +308,9 @@ def monte_carlo(cube: RTNCube, fwhm_px: float, flux_e: Sequence[float] | np.ndar
     seed : int
     psf_sampling : {'integrated', 'centre'}
         The PSF integrated over each pixel (real optics), or its value at the pixel centre times the pixel area
-        (how :class:`rtnstream.kernels.simulate.Scene` draws stars: a sharper core below about 3 px FWHM).
+        (how :class:`rtnstream.kernels.simulate.Scene` draws stars).
+    background_error : bool
+        Include the background median's error (what ``evaluate`` measures) or not (the paper's Monte Carlo).
     settings : EngineSettings, optional
         The correction's settings (default: the defaults).
 
@@ -358,6 +364,14 @@ def monte_carlo(cube: RTNCube, fwhm_px: float, flux_e: Sequence[float] | np.ndar
     sigma = np.where(rtn, sigma_pop[pick], rn)
     w2 = weights**2
     w_masked = weights * ~rtn
+    bkg = np.zeros(n_trials)
+    bkg_masked = np.zeros(n_trials)
+    if background_error:
+        inner, outer = ANNULUS_FWHM
+        n_ann = np.pi * (outer**2 - inner**2) * fwhm_px**2
+        v = sky_e + float(np.median(clean_pop**2))
+        bkg = weights.sum(axis=1) ** 2 * (np.pi / 2) * v / n_ann
+        bkg_masked = w_masked.sum(axis=1) ** 2 * (np.pi / 2) * v / max(n_ann * (1 - frac), 1.0)
     out: dict[str, np.ndarray | float] = {"flux_e": flux, "fwhm_px": float(fwhm_px), "rtn_fraction": frac,
                                           "sky_e": float(sky_e), "n_trials": n_trials, "psf_sampling": psf_sampling}
     gains: dict[str, list[np.ndarray]] = {"corrected": [], "masked": [], "ideal": []}
@@ -375,11 +389,11 @@ def monte_carlo(cube: RTNCube, fwhm_px: float, flux_e: Sequence[float] | np.ndar
         cor_var[rtn_at] += np.where(lam_rtn <= nodes[-1], excess, 0.0)
         cor_var = cor_var.reshape(n_trials, npix)
         signal = f * (weights * psf).sum(axis=1)
-        snr_raw = signal / np.sqrt((w2 * raw_var).sum(axis=1))
-        gains["corrected"].append(signal / np.sqrt((w2 * cor_var).sum(axis=1)) / snr_raw)
-        gains["ideal"].append(signal / np.sqrt((w2 * (lam + sigma**2)).sum(axis=1)) / snr_raw)
+        snr_raw = signal / np.sqrt((w2 * raw_var).sum(axis=1) + bkg)
+        gains["corrected"].append(signal / np.sqrt((w2 * cor_var).sum(axis=1) + bkg) / snr_raw)
+        gains["ideal"].append(signal / np.sqrt((w2 * (lam + sigma**2)).sum(axis=1) + bkg) / snr_raw)
         masked_signal = f * (w_masked * psf).sum(axis=1)
-        masked_noise = np.sqrt((w_masked**2 * raw_var).sum(axis=1))
+        masked_noise = np.sqrt((w_masked**2 * raw_var).sum(axis=1) + bkg_masked)
         # every aperture pixel masked: no signal left (SNR 0)
         gains["masked"].append(np.divide(masked_signal, masked_noise, out=np.zeros(n_trials), where=masked_noise > 0)
                                / snr_raw)
