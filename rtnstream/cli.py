@@ -26,6 +26,7 @@ _EXTRA_OF_MODULE = {
                     "service"),
     "cupy": "gpu",
     **dict.fromkeys(("indipyclient", "alpaca"), "cameras"),
+    "photutils": "evaluate",
 }
 
 # name -> (module under rtnstream.commands, one-line help)
@@ -45,6 +46,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "sink": ("sink", "subscribe to a job's output and write the frames as FITS"),
     "status": ("status", "jobs of a running service and their counters"),
     "demo": ("demo", "the live service end to end with a simulated camera: throughput, latency, noise"),
+    "evaluate": ("evaluate", "photometry of a series raw, corrected and masked: SNR gains, flux bias, report"),
 }
 
 

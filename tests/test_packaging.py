@@ -281,3 +281,17 @@ def test_a_command_of_the_service_extra_names_the_install_to_run(base_venv, argv
     assert proc.returncode == 2
     assert f"rtnstream {argv[0]}: error: " in proc.stderr
     assert "pip install 'rtnstream[service]'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("predict", [False, True])
+def test_evaluate_without_photutils_names_the_evaluate_extra(base_venv, predict):
+    proc = base_venv.run("python", "-c", "import photutils", check=False)
+    assert proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr
+    base_venv.run("rtnstream", "simulate", "-o", "sim-evaluate", "--shape", "24", "32", "--frames", "12", "--scene",
+                  "stars", "--seed", "5")
+    argv = (["--predict", "--fwhm", "2.6"] if predict else ["sim-evaluate/stars_00000.fits", "-o", "evaluated"])
+    proc = base_venv.run("rtnstream", "evaluate", "--cube", "sim-evaluate/cube.fits", *argv, check=False)
+    assert proc.returncode == 2
+    assert "rtnstream evaluate: error: " in proc.stderr
+    assert "pip install 'rtnstream[evaluate]'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (base_venv.cwd / "evaluated").exists()  # refused before any work
