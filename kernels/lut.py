@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.interpolate import CubicSpline
-from scipy.special import gammaln, ndtr, ndtri, pdtr, xlogy
 
 __all__ = [
     "ThresholdTable",
@@ -90,6 +88,8 @@ def default_sigma_nodes(sigma_min_e: float = SIGMA_MIN_E, sigma_max_e: float = S
 
 
 def _poisson_pmf(n: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    from scipy.special import gammaln, xlogy
+
     return np.exp(xlogy(n, lam) - lam - gammaln(n + 1.0))
 
 
@@ -105,6 +105,8 @@ def poisson_normal_cdf(y, lam, sigma) -> np.ndarray:
     -------
     numpy.ndarray, float64, in [0, 1].
     """
+    from scipy.special import ndtr
+
     y, lam, sigma = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (y, lam, sigma)))
     n_max = int(np.ceil(np.max(lam) + 15 * np.sqrt(np.max(lam)) + 30))
     n = np.arange(n_max + 1, dtype=np.float64)
@@ -143,6 +145,8 @@ def _column_quantiles(p: float, lam: np.ndarray, sigma: float) -> np.ndarray:
     Only terms with |y - n| < 8.5 sigma contribute a non-constant Phi; those further below add their whole
     probability, given by the Poisson CDF ``pdtr``.
     """
+    from scipy.special import ndtr, ndtri, pdtr
+
     half = int(np.ceil(8.5 * sigma)) + 1
     k = np.arange(2 * half + 2, dtype=np.float64)
     lo = np.full_like(lam, -12.0 * sigma - 1.0)
@@ -457,6 +461,8 @@ def build_table(
     -------
     ThresholdTable
     """
+    from scipy.interpolate import CubicSpline
+
     alpha = _check_alpha(alpha)
     lam = default_lambda_nodes() if lambda_nodes is None else np.asarray(lambda_nodes, np.float64)
     sig = default_sigma_nodes() if sigma_nodes is None else np.asarray(sigma_nodes, np.float64)

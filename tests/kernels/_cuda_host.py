@@ -57,17 +57,19 @@ def find_cxx() -> str | None:
     return None
 
 
-def build_host_library(cxx: str, out_dir: Path, source: str = _cuda.CUDA_SOURCES[0]) -> Path:
+def build_host_library(cxx: str, out_dir: Path, source: str = _cuda.CUDA_SOURCES[0], window: int = 0) -> Path:
     """Compile ``kernels/<source>`` for the host into a shared library in ``out_dir``.
+
+    ``window`` > 0 fixes the temporal window at compile time (``-DRTN_WINDOW``), as the CuPy backend does.
 
     Raises
     ------
     RuntimeError
         The compiler failed (its messages included).
     """
-    lib = out_dir / (Path(source).stem + "_host.so")
-    cmd = [cxx, *HOST_FLAGS, "-include", str(SHIM), "-x", "c++", str(_cuda.SOURCE_DIR / source),
-           "-o", str(lib)]
+    lib = out_dir / f"{Path(source).stem}_w{window}_host.so"
+    cmd = [cxx, *HOST_FLAGS, f"-DRTN_WINDOW={window}", "-include", str(SHIM), "-x", "c++",
+           str(_cuda.SOURCE_DIR / source), "-o", str(lib)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"host build failed ({' '.join(cmd)}):\n{proc.stderr}")

@@ -148,6 +148,17 @@ def test_short_series_and_window_10(kernels):
             assert_same_run(expected, got, f"W=10 {reference} n={len(frames)}")
 
 
+@pytest.mark.parametrize("dtype", ["uint16", "float32"])
+def test_window_fixed_at_compile_time_matches(tmp_path, dtype):
+    """The build the CuPy backend runs (-DRTN_WINDOW=W, W in the registers) gives the NumPy engine's output."""
+    fixed = HostKernels(build_host_library(CXX, tmp_path, window=10))
+    series = simulated_series(dtype, "varying", 500.0, n_frames=23, seed=6)
+    for reference in ("temporal", "causal"):
+        expected, got = _both(fixed, series.cube, EngineSettings(reference=reference, window=10), series.frames)
+        assert_same_run(expected, got, f"{series.label} RTN_WINDOW=10 {reference}")
+        assert sum(f.counts.low + f.counts.high for f in expected[0]) > 0
+
+
 def _backends(kernels, cube, table, n_slots, spatial_size=5):
     from rtnstream.kernels.pixels import PixelParams
 
@@ -271,6 +282,7 @@ def test_source_constants_match_python():
         "RTN_STATE_NONE": STATE_NONE, "RTN_STATE_LOW": STATE_LOW, "RTN_STATE_HIGH": STATE_HIGH,
         "RTN_STATE_VETO": STATE_VETO, "RTN_STATE_OUT_OF_TABLE": STATE_OUT_OF_TABLE,
         "RTN_COUNT_CHANGED": _cuda.COUNT_CHANGED, "RTN_MAX_VALUES": _cuda.MAX_VALUES,
+        "RTN_WINDOW": 0,  # the default: W a run-time argument (nvrtc_options(W) fixes it at compile time)
     }
     assert _cuda.N_COUNTS == _cuda.COUNT_CHANGED + 1
 
