@@ -17,7 +17,6 @@ import sys
 import time
 
 import numpy as np
-from tqdm import tqdm
 
 from rtnstream.kernels.cupy_backend import INSTALL_HINT, gpu_available
 from rtnstream.kernels.engine import EngineSettings, RTNEngine
@@ -39,6 +38,11 @@ def main() -> int:
     if not gpu_available():
         print(f"engine_cuda_breakdown: no CUDA GPU usable through CuPy here; {INSTALL_HINT}", file=sys.stderr)
         return 2
+    try:  # progress bar where tqdm is installed (the GPU machine may have only NumPy, SciPy and CuPy)
+        from tqdm import tqdm
+    except ImportError:
+        def tqdm(iterable, **_kwargs):
+            return iterable
 
     shape = tuple(args.shape)
     t0 = time.perf_counter()

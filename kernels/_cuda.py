@@ -144,8 +144,8 @@ _PIXEL_PARAMS = (("index", "i64*"), ("mu_adu", "f64*"), ("delta_e", "f64*"), ("d
                  ("delta_adu_float", "f64*"), ("sigma_j", "i32*"), ("sigma_w", "f64*"), ("sigma_ok", "u8*"))
 _TABLE_PARAMS = (("lambda_nodes", "f64*"), ("n_lambda", "i32"), ("q_lo", "f64*"), ("q_hi", "f64*"),
                  ("n_sigma", "i32"))
-_OUTPUT_PARAMS = (("changed_index", "i64*"), ("changed_value", "T*"), ("counts", "u32*"), ("n_lo", "i64*"),
-                  ("n_hi", "i64*"), ("n_veto", "i64*"), ("n_frames", "i64*"))
+_OUTPUT_PARAMS = (("changed_index", "i64*"), ("changed_value", "T*"), ("counts", "u32*"), ("n_lo", "u32*"),
+                  ("n_hi", "u32*"), ("n_veto", "u32*"), ("n_frames", "u32*"))
 
 TEMPORAL = KernelSpec("rtn_temporal", (
     ("ring", "T*"), ("window_slots", "i32*"), ("window", "i32"), ("slot", "i32"), ("n", "i64"),

@@ -30,6 +30,7 @@ __all__ = [
     "NumpyBackend",
     "decide",
     "apply_corrections",
+    "gather",
 ]
 
 STATE_NONE = 0  # left unchanged: no significant jump, or not resolvable
@@ -103,24 +104,27 @@ def decide(
 
 
 def apply_corrections(
-    frame: np.ndarray, x_native: np.ndarray, state: np.ndarray, params: PixelParams
+    frame: np.ndarray, x_native: np.ndarray, state: np.ndarray, params: PixelParams, in_place: bool = False
 ) -> np.ndarray:
-    """Return a corrected copy of ``frame``: low-state pixels up by D_adu, high-state down; saturating.
+    """Correct ``frame``: low-state pixels up by D_adu, high-state down; saturating at the dtype's range.
 
     Parameters
     ----------
-    frame : numpy.ndarray, shape (ny, nx)
-        The input frame (not modified).
+    frame : numpy.ndarray, shape (ny, nx), C-contiguous
+        The input frame (modified only with ``in_place``).
     x_native : numpy.ndarray, shape (n,), frame dtype
         The RTN pixels' values in ``frame``.
     state : numpy.ndarray, shape (n,), uint8
     params : PixelParams
+    in_place : bool
+        False: correct a copy. True: write the corrected pixels into ``frame`` and return it.
 
     Returns
     -------
     numpy.ndarray, shape (ny, nx), frame dtype
+        A new array, or ``frame`` itself with ``in_place``.
     """
-    out = frame.copy()
+    out = frame if in_place else frame.copy()
     changed = np.flatnonzero((state == STATE_LOW) | (state == STATE_HIGH))
     if changed.size == 0:
         return out
@@ -133,6 +137,31 @@ def apply_corrections(
         new = x_native[changed].astype(np.float64) + sign * params.delta_adu_float[changed]
     out.reshape(-1)[params.index[changed]] = new.astype(frame.dtype)
     return out
+
+
+GATHER_CHUNK = 1 << 18  # RTN pixels per gather task (2 MB of int64 indices: large enough to amortise a task)
+
+
+def gather(flat: np.ndarray, index: np.ndarray, out: np.ndarray, pool: ThreadPoolExecutor | None = None) -> None:
+    """``out[:] = flat[index]``, in chunks spread over ``pool`` (``np.take`` releases the GIL).
+
+    Parameters
+    ----------
+    flat : numpy.ndarray, shape (ny * nx,)
+        A frame, flattened.
+    index : numpy.ndarray, shape (n,), int64
+        Flat indices, all valid (they are not checked: ``mode='clip'`` skips the bounds test).
+    out : numpy.ndarray, shape (n,), ``flat``'s dtype
+    pool : ThreadPoolExecutor, optional
+        Workers; None gathers on the calling thread.
+    """
+    n = index.size
+    if pool is None or n <= GATHER_CHUNK:
+        np.take(flat, index, out=out, mode="clip")
+        return
+    chunks = [slice(a, min(a + GATHER_CHUNK, n)) for a in range(0, n, GATHER_CHUNK)]
+    for f in [pool.submit(np.take, flat, index[c], None, out[c], "clip") for c in chunks]:
+        f.result()
 
 
 def _sorted_rows(vals: np.ndarray) -> list[np.ndarray]:
@@ -176,6 +205,7 @@ class NumpyBackend:
 
     name = "numpy"
     device = "cpu"
+    pipelined = False  # every correction is done when its method returns
 
     def __init__(self, params: PixelParams, table: ThresholdTable, k_var: float, spatial_size: int,
                  n_slots: int, threads: int | None = None, block: int = 1 << 15) -> None:
@@ -198,19 +228,20 @@ class NumpyBackend:
 
     def store(self, slot: int, frame: np.ndarray) -> None:
         """Gather the RTN pixels of ``frame`` (shape (ny, nx)) into ring slot ``slot``."""
-        np.take(frame.reshape(-1), self.params.index, out=self._ring[slot])
+        gather(frame.reshape(-1), self.params.index, self._ring[slot], self._executor())
 
-    def correct_temporal(self, frame: np.ndarray, slot: int, window_slots: Sequence[int]
+    def correct_temporal(self, frame: np.ndarray, slot: int, window_slots: Sequence[int], in_place: bool = False
                          ) -> tuple[np.ndarray, FrameCounts]:
         """Correct ``frame`` (stored in ``slot``) against the median of ``window_slots``.
 
         ``window_slots`` are the W ring slots of the reference frames in time order (the order of the
-        sums of the variability veto).
+        sums of the variability veto). ``in_place``: correct ``frame`` itself and return it (the ring
+        keeps the values as stored, so the frames that use this one as reference are not affected).
         """
         rows = list(window_slots)
         x = self._ring[slot]
         state = self._map(lambda sl: self._temporal_block(x, rows, sl))
-        return self._finish(frame, x, state)
+        return self._finish(frame, x, state, in_place)
 
     def _temporal_block(self, x: np.ndarray, rows: list[int], sl: slice) -> np.ndarray:
         p = self.params
@@ -234,12 +265,16 @@ class NumpyBackend:
         state[veto] = STATE_VETO
         return self._count(state, sl)
 
-    def correct_spatial(self, frame: np.ndarray) -> tuple[np.ndarray, FrameCounts]:
-        """Correct ``frame`` against the median of each RTN pixel's bias-subtracted neighbours."""
+    def correct_spatial(self, frame: np.ndarray, in_place: bool = False) -> tuple[np.ndarray, FrameCounts]:
+        """Correct ``frame`` against the median of each RTN pixel's bias-subtracted neighbours.
+
+        ``in_place``: correct ``frame`` itself (after every reference was read) and return it.
+        """
         flat = frame.reshape(-1)
-        x = flat[self.params.index]
+        x = np.empty(self.params.n, dtype=frame.dtype)
+        gather(flat, self.params.index, x, self._executor())
         state = self._map(lambda sl: self._spatial_block(flat, x, sl))
-        return self._finish(frame, x, state)
+        return self._finish(frame, x, state, in_place)
 
     def _spatial_block(self, flat: np.ndarray, x: np.ndarray, sl: slice) -> np.ndarray:
         p = self.params
@@ -264,15 +299,21 @@ class NumpyBackend:
         c.n_frames[sl] += 1
         return state
 
+    def _executor(self) -> ThreadPoolExecutor | None:
+        """The worker pool (made at first use), or None with one thread."""
+        if self._threads > 1 and self._pool is None:
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="rtn-numpy")
+        return self._pool
+
     def _map(self, work) -> np.ndarray:
         """Run ``work(slice) -> states`` over every block of RTN pixels; the states, shape (n,), uint8."""
-        if self._threads > 1 and len(self._blocks) > 1:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="rtn-numpy")
-            parts = list(self._pool.map(work, self._blocks))
+        pool = self._executor()
+        if pool is not None and len(self._blocks) > 1:
+            parts = list(pool.map(work, self._blocks))
         else:
             parts = [work(sl) for sl in self._blocks]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
 
-    def _finish(self, frame: np.ndarray, x: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, FrameCounts]:
-        return apply_corrections(frame, x, state, self.params), FrameCounts.from_states(state)
+    def _finish(self, frame: np.ndarray, x: np.ndarray, state: np.ndarray, in_place: bool
+                ) -> tuple[np.ndarray, FrameCounts]:
+        return apply_corrections(frame, x, state, self.params, in_place), FrameCounts.from_states(state)

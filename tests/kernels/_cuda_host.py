@@ -24,6 +24,7 @@ from rtnstream.kernels.cube import RTNCube
 from rtnstream.kernels.cupy_backend import KernelBackend
 from rtnstream.kernels.engine import CorrectedFrame, EngineSettings, RTNEngine
 from rtnstream.kernels.lut import ThresholdTable
+from rtnstream.kernels.numpy_backend import gather
 from rtnstream.kernels.pixels import PixelParams
 from rtnstream.kernels.simulate import Scene, SensorModel
 
@@ -120,16 +121,25 @@ class HostKernelBackend(KernelBackend):
             raise KeyError(f"the host library has no kernel {kernel_name}")
 
     def _store(self, slot: int, frame: np.ndarray) -> None:
-        np.take(frame.reshape(-1), self.params.index, out=self._dev["ring"][slot], mode="clip")
+        gather(frame.reshape(-1), self.params.index, self._dev["ring"][slot])
 
     def _upload(self, name: str, array: np.ndarray) -> None:
         np.copyto(self._dev[name], array.reshape(self._dev[name].shape))
 
-    def _clear(self, name: str) -> None:
-        self._dev[name].fill(0)
+    def _clear(self, array: np.ndarray) -> None:
+        array.fill(0)
 
     def _launch(self, kernel_name: str, args: tuple) -> None:
         self._kernels.launch(kernel_name, args)
+
+    def _queue_counts(self, buf: int) -> None:
+        pass  # the launch has finished: the counts are in host memory already
+
+    def _read_counts(self, buf: int) -> np.ndarray:
+        return self._dev["counts"][buf].copy()
+
+    def _read_changed(self, buf: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._dev["changed_index"][buf][:count], self._dev["changed_value"][buf][:count]
 
     def _download(self, names: Sequence[str], count: int) -> list[np.ndarray]:
         return [self._dev[name].reshape(-1)[:count] for name in names]
