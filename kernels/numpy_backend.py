@@ -52,9 +52,9 @@ class FrameCounts:
     @classmethod
     def from_states(cls, state: np.ndarray) -> FrameCounts:
         """Count each decision code in ``state`` (shape (n,), uint8)."""
-        counts = np.bincount(state, minlength=5)
-        return cls(low=int(counts[STATE_LOW]), high=int(counts[STATE_HIGH]), vetoed=int(counts[STATE_VETO]),
-                   out_of_table=int(counts[STATE_OUT_OF_TABLE]))
+        low, high, vetoed, out = (int(np.count_nonzero(state == code))
+                                  for code in (STATE_LOW, STATE_HIGH, STATE_VETO, STATE_OUT_OF_TABLE))
+        return cls(low=low, high=high, vetoed=vetoed, out_of_table=out)
 
 
 @dataclass
@@ -93,13 +93,26 @@ def decide(
     numpy.ndarray, shape (n,), uint8
         ``STATE_NONE``, ``STATE_LOW``, ``STATE_HIGH`` or ``STATE_OUT_OF_TABLE``.
     """
-    s = (x_adu - params.mu_adu[sl]) * params.gain_e_per_adu
+    # low  = (q_lo - d < s) & (s < min(q_lo, q_hi - d)) & (lam - q_lo < d)
+    # high = (max(q_hi, q_lo + d) < s) & (s < q_hi + d) & (q_hi - lam < d)
+    # written with one scratch array (the same operations, so the same bits as the CUDA kernel's).
+    s = np.subtract(x_adu, params.mu_adu[sl])
+    s *= params.gain_e_per_adu
     q_lo, q_hi, in_table = table.lookup(lam_e, params.sigma_j[sl], params.sigma_w[sl])
     d = params.delta_e[sl]
-    low = (q_lo - d < s) & (s < np.minimum(q_lo, q_hi - d)) & (lam_e - q_lo < d)
-    high = (np.maximum(q_hi, q_lo + d) < s) & (s < q_hi + d) & (q_hi - lam_e < d)
-    state = np.where(low, STATE_LOW, np.where(high, STATE_HIGH, STATE_NONE)).astype(np.uint8)
-    state[~(in_table & params.sigma_ok[sl])] = STATE_OUT_OF_TABLE
+    t = np.subtract(q_lo, d)
+    low = t < s
+    np.minimum(q_lo, np.subtract(q_hi, d, out=t), out=t)
+    low &= s < t
+    low &= np.subtract(lam_e, q_lo, out=t) < d
+    np.maximum(q_hi, np.add(q_lo, d, out=t), out=t)
+    high = t < s
+    high &= s < np.add(q_hi, d, out=t)
+    high &= np.subtract(q_hi, lam_e, out=t) < d
+    state = high.view(np.uint8) << 1  # STATE_HIGH = 2; low and high exclude each other (q_lo <= q_hi)
+    state |= low.view(np.uint8)  # STATE_LOW = 1
+    in_table &= params.sigma_ok[sl]
+    np.copyto(state, STATE_OUT_OF_TABLE, where=~in_table)
     return state
 
 
@@ -244,25 +257,40 @@ class NumpyBackend:
         return self._finish(frame, x, state, in_place)
 
     def _temporal_block(self, x: np.ndarray, rows: list[int], sl: slice) -> np.ndarray:
+        # The operations of rtn_temporal_body, in its order (in place where NumPy allows, same bits):
+        #   lam = max(((v[W/2-1] + v[W/2]) * 0.5 - mu) * g, 0) of the sorted window v
+        #   mean = (sum_r v_r) / W, spread = sqrt((sum_r (v_r - mean)^2) / W) * g, sums in window order
+        #   veto = spread > k_var * sqrt(lam + RN^2)
         p = self.params
+        g = p.gain_e_per_adu
         w = len(rows)
         vals = self._ring[rows, sl]
         ordered = _sorted_rows(vals)
-        ref = (ordered[w // 2 - 1].astype(np.float64) + ordered[w // 2].astype(np.float64)) * 0.5
-        lam = np.maximum((ref - p.mu_adu[sl]) * p.gain_e_per_adu, 0.0)
-        acc = vals[0].astype(np.float64)
+        lam = ordered[w // 2 - 1].astype(np.float64)
+        lam += ordered[w // 2]
+        lam *= 0.5
+        lam -= p.mu_adu[sl]
+        lam *= g
+        np.maximum(lam, 0.0, out=lam)
+        vf = vals.astype(np.float64)
+        mean = vf[0].copy()
         for r in range(1, w):
-            acc = acc + vals[r]
-        mean = acc / w
-        dev = vals[0] - mean
-        acc = dev * dev
+            mean += vf[r]
+        mean /= w
+        vf -= mean
+        vf *= vf
+        acc = vf[0]
         for r in range(1, w):
-            dev = vals[r] - mean
-            acc = acc + dev * dev
-        spread_e = np.sqrt(acc / w) * p.gain_e_per_adu
-        veto = spread_e > self.k_var * np.sqrt(lam + p.rn2_e2[sl])
+            acc += vf[r]
+        acc /= w
+        spread_e = np.sqrt(acc, out=acc)
+        spread_e *= g
+        bound = np.add(lam, p.rn2_e2[sl])
+        np.sqrt(bound, out=bound)
+        bound *= self.k_var
+        veto = spread_e > bound
         state = decide(x[sl].astype(np.float64), lam, p, self.table, sl)
-        state[veto] = STATE_VETO
+        np.copyto(state, STATE_VETO, where=veto)
         return self._count(state, sl)
 
     def correct_spatial(self, frame: np.ndarray, in_place: bool = False) -> tuple[np.ndarray, FrameCounts]:
