@@ -39,6 +39,8 @@ __all__ = [
     "Series",
     "simulated_series",
     "threshold_series",
+    "subnormal_series",
+    "flush_subnormals",
     "run_engine",
     "assert_same_run",
 ]
@@ -224,6 +226,38 @@ def threshold_series(make_cube: Callable[..., RTNCube], table: ThresholdTable, w
         moved = np.where(ulps > 0, np.nextafter(x, np.inf), x)
         frames[t, k] = np.where(ulps < 0, np.nextafter(x, -np.inf), moved)
     return Series("float64-thresholds", cube, frames.reshape((n_frames, *shape)))
+
+
+def subnormal_series(make_cube: Callable[..., RTNCube], table: ThresholdTable, window: int = 6,
+                     n_frames: int = 22, shape=(24, 30), seed: int = 5) -> Series:
+    """float32 frames where float32 subnormals (below 1.18e-38) decide the variability veto.
+
+    The cube (every pixel RTN) has mu = 0 adu, g = 1 e-/adu and no read noise (RN = 0). Pixels read 0,
+    except a few subnormal values (a sixth of the pixels in each frame) and, in every ``window + 1``-th
+    frame, a jump of D (4-9 e-) in a third of them. A window whose median is 0 but which holds a
+    subnormal has lambda = 0 and a spread > 0, so ``spread > k_var * sqrt(lambda + RN^2) = 0`` vetoes
+    the jump; with the subnormals flushed to zero (CUDA's FTZ) the spread is 0 and the jump is corrected.
+    """
+    rng = np.random.default_rng(seed)
+    sigma = np.full(shape, 0.6)
+    cube = make_cube(np.zeros(shape), rng.uniform(4.0, 9.0, shape), sigma, gain_e_per_adu=1.0,
+                     readnoise_e=0.0, table=table)
+    params = PixelParams.from_cube(cube, table)
+    frames = np.zeros((n_frames, params.n), dtype=np.float32)
+    tiny = float(np.finfo(np.float32).tiny)
+    for t in range(n_frames):
+        k = rng.choice(params.n, params.n // 6, replace=False)
+        frames[t, k] = rng.uniform(0.0, tiny, k.size).astype(np.float32)
+        if t % (window + 1) == 0:
+            k = rng.choice(params.n, params.n // 3, replace=False)
+            frames[t, k] = params.delta_e[k].astype(np.float32)
+    return Series("float32-subnormals", cube, frames.reshape((n_frames, *shape)))
+
+
+def flush_subnormals(a: np.ndarray) -> np.ndarray:
+    """``a`` with every float32 subnormal replaced by a zero of its sign (what FTZ does to inputs)."""
+    tiny = np.finfo(np.float32).tiny
+    return np.where(np.abs(a) < tiny, np.copysign(np.float32(0), a), a).astype(a.dtype)
 
 
 def run_engine(engine: RTNEngine, frames: np.ndarray) -> tuple[list[CorrectedFrame], dict[str, np.ndarray]]:

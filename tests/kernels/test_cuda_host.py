@@ -32,9 +32,11 @@ from tests.kernels._cuda_host import (
     assert_same_run,
     build_host_library,
     find_cxx,
+    flush_subnormals,
     host_engine,
     run_engine,
     simulated_series,
+    subnormal_series,
     threshold_series,
 )
 
@@ -146,6 +148,21 @@ def test_short_series_and_window_10(kernels):
         for frames in (series.frames, series.frames[:10]):
             expected, got = _both(kernels, series.cube, settings, frames)
             assert_same_run(expected, got, f"W=10 {reference} n={len(frames)}")
+
+
+def test_float32_subnormals_match(kernels, table, make_cube):
+    """float32 subnormals that decide vetoes: the host build keeps them, as NumPy does; and the series is
+    one that flushing subnormals to zero (CUDA's FTZ) changes (temporal references)."""
+    series = subnormal_series(make_cube, table)
+    flushed_frames = flush_subnormals(series.frames)
+    assert np.any(flushed_frames != series.frames)
+    for reference in REFERENCES:
+        settings = EngineSettings(reference=reference, window=6)
+        expected, got = _both(kernels, series.cube, settings, series.frames)
+        assert_same_run(expected, got, f"{series.label} {reference}")
+        if reference != "spatial":
+            flushed = run_engine(RTNEngine(series.cube, settings, backend="numpy"), flushed_frames)
+            assert sum(f.counts.vetoed for f in flushed[0]) < sum(f.counts.vetoed for f in expected[0])
 
 
 @pytest.mark.parametrize("dtype", ["uint16", "float32"])

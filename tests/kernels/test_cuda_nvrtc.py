@@ -28,10 +28,10 @@ CUPY_APPENDED = ("-ftz=true", "-arch=compute_90", "--device-as-default-execution
 def _find_libnvrtc() -> str | None:
     spec = importlib.util.find_spec("nvidia")
     roots = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
-    for root in roots:
-        for lib in sorted((root / "cuda_nvrtc" / "lib").glob("libnvrtc.so*")):
+    for root in roots:  # nvidia/cuda_nvrtc/lib (CUDA 12 wheels) or nvidia/cu13/lib (CUDA 13)
+        for lib in sorted(root.glob("*/lib/libnvrtc.so*")):
             return str(lib)
-    for name in ("libnvrtc.so.12", "libnvrtc.so"):
+    for name in ("libnvrtc.so.12", "libnvrtc.so.13", "libnvrtc.so"):
         try:
             ctypes.CDLL(name)
         except OSError:
