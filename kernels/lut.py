@@ -13,6 +13,7 @@ coordinate of a pixel is constant for a job and is computed once, on the host, b
 
 Tables are data: saved as ``.npz`` (alpha, grids, quantiles, format version), never pickled, cached in
 memory and under ``$RTNSTREAM_CACHE`` (default ``~/.cache/rtnstream``), keyed by the exact ``alpha``.
+SciPy is imported by the functions that compute a table only: reading one and the lookup need NumPy alone.
 """
 
 from __future__ import annotations
