@@ -45,6 +45,7 @@ from rtnstream.kernels.numpy_backend import (
     FrameCounts,
     PixelCounters,
     gather,
+    scatter,
 )
 from rtnstream.kernels.pixels import PixelParams
 
@@ -151,6 +152,7 @@ class KernelBackend:
     device = "unknown"
     pipelined = True  # RTNEngine submits a frame and collects it one push later
     N_BUFFERS = 2
+    _pool: ThreadPoolExecutor | None = None  # host threads of gather and scatter (None: the calling thread)
 
     def __init__(self, params: PixelParams, table: ThresholdTable, k_var: float, spatial_size: int,
                  n_slots: int) -> None:
@@ -340,7 +342,7 @@ class KernelBackend:
         if n_changed:
             index, value = self._read_changed(buf, n_changed)
             with self._stage("scatter (host)"):
-                out.reshape(-1)[index] = value
+                scatter(out.reshape(-1), index, value, self._pool)
         self._busy[buf] = False
         return out, FrameCounts(low=int(counts[STATE_LOW]), high=int(counts[STATE_HIGH]),
                                 vetoed=int(counts[STATE_VETO]), out_of_table=int(counts[STATE_OUT_OF_TABLE]))

@@ -31,6 +31,7 @@ __all__ = [
     "decide",
     "apply_corrections",
     "gather",
+    "scatter",
 ]
 
 STATE_NONE = 0  # left unchanged: no significant jump, or not resolvable
@@ -174,6 +175,28 @@ def gather(flat: np.ndarray, index: np.ndarray, out: np.ndarray, pool: ThreadPoo
         return
     chunks = [slice(a, min(a + GATHER_CHUNK, n)) for a in range(0, n, GATHER_CHUNK)]
     for f in [pool.submit(np.take, flat, index[c], None, out[c], "clip") for c in chunks]:
+        f.result()
+
+
+def scatter(flat: np.ndarray, index: np.ndarray, values: np.ndarray, pool: ThreadPoolExecutor | None = None
+            ) -> None:
+    """``flat[index] = values`` for distinct indices, in chunks spread over ``pool`` (disjoint writes).
+
+    Parameters
+    ----------
+    flat : numpy.ndarray, shape (ny * nx,)
+        A frame, flattened (written).
+    index : numpy.ndarray, shape (m,), int64
+        Distinct flat indices.
+    values : numpy.ndarray, shape (m,), ``flat``'s dtype
+    pool : ThreadPoolExecutor, optional
+    """
+    m = index.size
+    if pool is None or m <= GATHER_CHUNK:
+        flat[index] = values
+        return
+    for f in [pool.submit(flat.__setitem__, index[a:a + GATHER_CHUNK], values[a:a + GATHER_CHUNK])
+              for a in range(0, m, GATHER_CHUNK)]:
         f.result()
 
 
