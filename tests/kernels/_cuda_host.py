@@ -42,6 +42,7 @@ __all__ = [
     "subnormal_series",
     "flush_subnormals",
     "run_engine",
+    "assert_one_push_later",
     "assert_same_run",
 ]
 
@@ -258,6 +259,19 @@ def flush_subnormals(a: np.ndarray) -> np.ndarray:
     """``a`` with every float32 subnormal replaced by a zero of its sign (what FTZ does to inputs)."""
     tiny = np.finfo(np.float32).tiny
     return np.where(np.abs(a) < tiny, np.copysign(np.float32(0), a), a).astype(a.dtype)
+
+
+def assert_one_push_later(want: list[list[int]], got: list[list[int]], corrected: Sequence[bool]) -> None:
+    """Frame indices out per push: ``got`` (a pipelined engine) against ``want`` (the NumPy engine).
+
+    The same frames in the same order overall; a frame the NumPy engine returns at push t comes out at
+    push t or t + 1, and the last frame corrected at push t (the one left in flight) at t + 1.
+    """
+    assert [i for push in got for i in push] == [i for push in want for i in push]
+    for t, indices in enumerate(want[:-1]):
+        assert all(i in got[t] or i in got[t + 1] for i in indices), (t, want, got)
+        last = [i for i in indices if corrected[i]][-1:]
+        assert not set(last) & set(got[t]) and set(last) <= set(got[t + 1]), (t, want, got)
 
 
 def run_engine(engine: RTNEngine, frames: np.ndarray) -> tuple[list[CorrectedFrame], dict[str, np.ndarray]]:

@@ -15,6 +15,7 @@ from rtnstream.kernels.cupy_backend import gpu_available
 from rtnstream.kernels.engine import EngineSettings, RTNEngine
 from rtnstream.kernels.exceptions import BackendUnavailableError
 from tests.kernels._cuda_host import (
+    assert_one_push_later,
     assert_same_run,
     run_engine,
     simulated_series,
@@ -83,13 +84,16 @@ def test_cupy_in_place_and_one_push_later(dtype):
     numpy_engine = RTNEngine(series.cube, settings, backend="numpy")
     cupy_engine = RTNEngine(series.cube, settings, backend="cupy", in_place=True)
     assert cupy_engine.backend.pipelined
-    expected, got = [], []
+    expected, got, pushed = [], [], []
     for frame in series.frames:
         expected.append([o.index for o in numpy_engine.push(frame.copy())])
-        pushed = frame.copy()
-        outs = cupy_engine.push(pushed)
+        pushed.append(frame.copy())
+        outs = cupy_engine.push(pushed[-1])
+        assert all(o.data is pushed[o.index] for o in outs)
         got.append([o.index for o in outs])
-    assert got[1:] == expected[:-1] and got[0] == []
+    expected.append([o.index for o in numpy_engine.finish()])
+    got.append([o.index for o in cupy_engine.finish()])
+    assert_one_push_later(expected, got, [True] * len(series.frames))
     assert_same_run(run_engine(RTNEngine(series.cube, settings, backend="numpy"), series.frames),
                     run_engine(RTNEngine(series.cube, settings, backend="cupy", in_place=True),
                                series.frames.copy()), series.label)

@@ -15,6 +15,7 @@ from rtnstream.kernels.engine import EngineSettings, RTNEngine
 from rtnstream.kernels.exceptions import FrameError
 from tests.kernels._cuda_host import (
     HostKernels,
+    assert_one_push_later,
     assert_same_run,
     build_host_library,
     find_cxx,
@@ -111,13 +112,8 @@ def test_pipelined_backend_returns_each_frame_one_push_later(kernels, reference,
     tail = engine.finish()
     got.append([o.index for o in tail])
     frames_out.extend(tail)
-    # a frame the NumPy engine returns at push t comes out at push t + 1, unless it needed no correction
-    flat_want = [i for push in want for i in push]
-    assert [i for push in got for i in push] == flat_want == list(range(len(series.frames)))
-    for t, indices in enumerate(want[:-1]):
-        corrected_here = [i for i in indices if correct[i]]
-        assert all(i in got[t + 1] or i in got[t] for i in indices)
-        assert not set(corrected_here[-1:]) & set(got[t])  # the last frame corrected at push t waits
+    assert [i for push in want for i in push] == list(range(len(series.frames)))
+    assert_one_push_later(want, got, correct)
     maps = {"n_lo": numpy_engine.pixel_counters()["n_lo"], "bias_offset": numpy_engine.bias_offset_map()}
     got_maps = {"n_lo": engine.pixel_counters()["n_lo"], "bias_offset": engine.bias_offset_map()}
     assert_same_run((numpy_out, maps), (frames_out, got_maps), f"{series.label} {reference} pipelined")
