@@ -2,8 +2,10 @@
 
 Default: full IMX455 frames (9576 x 6388 uint16), 5 % RTN pixels, W = 10, centred temporal reference;
 simulated bias frames (a few distinct ones, cycled). Device stages are timed with CUDA events on the
-backend's stream, host stages with the host clock, wall time per push with the host clock. Needs a CUDA
-GPU usable through CuPy; without one it says so and exits with status 2.
+backend's stream, host stages with the host clock, wall time per push with the host clock; reading the
+events after each push serialises host and device, so the wall time here is higher than bench/engine.py's
+pipelined rate. ``in_place=True`` unless ``--no-in-place``. Needs a CUDA GPU usable through CuPy; without
+one it says so and exits with status 2.
 
     python bench/engine_cuda_breakdown.py [--shape 6388 9576] [--rtn-fraction 0.05] [--window 10]
                                           [--reference temporal] [--frames 50] [--json FILE]
@@ -17,7 +19,6 @@ import sys
 import time
 
 import numpy as np
-from tqdm import tqdm
 
 from rtnstream.kernels.cupy_backend import INSTALL_HINT, gpu_available
 from rtnstream.kernels.engine import EngineSettings, RTNEngine
@@ -34,33 +35,52 @@ def main() -> int:
     ap.add_argument("--reference", choices=("temporal", "causal", "spatial"), default="temporal")
     ap.add_argument("--frames", type=int, default=50, help="frames pushed and timed (after warm-up)")
     ap.add_argument("--distinct", type=int, default=4, help="distinct simulated frames, cycled")
+    ap.add_argument("--no-in-place", dest="in_place", action="store_false",
+                    help="new output arrays (a frame copy per push) instead of correcting in place")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args()
     if not gpu_available():
         print(f"engine_cuda_breakdown: no CUDA GPU usable through CuPy here; {INSTALL_HINT}", file=sys.stderr)
         return 2
+    try:  # progress bar where tqdm is installed (the GPU machine may have only NumPy, SciPy and CuPy)
+        from tqdm import tqdm
+    except ImportError:
+        def tqdm(iterable, **_kwargs):
+            return iterable
 
     shape = tuple(args.shape)
     t0 = time.perf_counter()
     sensor = SensorModel.random(shape, rtn_fraction=args.rtn_fraction, seed=0)
     frames = [f.data for f in sensor.frames(args.distinct, seed=1)]
     engine = RTNEngine(sensor.true_cube(), EngineSettings(reference=args.reference, window=args.window),
-                       backend="cupy")
+                       backend="cupy", in_place=args.in_place)
+    # more buffers than the engine holds; one corrected in place is restored (untimed) when it comes out
+    pool = [frames[k % len(frames)].copy() for k in range(max(len(frames), args.window + 3))]
+    source = {id(b): frames[k % len(frames)] for k, b in enumerate(pool)}
+
+    def restore(outs) -> None:
+        for out in outs:
+            if out.data is not None and id(out.data) in source:
+                np.copyto(out.data, source[id(out.data)])
     print(f"set-up {time.perf_counter() - t0:.1f} s: {shape[1]} x {shape[0]} {frames[0].dtype}, "
           f"{engine.n_rtn} RTN pixels ({args.rtn_fraction:.1%}), W={args.window}, {args.reference}, "
           f"device {engine.backend.device}")
 
     engine.start_series()
-    for i in range(args.window + 1):  # fills the ring and compiles the kernel
-        engine.push(frames[i % len(frames)])
+    k = 0
+    for _ in range(args.window + 2):  # fills the ring and the pipeline (kernels compiled at init)
+        restore(engine.push(pool[k % len(pool)]))
+        k += 1
     timer = engine.backend.enable_timing()
     per_frame: list[dict[str, float]] = []
     wall_ms: list[float] = []
     before: dict[str, float] = {}
-    for i in tqdm(range(args.frames), desc="frames", unit="frame"):
+    for _ in tqdm(range(args.frames), desc="frames", unit="frame"):
         t = time.perf_counter()
-        engine.push(frames[i % len(frames)])
+        outs = engine.push(pool[k % len(pool)])
         wall_ms.append((time.perf_counter() - t) * 1e3)
+        k += 1
+        restore(outs)
         totals = timer.collect()
         per_frame.append({k: v - before.get(k, 0.0) for k, v in totals.items()})
         before = totals

@@ -26,6 +26,7 @@ __all__ = [
     "SOURCE_DIR",
     "CUDA_SOURCES",
     "NVRTC_OPTIONS",
+    "nvrtc_options",
     "MAX_VALUES",
     "COUNT_CHANGED",
     "N_COUNTS",
@@ -40,7 +41,8 @@ __all__ = [
 
 SOURCE_DIR = Path(__file__).resolve().parent
 CUDA_SOURCES = ("rtn_correct.cu",)
-# --fmad=false: no multiply-add contraction, so every float64 operation rounds as NumPy's does.
+# --fmad=false: no multiply-add contraction, so every float64 operation rounds as NumPy's does. (CuPy appends
+# -ftz=true after these; rtn_correct.cu converts float32 in explicit PTX, which FTZ does not touch.)
 NVRTC_OPTIONS = ("--std=c++17", "--fmad=false")
 MAX_VALUES = 80  # RTN_MAX_VALUES in rtn_correct.cu: largest window W and spatial neighbourhood (9 x 9 - 1)
 COUNT_CHANGED = 5  # RTN_COUNT_CHANGED: slot of the per-frame counts holding the number of corrected pixels
@@ -142,8 +144,8 @@ _PIXEL_PARAMS = (("index", "i64*"), ("mu_adu", "f64*"), ("delta_e", "f64*"), ("d
                  ("delta_adu_float", "f64*"), ("sigma_j", "i32*"), ("sigma_w", "f64*"), ("sigma_ok", "u8*"))
 _TABLE_PARAMS = (("lambda_nodes", "f64*"), ("n_lambda", "i32"), ("q_lo", "f64*"), ("q_hi", "f64*"),
                  ("n_sigma", "i32"))
-_OUTPUT_PARAMS = (("changed_index", "i64*"), ("changed_value", "T*"), ("counts", "u32*"), ("n_lo", "i64*"),
-                  ("n_hi", "i64*"), ("n_veto", "i64*"), ("n_frames", "i64*"))
+_OUTPUT_PARAMS = (("changed_index", "i64*"), ("changed_value", "T*"), ("counts", "u32*"), ("n_lo", "u32*"),
+                  ("n_hi", "u32*"), ("n_veto", "u32*"), ("n_frames", "u32*"))
 
 TEMPORAL = KernelSpec("rtn_temporal", (
     ("ring", "T*"), ("window_slots", "i32*"), ("window", "i32"), ("slot", "i32"), ("n", "i64"),
@@ -170,25 +172,56 @@ def source_text(filename: str) -> str:
     return f'#line 1 "{path.as_posix()}"\n' + path.read_text(encoding="utf-8")
 
 
-_modules: dict[tuple[int, str], Any] = {}
+def nvrtc_options(window: int = 0) -> tuple[str, ...]:
+    """NVRTC options of the kernels: :data:`NVRTC_OPTIONS` and the temporal window fixed at compile time.
+
+    Parameters
+    ----------
+    window : int
+        Temporal window W (even, in [4, MAX_VALUES]) compiled in (``-DRTN_WINDOW=W``: the window's values
+        stay in registers); 0 leaves W a run-time argument (the spatial kernels do not use it).
+
+    Raises
+    ------
+    ValueError
+        ``window`` is neither 0 nor an even number in [4, MAX_VALUES].
+    """
+    if window != 0 and not (4 <= window <= MAX_VALUES and window % 2 == 0):
+        raise ValueError(f"window must be 0 or even in [4, {MAX_VALUES}], got {window!r}")
+    return (*NVRTC_OPTIONS, f"-DRTN_WINDOW={int(window)}")
+
+
+_modules: dict[tuple[int, str, int], Any] = {}
 _lock = threading.Lock()
 
 
-def load_module(filename: str):
-    """Compile ``kernels/<filename>`` for the current CUDA device (once per device and file).
+def load_module(filename: str, window: int = 0, kernel_names: tuple[str, ...] = ()):
+    """Compile ``kernels/<filename>`` for the current CUDA device (once per device, file and window).
+
+    Parameters
+    ----------
+    filename : str
+        One of :data:`CUDA_SOURCES`.
+    window : int
+        See :func:`nvrtc_options`.
+    kernel_names : tuple of str
+        Kernels looked up at once, so that compilation happens here and not at the first launch.
 
     Returns
     -------
     cupy.RawModule
-        Built with :data:`NVRTC_OPTIONS` (CuPy compiles it at the first ``get_function`` and caches the
-        binary); its kernels are the ``extern "C"`` wrappers.
+        Built with :func:`nvrtc_options` (CuPy caches the binary on disk); its kernels are the
+        ``extern "C"`` wrappers.
     """
     import cupy
 
-    key = (cupy.cuda.runtime.getDevice(), filename)
+    key = (cupy.cuda.runtime.getDevice(), filename, int(window))
     with _lock:
         module = _modules.get(key)
         if module is None:
-            module = cupy.RawModule(code=source_text(filename), options=NVRTC_OPTIONS)
+            module = cupy.RawModule(code=source_text(filename), options=nvrtc_options(window))
+            module.compile()
             _modules[key] = module
+    for name in kernel_names:
+        module.get_function(name)
     return module

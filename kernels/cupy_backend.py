@@ -2,11 +2,18 @@
 
 A drop-in twin of :class:`~rtnstream.kernels.numpy_backend.NumpyBackend` (same constructor, methods and
 bit-identical output, docs/cuda.md). Per frame, only the RTN pixels travel to the device (gathered on the
-host into pinned memory, copied asynchronously into the device ring buffer of W + 1 slots); one fused
-kernel computes the reference, veto, decision and correction and writes the corrected pixels compacted; the
-host copies the input frame while the device works, then scatters the few corrected pixels into the copy.
-The spatial reference needs every neighbour, so there the whole frame goes to the device. The threshold
-table and the per-pixel parameters stay on the device for the life of the backend.
+host, on several threads, into pinned memory, copied asynchronously into the device ring buffer of W + 1
+slots); one fused kernel (compiled when the backend is made, with W fixed at compile time) computes the
+reference, veto, decision and correction and writes the corrected pixels compacted; the host then scatters
+those few pixels into the frame (in place) or into a copy. The spatial reference needs every neighbour, so
+there the whole frame goes to the device. The threshold table and the per-pixel parameters stay on the
+device for the life of the backend.
+
+The backend is *pipelined*: :meth:`KernelBackend.submit_temporal` queues a frame's work and returns at
+once; :meth:`KernelBackend.collect` waits for that frame only (CUDA events) and finishes it on the host.
+Two sets of output buffers let frame t+1's kernel run while frame t is collected; RTNEngine keeps one
+frame in flight, so each frame comes out one push later and nothing inside ``push`` waits for the device
+except the frame before.
 
 This is the only module that uses CuPy, and it imports it lazily: importing it (or ``rtnstream.kernels``)
 never imports CuPy. :class:`KernelBackend` holds the host-side logic every executor of the kernels shares;
@@ -17,9 +24,12 @@ same CUDA source.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,30 +44,48 @@ from rtnstream.kernels.numpy_backend import (
     STATE_VETO,
     FrameCounts,
     PixelCounters,
+    gather,
+    scatter,
 )
 from rtnstream.kernels.pixels import PixelParams
 
-__all__ = ["INSTALL_HINT", "KernelBackend", "CupyBackend", "StageTimer", "gpu_available"]
+__all__ = ["INSTALL_HINT", "KernelBackend", "CupyBackend", "StageTimer", "Ticket", "gpu_available"]
 
-INSTALL_HINT = ("install CuPy with `pip install 'rtnstream[gpu]'` on a machine with an NVIDIA GPU and a "
-                "CUDA 12 (or newer) driver")
+INSTALL_HINT = ("install CuPy with NVRTC and the CUDA headers, `pip install 'rtnstream[gpu]'` "
+                "(cupy-cuda12x[ctk]), on a machine with an NVIDIA GPU and a CUDA 12 (or newer) driver")
 BLOCK_THREADS = 256  # threads per block (a multiple of the warp size, as rtn_correct.cu requires)
 MAX_SPATIAL_SIZE = 9  # (9 x 9 - 1) neighbours = _cuda.MAX_VALUES
 MAX_WINDOW = _cuda.MAX_VALUES  # largest temporal window W the kernels take
 _COUNTER_NAMES = ("n_lo", "n_hi", "n_veto", "n_frames")
 
 
-def _import_cupy():
-    """Import CuPy and check that a CUDA device is usable; raise BackendUnavailableError saying why not."""
+def _reason(exc: BaseException) -> str:
+    """``Type: message`` of ``exc`` on one line (CuPy's messages span several)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def _import_cupy(check_nvrtc: bool = False):
+    """Import CuPy and check that a CUDA device is usable; raise BackendUnavailableError saying why not.
+
+    ``check_nvrtc``: also check, first, that CuPy can load NVRTC (the run-time compiler of the kernels).
+    """
     try:
         import cupy
     except Exception as exc:  # ImportError, or CuPy failing to load its CUDA libraries
-        raise BackendUnavailableError(f"the cupy backend needs CuPy, which cannot be imported ({exc}); "
+        raise BackendUnavailableError(f"the cupy backend needs CuPy, which cannot be imported ({_reason(exc)}); "
                                       f"{INSTALL_HINT}") from exc
+    if check_nvrtc:
+        try:
+            from cupy.cuda import nvrtc
+
+            nvrtc.getVersion()
+        except Exception as exc:  # cuda.pathfinder's DynamicLibNotFoundError, OSError, RuntimeError...
+            raise BackendUnavailableError(f"the cupy backend cannot load NVRTC, the CUDA run-time compiler "
+                                          f"({_reason(exc)}); {INSTALL_HINT}") from exc
     try:
         n_devices = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # cupy.cuda.runtime.CUDARuntimeError: no driver, no device
-        raise BackendUnavailableError(f"the cupy backend found no usable CUDA device ({exc}); "
+        raise BackendUnavailableError(f"the cupy backend found no usable CUDA device ({_reason(exc)}); "
                                       f"{INSTALL_HINT}") from exc
     if n_devices < 1:
         raise BackendUnavailableError(f"the cupy backend found no CUDA device; {INSTALL_HINT}")
@@ -65,10 +93,10 @@ def _import_cupy():
 
 
 def gpu_available() -> bool:
-    """True when CuPy imports and a CUDA device is usable (never raises)."""
+    """True when CuPy imports and a CUDA device is usable (never raises; says nothing of NVRTC)."""
     try:
         _import_cupy()
-    except BackendUnavailableError:
+    except Exception:  # BackendUnavailableError, or anything CuPy raises while it loads
         return False
     return True
 
@@ -84,13 +112,24 @@ def _check_window_slots(slot: int, window_slots: Sequence[int], n_slots: int) ->
     return window.astype(np.int32)
 
 
+@dataclass(eq=False)
+class Ticket:
+    """A frame submitted to a :class:`KernelBackend` and not yet collected."""
+
+    frame: np.ndarray
+    in_place: bool
+    buf: int | None  # the output buffer set its kernel writes (None: no RTN pixel, nothing launched)
+
+
 class KernelBackend:
     """Host-side logic of the CUDA kernels, shared by every executor (a CUDA device, or the host build).
 
     Subclasses provide memory, transfers and launches (the methods raising NotImplementedError); this
     class checks every input before a kernel sees it, builds the kernels' arguments from their
     :class:`~rtnstream.kernels._cuda.KernelSpec`, and turns their compacted output into corrected frames,
-    per-frame counts and per-pixel counters.
+    per-frame counts and per-pixel counters. Work is submitted (:meth:`submit_temporal`,
+    :meth:`submit_spatial`) and collected (:meth:`collect`) separately, through :data:`N_BUFFERS` sets of
+    output buffers used in turn: at most that many frames may be submitted and not collected.
 
     Parameters
     ----------
@@ -111,6 +150,9 @@ class KernelBackend:
 
     name = "kernels"
     device = "unknown"
+    pipelined = True  # RTNEngine submits a frame and collects it one push later
+    N_BUFFERS = 2
+    _pool: ThreadPoolExecutor | None = None  # host threads of gather and scatter (None: the calling thread)
 
     def __init__(self, params: PixelParams, table: ThresholdTable, k_var: float, spatial_size: int,
                  n_slots: int) -> None:
@@ -128,7 +170,10 @@ class KernelBackend:
         self.table = table
         self.k_var = float(k_var)
         self.n_slots = n_slots
+        self.window = window if n_slots else 0
         self._dtype: np.dtype | None = None
+        self._busy = [False] * self.N_BUFFERS
+        self._turn = 0
         ny, nx = params.shape
         self._scalars = {"n": params.n, "gain": params.gain_e_per_adu, "k_var": self.k_var,
                          "n_lambda": table.lambda_nodes.size, "n_sigma": table.sigma_nodes.size,
@@ -150,10 +195,10 @@ class KernelBackend:
             name: self._to_device(np.ascontiguousarray(array, dtype=dtype))
             for name, (array, dtype) in host.items()
         }
-        self._dev["changed_index"] = self._zeros((params.n,), np.int64)
-        self._dev["counts"] = self._zeros((_cuda.N_COUNTS,), np.uint32)
-        for name in _COUNTER_NAMES:
-            self._dev[name] = self._zeros((params.n,), np.int64)
+        self._dev["changed_index"] = self._zeros((self.N_BUFFERS, params.n), np.int64)
+        self._dev["counts"] = self._zeros((self.N_BUFFERS, _cuda.N_COUNTS), np.uint32)
+        for name in _COUNTER_NAMES:  # uint32: 2^32 frames per series is out of reach
+            self._dev[name] = self._zeros((params.n,), np.uint32)
 
     # ---- what an executor provides -------------------------------------------------------------------
 
@@ -166,7 +211,7 @@ class KernelBackend:
         raise NotImplementedError
 
     def _prepare(self, kernel_name: str) -> None:
-        """Get kernel ``kernel_name`` ready to launch (compile, look up)."""
+        """Check that kernel ``kernel_name`` is ready to launch (compiled when the executor was made)."""
         raise NotImplementedError
 
     def _store(self, slot: int, frame: np.ndarray) -> None:
@@ -174,15 +219,29 @@ class KernelBackend:
         raise NotImplementedError
 
     def _upload(self, name: str, array: np.ndarray) -> None:
-        """Copy ``array`` into device buffer ``name`` of the same size (may return before done)."""
+        """Copy ``array`` into device buffer ``name`` of the same size (may return before done; ``array``
+        may be reused at once)."""
         raise NotImplementedError
 
-    def _clear(self, name: str) -> None:
-        """Zero device buffer ``name`` (in order with the launches)."""
+    def _clear(self, array: Any) -> None:
+        """Zero the device array ``array`` (a buffer or a row of one; in order with the launches)."""
         raise NotImplementedError
 
     def _launch(self, kernel_name: str, args: tuple) -> None:
         """Launch ``kernel_name`` over the RTN pixels (may return before done)."""
+        raise NotImplementedError
+
+    def _queue_counts(self, buf: int) -> None:
+        """Queue the copy of output set ``buf``'s per-frame counts to the host, after the launch."""
+        raise NotImplementedError
+
+    def _read_counts(self, buf: int) -> np.ndarray:
+        """Output set ``buf``'s per-frame counts, shape (N_COUNTS,), once its kernel is done."""
+        raise NotImplementedError
+
+    def _read_changed(self, buf: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``count`` (flat index, new value) pairs of output set ``buf``; valid until the next
+        call with the same ``buf``."""
         raise NotImplementedError
 
     def _download(self, names: Sequence[str], count: int) -> list[np.ndarray]:
@@ -196,15 +255,17 @@ class KernelBackend:
         """Context around a host stage (timed by executors that time their stages)."""
         return contextlib.nullcontext()
 
-    # ---- the backend interface (NumpyBackend's) --------------------------------------------------------
+    # ---- the backend interface (NumpyBackend's, plus submit / collect) ---------------------------------
 
     @property
     def counters(self) -> PixelCounters:
         """Per-RTN-pixel counts of the current series (a host copy), each of shape (n,), int64."""
-        return PixelCounters(*(a.copy() for a in self._download(_COUNTER_NAMES, self.params.n)))
+        return PixelCounters(*(a.astype(np.int64) for a in self._download(_COUNTER_NAMES, self.params.n)))
 
     def reset(self, dtype: Any) -> None:
         """Start a series of frames of ``dtype``: empty ring, zero per-pixel counters.
+
+        Frames submitted and not collected are dropped.
 
         Raises
         ------
@@ -213,15 +274,17 @@ class KernelBackend:
         """
         spec = _cuda.TEMPORAL if self.n_slots else _cuda.SPATIAL
         self._prepare(spec.kernel_name(dtype))
-        self._dtype = np.dtype(dtype)
+        dtype = np.dtype(dtype)
         n = self.params.n
-        self._dev["changed_value"] = self._zeros((n,), self._dtype)
+        self._dev["changed_value"] = self._zeros((self.N_BUFFERS, n), dtype)
         if self.n_slots:
-            self._dev["ring"] = self._zeros((self.n_slots, n), self._dtype)
+            self._dev["ring"] = self._zeros((self.n_slots, n), dtype)
         else:
-            self._dev["frame"] = self._zeros(self.params.shape, self._dtype)
+            self._dev["frame"] = self._zeros(self.params.shape, dtype)
         for name in _COUNTER_NAMES:
-            self._clear(name)
+            self._clear(self._dev[name])
+        self._busy = [False] * self.N_BUFFERS
+        self._dtype = dtype
 
     def store(self, slot: int, frame: np.ndarray) -> None:
         """Gather the RTN pixels of ``frame`` (shape (ny, nx)) into ring slot ``slot``."""
@@ -230,38 +293,68 @@ class KernelBackend:
             raise ValueError(f"slot must be in [0, {self.n_slots}), got {slot}")
         self._store(int(slot), frame)
 
-    def correct_temporal(self, frame: np.ndarray, slot: int, window_slots: Sequence[int]
-                         ) -> tuple[np.ndarray, FrameCounts]:
-        """Correct ``frame`` (stored in ``slot``) against the median of ``window_slots``.
+    def submit_temporal(self, frame: np.ndarray, slot: int, window_slots: Sequence[int], in_place: bool = False
+                        ) -> Ticket:
+        """Queue the correction of ``frame`` (stored in ``slot``) against the median of ``window_slots``.
 
-        ``window_slots`` are the W ring slots of the reference frames in time order.
-
-        Returns
-        -------
-        corrected : numpy.ndarray, shape (ny, nx), frame dtype
-            A new array.
-        counts : FrameCounts
+        ``window_slots`` are the W ring slots of the reference frames in time order. Returns at once;
+        :meth:`collect` gives the result. ``in_place``: the result is ``frame`` itself, corrected.
         """
         self._check_frame(frame)
         if not 0 <= slot < self.n_slots:
             raise ValueError(f"slot must be in [0, {self.n_slots}), got {slot}")
-        self._upload("window_slots", _check_window_slots(slot, window_slots, self.n_slots))
-        return self._correct(frame, _cuda.TEMPORAL, slot=int(slot))
+        window = _check_window_slots(slot, window_slots, self.n_slots)
+        if self.params.n == 0:
+            return Ticket(frame, in_place, None)
+        self._upload("window_slots", window)
+        return self._submit(frame, in_place, _cuda.TEMPORAL, slot=int(slot))
 
-    def correct_spatial(self, frame: np.ndarray) -> tuple[np.ndarray, FrameCounts]:
-        """Correct ``frame`` against the median of each RTN pixel's bias-subtracted neighbours.
+    def submit_spatial(self, frame: np.ndarray, in_place: bool = False) -> Ticket:
+        """Queue the correction of ``frame`` against the median of each RTN pixel's bias-subtracted
+        neighbours (the frame is copied up before this returns). :meth:`collect` gives the result."""
+        self._check_frame(frame)
+        if self.n_slots:
+            raise ValueError("correct_spatial needs a backend built with n_slots=0")
+        if self.params.n == 0:
+            return Ticket(frame, in_place, None)
+        self._upload("frame", frame)
+        return self._submit(frame, in_place, _cuda.SPATIAL)
+
+    def collect(self, ticket: Ticket) -> tuple[np.ndarray, FrameCounts]:
+        """Wait for a submitted frame and finish it: the corrected frame and its counts.
 
         Returns
         -------
         corrected : numpy.ndarray, shape (ny, nx), frame dtype
-            A new array.
+            A new array, or the submitted frame itself if submitted ``in_place``.
         counts : FrameCounts
         """
-        self._check_frame(frame)
-        if self.n_slots:
-            raise ValueError("correct_spatial needs a backend built with n_slots=0")
-        self._upload("frame", frame)
-        return self._correct(frame, _cuda.SPATIAL)
+        frame, buf = ticket.frame, ticket.buf
+        if buf is None:
+            return (frame if ticket.in_place else frame.copy()), FrameCounts()
+        if not self._busy[buf]:
+            raise RuntimeError("this ticket was collected already, or dropped by reset()")
+        with self._stage("copy (host)"):  # overlaps the device's work on this frame and the next
+            out = frame if ticket.in_place else frame.copy()
+        with self._stage("wait counts (host)"):
+            counts = self._read_counts(buf).astype(np.int64)
+        n_changed = int(counts[_cuda.COUNT_CHANGED])
+        if n_changed:
+            index, value = self._read_changed(buf, n_changed)
+            with self._stage("scatter (host)"):
+                scatter(out.reshape(-1), index, value, self._pool)
+        self._busy[buf] = False
+        return out, FrameCounts(low=int(counts[STATE_LOW]), high=int(counts[STATE_HIGH]),
+                                vetoed=int(counts[STATE_VETO]), out_of_table=int(counts[STATE_OUT_OF_TABLE]))
+
+    def correct_temporal(self, frame: np.ndarray, slot: int, window_slots: Sequence[int], in_place: bool = False
+                         ) -> tuple[np.ndarray, FrameCounts]:
+        """:meth:`submit_temporal` then :meth:`collect` (NumpyBackend's interface)."""
+        return self.collect(self.submit_temporal(frame, slot, window_slots, in_place))
+
+    def correct_spatial(self, frame: np.ndarray, in_place: bool = False) -> tuple[np.ndarray, FrameCounts]:
+        """:meth:`submit_spatial` then :meth:`collect` (NumpyBackend's interface)."""
+        return self.collect(self.submit_spatial(frame, in_place))
 
     # ---- shared steps ----------------------------------------------------------------------------------
 
@@ -274,23 +367,18 @@ class KernelBackend:
             raise FrameError(f"frame has dtype {frame.dtype} and shape {frame.shape}; this series takes "
                              f"{self._dtype} frames of shape {tuple(self.params.shape)}")
 
-    def _correct(self, frame: np.ndarray, spec: _cuda.KernelSpec, **scalars: Any
-                 ) -> tuple[np.ndarray, FrameCounts]:
-        if self.params.n == 0:
-            return frame.copy(), FrameCounts()
-        args = spec.arguments({**self._dev, **self._scalars, **scalars}, self._dtype)
-        self._clear("counts")
+    def _submit(self, frame: np.ndarray, in_place: bool, spec: _cuda.KernelSpec, **scalars: Any) -> Ticket:
+        buf = self._turn
+        if self._busy[buf]:
+            raise RuntimeError(f"{self.N_BUFFERS} frames are submitted and not collected: collect one first")
+        outputs = {name: self._dev[name][buf] for name in ("changed_index", "changed_value", "counts")}
+        args = spec.arguments({**self._dev, **self._scalars, **scalars, **outputs}, self._dtype)
+        self._clear(outputs["counts"])
         self._launch(spec.kernel_name(self._dtype), args)
-        with self._stage("copy (host)"):  # overlaps the device's work
-            out = frame.copy()
-        counts = self._download(("counts",), _cuda.N_COUNTS)[0].astype(np.int64)
-        n_changed = int(counts[_cuda.COUNT_CHANGED])
-        if n_changed:
-            index, value = self._download(("changed_index", "changed_value"), n_changed)
-            with self._stage("scatter (host)"):
-                out.reshape(-1)[index] = value
-        return out, FrameCounts(low=int(counts[STATE_LOW]), high=int(counts[STATE_HIGH]),
-                                vetoed=int(counts[STATE_VETO]), out_of_table=int(counts[STATE_OUT_OF_TABLE]))
+        self._queue_counts(buf)
+        self._busy[buf] = True
+        self._turn = (buf + 1) % self.N_BUFFERS
+        return Ticket(frame, in_place, buf)
 
 
 class StageTimer:
@@ -351,6 +439,10 @@ class _PinnedBuffers:
 class CupyBackend(KernelBackend):
     """The correction engine's backend on a CUDA device (same interface and output as NumpyBackend).
 
+    Everything that can fail on a machine is done here, when the backend is made: CuPy import, NVRTC,
+    device, compilation of every kernel of the reference (all dtypes, W fixed at compile time), device
+    memory of the per-pixel parameters and the table.
+
     Parameters
     ----------
     params : PixelParams
@@ -359,37 +451,60 @@ class CupyBackend(KernelBackend):
     spatial_size : int, odd, in [3, 9]
     n_slots : int
         W + 1 (W even, in [4, 80]) for the temporal references, 0 for spatial.
+    threads : int, optional
+        Host threads of the gather (default: the number of CPUs).
 
     Raises
     ------
+    ValueError
+        A size beyond the kernels' limits (checked before any CUDA call).
     BackendUnavailableError
-        CuPy cannot be imported or no CUDA device is usable (the message says how to install).
+        CuPy cannot be imported or load NVRTC, no CUDA device is usable, the kernels do not compile (no
+        CUDA headers, say) or device memory cannot be allocated; the message says which and how to install.
     """
 
     name = "cupy"
 
     def __init__(self, params: PixelParams, table: ThresholdTable, k_var: float, spatial_size: int,
-                 n_slots: int) -> None:
-        cupy = _import_cupy()
-        import cupyx
+                 n_slots: int, threads: int | None = None) -> None:
+        cupy = _import_cupy(check_nvrtc=True)
+        self.device = "CUDA device"
+        try:
+            import cupyx
 
-        self._cupy, self._cupyx = cupy, cupyx
-        runtime = cupy.cuda.runtime
-        device_id = runtime.getDevice()
-        props = runtime.getDeviceProperties(device_id)
-        name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
-        self.device = f"{name} (cuda:{device_id}, sm_{props['major']}{props['minor']})"
-        self._module = _cuda.load_module(_cuda.CUDA_SOURCES[0])
-        self._kernels: dict[str, Any] = {}
-        self._stream = cupy.cuda.Stream(non_blocking=True)
-        self.timer: StageTimer | None = None
-        with self._stream:
-            super().__init__(params, table, k_var, spatial_size, n_slots)
-        self._stream.synchronize()
-        # Ring stores alternate between two buffers (the host gathers frame t+1 while frame t is copied).
-        self._ring_stage = _PinnedBuffers(cupy, cupyx, params.n * 8, 2) if n_slots else None
-        self._upload_stage: dict[str, _PinnedBuffers] = {}
-        self._download_stage: dict[str, np.ndarray] = {}
+            self._cupy, self._cupyx = cupy, cupyx
+            runtime = cupy.cuda.runtime
+            device_id = runtime.getDevice()
+            props = runtime.getDeviceProperties(device_id)
+            name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+            self.device = f"{name} (cuda:{device_id}, sm_{props['major']}{props['minor']})"
+            self._stream = cupy.cuda.Stream(non_blocking=True)
+            self._copy_stream = cupy.cuda.Stream(non_blocking=True)  # compacted outputs down, beside the kernels
+            self.timer: StageTimer | None = None
+            with self._stream:
+                super().__init__(params, table, k_var, spatial_size, n_slots)
+            spec = _cuda.TEMPORAL if n_slots else _cuda.SPATIAL
+            names = tuple(spec.kernel_name(dtype) for dtype in _cuda.DTYPE_SUFFIX)
+            module = _cuda.load_module(_cuda.CUDA_SOURCES[0], self.window, names)
+            self._kernels = {name: module.get_function(name) for name in names}
+            self._stream.synchronize()
+            # Host staging: ring stores alternate between two pinned buffers (the host gathers frame t+1
+            # while frame t is copied); counts and compacted outputs come down into one pinned set per
+            # output buffer.
+            self._ring_stage = _PinnedBuffers(cupy, cupyx, params.n * 8, 2) if n_slots else None
+            self._upload_stage: dict[str, _PinnedBuffers] = {}
+            self._counts_host = cupyx.empty_pinned((self.N_BUFFERS, _cuda.N_COUNTS), np.uint32)
+            self._counts_ready = [cupy.cuda.Event(disable_timing=True) for _ in range(self.N_BUFFERS)]
+            self._index_host = cupyx.empty_pinned((self.N_BUFFERS, max(params.n, 1)), np.int64)
+            self._value_host: np.ndarray | None = None
+            self._download_stage: dict[str, np.ndarray] = {}
+        except (ValueError, BackendUnavailableError):
+            raise
+        except Exception as exc:  # CompileException, missing headers, CUDARuntimeError, OutOfMemoryError...
+            raise BackendUnavailableError(f"the cupy backend cannot run on {self.device}: {_reason(exc)}; "
+                                          f"{INSTALL_HINT}") from exc
+        self._threads = threads or os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="rtn-gather") if self._threads > 1 else None
 
     def enable_timing(self) -> StageTimer:
         """Time every stage from now on (benchmarks); returns the :class:`StageTimer` that collects."""
@@ -399,19 +514,29 @@ class CupyBackend(KernelBackend):
     def _stage(self, label: str) -> contextlib.AbstractContextManager:
         return self.timer.host(label) if self.timer else contextlib.nullcontext()
 
-    def _device_stage(self, label: str) -> contextlib.AbstractContextManager:
-        return self.timer.device(label, self._stream) if self.timer else contextlib.nullcontext()
+    def _device_stage(self, label: str, stream=None) -> contextlib.AbstractContextManager:
+        return self.timer.device(label, stream or self._stream) if self.timer else contextlib.nullcontext()
 
     def _to_device(self, array: np.ndarray) -> Any:
-        return self._cupy.asarray(array)
+        with self._stream:
+            return self._cupy.asarray(array)
 
     def _zeros(self, shape: tuple[int, ...], dtype: Any) -> Any:
-        with self._stream:
-            return self._cupy.zeros(shape, dtype=dtype)
+        try:
+            with self._stream:
+                return self._cupy.zeros(shape, dtype=dtype)
+        except Exception as exc:  # cupy.cuda.memory.OutOfMemoryError
+            raise BackendUnavailableError(f"the cupy backend cannot allocate {shape} {np.dtype(dtype)} on "
+                                          f"{self.device}: {_reason(exc)}") from exc
+
+    def reset(self, dtype: Any) -> None:
+        super().reset(dtype)
+        if self._value_host is None or self._value_host.dtype != self._dtype:
+            self._value_host = self._cupyx.empty_pinned((self.N_BUFFERS, max(self.params.n, 1)), self._dtype)
 
     def _prepare(self, kernel_name: str) -> None:
         if kernel_name not in self._kernels:
-            self._kernels[kernel_name] = self._module.get_function(kernel_name)
+            raise KeyError(f"kernel {kernel_name} was not compiled")
 
     def _copy_in(self, device_array, host: np.ndarray) -> None:
         runtime = self._cupy.cuda.runtime
@@ -424,7 +549,7 @@ class CupyBackend(KernelBackend):
     def _store(self, slot: int, frame: np.ndarray) -> None:
         with self._stage("gather (host)"):
             host = self._ring_stage.take(self._dtype, self.params.n)
-            np.take(frame.reshape(-1), self.params.index, out=host, mode="clip")  # indices valid: no clipping
+            gather(frame.reshape(-1), self.params.index, host, self._pool)
         self._copy_in(self._dev["ring"][slot], host)
         self._ring_stage.release(self._stream)
 
@@ -432,15 +557,14 @@ class CupyBackend(KernelBackend):
         device_array = self._dev[name]
         stage = self._upload_stage.get(name)
         if stage is None:
-            stage = self._upload_stage[name] = _PinnedBuffers(self._cupy, self._cupyx, device_array.nbytes, 1)
+            stage = self._upload_stage[name] = _PinnedBuffers(self._cupy, self._cupyx, device_array.nbytes, 2)
         with self._stage(f"stage {name} (host)"):
             host = stage.take(device_array.dtype, device_array.size)
             np.copyto(host, array.reshape(-1))
         self._copy_in(device_array, host)
         stage.release(self._stream)
 
-    def _clear(self, name: str) -> None:
-        array = self._dev[name]
+    def _clear(self, array: Any) -> None:
         if array.nbytes:
             self._cupy.cuda.runtime.memsetAsync(array.data.ptr, 0, array.nbytes, self._stream.ptr)
 
@@ -448,6 +572,30 @@ class CupyBackend(KernelBackend):
         blocks = -(-self.params.n // BLOCK_THREADS)
         with self._device_stage("kernel"), self._stream:
             self._kernels[kernel_name]((blocks,), (BLOCK_THREADS,), args)
+
+    def _queue_counts(self, buf: int) -> None:
+        runtime = self._cupy.cuda.runtime
+        host = self._counts_host[buf]
+        runtime.memcpyAsync(host.ctypes.data, self._dev["counts"][buf].data.ptr, host.nbytes,
+                            runtime.memcpyDeviceToHost, self._stream.ptr)
+        self._counts_ready[buf].record(self._stream)
+
+    def _read_counts(self, buf: int) -> np.ndarray:
+        self._counts_ready[buf].synchronize()  # this frame's kernel and counts only, not the next frame's
+        return self._counts_host[buf].copy()
+
+    def _read_changed(self, buf: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        runtime = self._cupy.cuda.runtime
+        stream = self._copy_stream
+        stream.wait_event(self._counts_ready[buf])
+        with self._device_stage("D2H", stream):
+            for device_array, host in ((self._dev["changed_index"][buf], self._index_host[buf]),
+                                       (self._dev["changed_value"][buf], self._value_host[buf])):
+                runtime.memcpyAsync(host.ctypes.data, device_array.data.ptr, count * host.itemsize,
+                                    runtime.memcpyDeviceToHost, stream.ptr)
+        with self._stage("wait D2H (host)"):
+            stream.synchronize()
+        return self._index_host[buf][:count], self._value_host[buf][:count]
 
     def _download(self, names: Sequence[str], count: int) -> list[np.ndarray]:
         runtime = self._cupy.cuda.runtime

@@ -8,7 +8,7 @@ series counters and the bias offset map (section 5). The per-frame arithmetic is
 
 Typical use::
 
-    engine = RTNEngine(cube, EngineSettings(reference="temporal", window=10))
+    engine = RTNEngine(cube, EngineSettings(reference="temporal", window=10))  # in_place=True: see RTNEngine
     engine.start_series()
     for frame in frames:
         for out in engine.push(frame):
@@ -105,8 +105,9 @@ class CorrectedFrame:
     index : int
         Position of the frame in its series (0-based).
     data : numpy.ndarray, shape (ny, nx), input dtype
-        The corrected frame (a new array; the input is never modified). A frame pushed with
-        ``correct=False`` is returned as pushed (in native byte order), not copied.
+        The corrected frame: a new array (the input is never modified), or with ``RTNEngine(in_place=True)``
+        the pushed array itself, changed at the corrected pixels only. A frame pushed with ``correct=False``
+        is returned as pushed (in native byte order), not copied.
     counts : FrameCounts
         Corrections and vetoes made in this frame.
     corrected : bool
@@ -165,7 +166,17 @@ def window_start(t: int, n_frames: int | None, window: int, reference: Reference
 
 
 def make_backend(name: BackendName, params: PixelParams, table: ThresholdTable, settings: EngineSettings):
-    """Instantiate the backend called ``name`` ('auto' picks CuPy when a CUDA device is usable)."""
+    """Instantiate the backend called ``name`` ('auto' picks CuPy when a CUDA device is usable).
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not 'auto', 'numpy' or 'cupy'.
+    BackendUnavailableError
+        ``name='cupy'`` and CuPy cannot import, find a device, compile the kernels or allocate their
+        memory (the message says which). ``'auto'`` then uses NumPy and logs why, at WARNING level when
+        a CUDA device was found (a broken GPU set-up), else at INFO.
+    """
     n_slots = settings.window + 1 if settings.temporal else 0
     if name not in ("auto", "numpy", "cupy"):
         raise ValueError(f"backend must be 'auto', 'numpy' or 'cupy', got {name!r}")
@@ -178,11 +189,13 @@ def make_backend(name: BackendName, params: PixelParams, table: ThresholdTable, 
         else:
             if name == "cupy":
                 return cupy_backend.CupyBackend(params, table, settings.k_var, settings.spatial_size, n_slots)
-            if cupy_backend.gpu_available():
-                try:
-                    return cupy_backend.CupyBackend(params, table, settings.k_var, settings.spatial_size, n_slots)
-                except ValueError as exc:  # settings beyond the kernels' limits: the NumPy backend takes them
-                    log.info("cupy backend declined (%s); using numpy", exc)
+            try:
+                return cupy_backend.CupyBackend(params, table, settings.k_var, settings.spatial_size, n_slots)
+            except ValueError as exc:  # settings beyond the kernels' limits: the NumPy backend takes them
+                log.info("backend auto: cupy declined (%s); using numpy", exc)
+            except BackendUnavailableError as exc:  # no CuPy, NVRTC, device, headers or memory
+                level = logging.WARNING if cupy_backend.gpu_available() else logging.INFO
+                log.log(level, "backend auto: cupy unavailable (%s); using numpy", exc)
     return NumpyBackend(params, table, settings.k_var, settings.spatial_size, n_slots)
 
 
@@ -195,10 +208,21 @@ class _Pending:
 
 
 @dataclass
+class _InFlight:
+    """A frame handed to a pipelined backend (``ticket``) or already done (``done``), in output order."""
+
+    pending: _Pending
+    push_no: int
+    ticket: Any = None
+    done: CorrectedFrame | None = None
+
+
+@dataclass
 class _Series:
     dtype: np.dtype | None = None
     n_in: int = 0
     pending: list[_Pending] = field(default_factory=list)
+    in_flight: list[_InFlight] = field(default_factory=list)
 
 
 class RTNEngine:
@@ -215,11 +239,26 @@ class RTNEngine:
     track_states : bool
         Attach each frame's per-pixel decisions (:attr:`CorrectedFrame.states`); costs a read of the
         per-pixel counters per frame (a device download on the GPU), so the live path leaves it off.
+    in_place : bool
+        False (default): every corrected frame is a new array and pushed frames are never modified.
+        True: the pushed array is corrected in place and returned as :attr:`CorrectedFrame.data` (the same
+        object, changed at the corrected pixels only; no frame-sized copy). The caller hands the buffer
+        over at :meth:`push` and gets it back with the frame out: it must not read or refill it in
+        between. Such frames must be writeable and C-contiguous (in native byte order, else the native
+        copy :func:`check_frame` makes is what is corrected and returned).
+
+    Notes
+    -----
+    A pipelined backend (the CuPy one, ``backend.pipelined``) does not wait for the device inside
+    :meth:`push`: the frame whose correction a push starts comes out of the *next* push (or
+    :meth:`finish`), so the device works while the caller handles the frame before. Without
+    ``track_states`` that adds one push to the latency; the order and content of frames are unchanged.
     """
 
     def __init__(self, cube: RTNCube, settings: EngineSettings | None = None, backend: BackendName = "numpy",
-                 table: ThresholdTable | None = None, track_states: bool = False) -> None:
+                 table: ThresholdTable | None = None, track_states: bool = False, in_place: bool = False) -> None:
         self.track_states = bool(track_states)
+        self.in_place = bool(in_place)
         self.settings = settings or EngineSettings()
         self.table = table if table is not None else get_table(self.settings.alpha)
         if self.table.alpha != self.settings.alpha:
@@ -228,6 +267,12 @@ class RTNEngine:
         self.params = PixelParams.from_cube(cube, self.table)
         self.backend = make_backend(backend, self.params, self.table, self.settings)
         self._series: _Series | None = None
+        self._push_no = 0
+
+    @property
+    def _pipelined(self) -> bool:
+        """Frames go to the backend by submit / collect, one push apart (not with ``track_states``)."""
+        return bool(getattr(self.backend, "pipelined", False)) and not self.track_states
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -246,14 +291,19 @@ class RTNEngine:
 
     def start_series(self) -> None:
         """Open a new series (frames pending from an unfinished series are discarded: call finish first)."""
+        if self._series is not None:
+            for entry in self._series.in_flight:  # let the backend's buffers go
+                if entry.ticket is not None:
+                    self.backend.collect(entry.ticket)
         self._series = _Series()
 
     def push(self, frame: np.ndarray, tag: Any = None, correct: bool = True) -> list[CorrectedFrame]:
         """Add the next frame of the series; returns the frames that became ready (possibly none), in order.
 
         The engine keeps a reference to ``frame`` (no copy) until that frame is returned (W/2 pushes later
-        in steady state, up to W at the start of a series, or by :meth:`finish`): a caller that refills
-        one buffer must push a copy.
+        in steady state, up to W at the start of a series, one more with a pipelined backend, or by
+        :meth:`finish`): a caller that refills one buffer must push a copy. With ``in_place=True`` the
+        returned frame's data is ``frame`` itself, corrected.
 
         Parameters
         ----------
@@ -268,28 +318,32 @@ class RTNEngine:
         Raises
         ------
         FrameError
-            Wrong shape or unsupported dtype, or a dtype differing from the series' first frame. The
-            frame is not added and the series goes on.
+            Wrong shape or unsupported dtype, or a dtype differing from the series' first frame, or (with
+            ``in_place=True``) a read-only or non-contiguous frame. The frame is not added and the
+            series goes on.
         """
         if self._series is None:
             self.start_series()
         series = self._series
         frame = check_frame(frame, self.shape)
+        if self.in_place and not (frame.flags.writeable and frame.flags.c_contiguous):
+            raise FrameError("frame must be writeable and C-contiguous with in_place=True (it is corrected "
+                             "in place); push a copy, or use in_place=False")
         if series.dtype is None:
+            self.backend.reset(frame.dtype)  # may raise: the series stays without a dtype
             series.dtype = frame.dtype
-            self.backend.reset(frame.dtype)
         elif frame.dtype != series.dtype:
             raise FrameError(f"frame has dtype {frame.dtype}, this series started with {series.dtype}")
+        self._push_no += 1
         t = series.n_in
         series.n_in += 1
+        pending = _Pending(t, frame, tag, correct)
         if not self.settings.temporal:
-            if not correct:
-                return [CorrectedFrame(t, frame, FrameCounts(), False, tag)]
-            before = self._counter_snapshot()
-            data, counts = self.backend.correct_spatial(frame)
-            return [CorrectedFrame(t, data, counts, True, tag, self._states_since(before))]
+            self._correct(pending, lambda: self.backend.submit_spatial(frame, self.in_place),
+                          lambda: self.backend.correct_spatial(frame, self.in_place))
+            return self._drain(final=False)
         self.backend.store(t % (self.settings.window + 1), frame)
-        series.pending.append(_Pending(t, frame, tag, correct))
+        series.pending.append(pending)
         return self._emit(lambda p: self._ready(p.index, series.n_in - 1), n_frames=None)
 
     def finish(self) -> list[CorrectedFrame]:
@@ -299,35 +353,71 @@ class RTNEngine:
         are returned unchanged with ``corrected=False``, none is lost.
         """
         series = self._series
-        if series is None or not series.pending:
+        if series is None or not (series.pending or series.in_flight):
             return []
         n = series.n_in
+        if not self.settings.temporal:
+            return self._drain(final=True)
         if n < self.settings.window + 1:
-            out = [CorrectedFrame(p.index, p.frame.copy(), FrameCounts(), False, p.tag) for p in series.pending]
+            out = [CorrectedFrame(p.index, p.frame if self.in_place else p.frame.copy(), FrameCounts(), False,
+                                  p.tag) for p in series.pending]
             series.pending.clear()
             return out
-        return self._emit(lambda p: True, n_frames=n)
+        return self._emit(lambda p: True, n_frames=n, final=True)
 
     def _ready(self, t: int, newest: int) -> bool:
         """Frame t can go once the last frame of its window (start + W, start >= 0) has arrived."""
         w = self.settings.window
         return newest >= window_start(t, None, w, self.settings.reference) + w
 
-    def _emit(self, ready, n_frames: int | None) -> list[CorrectedFrame]:
+    def _emit(self, ready, n_frames: int | None, final: bool = False) -> list[CorrectedFrame]:
         series = self._series
         w = self.settings.window
         slots = w + 1
-        out: list[CorrectedFrame] = []
         while series.pending and ready(series.pending[0]):
             p = series.pending.pop(0)
-            if not p.correct:
-                out.append(CorrectedFrame(p.index, p.frame, FrameCounts(), False, p.tag))
-                continue
             start = window_start(p.index, n_frames, w, self.settings.reference)
             window = [(start + k) % slots for k in range(w + 1) if start + k != p.index]
+            slot = p.index % slots
+            self._correct(p, lambda p=p, slot=slot, window=window:
+                          self.backend.submit_temporal(p.frame, slot, window, self.in_place),
+                          lambda p=p, slot=slot, window=window:
+                          self.backend.correct_temporal(p.frame, slot, window, self.in_place))
+        return self._drain(final)
+
+    def _correct(self, p: _Pending, submit, correct) -> None:
+        """Queue frame ``p``'s correction: done now, or submitted to a pipelined backend (``submit()``)."""
+        entry = _InFlight(p, self._push_no)
+        if not p.correct:
+            entry.done = CorrectedFrame(p.index, p.frame, FrameCounts(), False, p.tag)
+        elif self._pipelined:
+            entry.ticket = submit()
+        else:
             before = self._counter_snapshot()
-            data, counts = self.backend.correct_temporal(p.frame, p.index % slots, window)
-            out.append(CorrectedFrame(p.index, data, counts, True, p.tag, self._states_since(before)))
+            data, counts = correct()
+            entry.done = CorrectedFrame(p.index, data, counts, True, p.tag, self._states_since(before))
+        in_flight = self._series.in_flight
+        in_flight.append(entry)
+        if entry.ticket is not None:  # at most one frame left on the device: collect the ones before
+            for older in in_flight[:-1]:
+                self._collect(older)
+
+    def _collect(self, entry: _InFlight) -> None:
+        if entry.ticket is not None:
+            data, counts = self.backend.collect(entry.ticket)
+            entry.ticket = None
+            entry.done = CorrectedFrame(entry.pending.index, data, counts, True, entry.pending.tag)
+
+    def _drain(self, final: bool) -> list[CorrectedFrame]:
+        """The frames done, in order; a frame submitted in this push stays in flight unless ``final``."""
+        in_flight = self._series.in_flight
+        out: list[CorrectedFrame] = []
+        while in_flight:
+            entry = in_flight[0]
+            if entry.ticket is not None and entry.push_no == self._push_no and not final:
+                break
+            self._collect(entry)
+            out.append(in_flight.pop(0).done)
         return out
 
     def _counter_snapshot(self) -> tuple[np.ndarray, ...] | None:

@@ -13,6 +13,7 @@ coordinate of a pixel is constant for a job and is computed once, on the host, b
 
 Tables are data: saved as ``.npz`` (alpha, grids, quantiles, format version), never pickled, cached in
 memory and under ``$RTNSTREAM_CACHE`` (default ``~/.cache/rtnstream``), keyed by the exact ``alpha``.
+SciPy is imported by the functions that compute a table only: reading one and the lookup need NumPy alone.
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.interpolate import CubicSpline
-from scipy.special import gammaln, ndtr, ndtri, pdtr, xlogy
 
 __all__ = [
     "ThresholdTable",
@@ -90,6 +89,8 @@ def default_sigma_nodes(sigma_min_e: float = SIGMA_MIN_E, sigma_max_e: float = S
 
 
 def _poisson_pmf(n: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    from scipy.special import gammaln, xlogy
+
     return np.exp(xlogy(n, lam) - lam - gammaln(n + 1.0))
 
 
@@ -105,6 +106,8 @@ def poisson_normal_cdf(y, lam, sigma) -> np.ndarray:
     -------
     numpy.ndarray, float64, in [0, 1].
     """
+    from scipy.special import ndtr
+
     y, lam, sigma = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (y, lam, sigma)))
     n_max = int(np.ceil(np.max(lam) + 15 * np.sqrt(np.max(lam)) + 30))
     n = np.arange(n_max + 1, dtype=np.float64)
@@ -143,6 +146,8 @@ def _column_quantiles(p: float, lam: np.ndarray, sigma: float) -> np.ndarray:
     Only terms with |y - n| < 8.5 sigma contribute a non-constant Phi; those further below add their whole
     probability, given by the Poisson CDF ``pdtr``.
     """
+    from scipy.special import ndtr, ndtri, pdtr
+
     half = int(np.ceil(8.5 * sigma)) + 1
     k = np.arange(2 * half + 2, dtype=np.float64)
     lo = np.full_like(lam, -12.0 * sigma - 1.0)
@@ -270,16 +275,32 @@ class ThresholdTable:
         -------
         numpy.ndarray, shape (n,), int64
         """
-        nodes = self.lambda_nodes
-        last = nodes.size - 2
-        u = np.sqrt(np.fmin(lam_e, self.lambda_top_e) / self.lambda_top_e) * _GUIDE_BUCKETS  # NaN -> top
-        i = self._lambda_guide[np.minimum(u.astype(np.int64), _GUIDE_BUCKETS - 1)]
+        floor, ceiling = self._interval_bounds
+        u = np.fmin(lam_e, self.lambda_top_e)
+        u /= self.lambda_top_e
+        np.sqrt(u, out=u)
+        u *= _GUIDE_BUCKETS  # NaN -> top
+        k = u.astype(np.int64)
+        np.minimum(k, _GUIDE_BUCKETS - 1, out=k)
+        i = self._lambda_guide.take(k)
         while True:
-            up = (i < last) & (nodes[np.minimum(i + 1, last + 1)] <= lam_e)
-            down = nodes[i] > lam_e
+            up = ceiling.take(i) <= lam_e  # at or past the interval's top (never past the last interval)
+            down = floor.take(i) > lam_e  # below its bottom (never below the first interval)
             if not (up.any() or down.any()):
                 return i
-            i = i + up - (down & (i > 0))
+            i += up
+            i -= down
+
+    @functools.cached_property
+    def _interval_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per interval i: ``L[i]`` and ``L[i+1]``, NaN for the first's floor and the last's ceiling (every
+        comparison with NaN is false): the clamps of :meth:`lambda_interval` built into its bounds."""
+        nodes = self.lambda_nodes
+        floor = nodes[:-1].copy()
+        floor[0] = np.nan
+        ceiling = nodes[1:].copy()
+        ceiling[-1] = np.nan
+        return floor, ceiling
 
     def lookup(
         self, lam_e: np.ndarray, j: np.ndarray, w: np.ndarray
@@ -298,20 +319,46 @@ class ThresholdTable:
         in_table : numpy.ndarray, shape (n,), bool
             False where ``lam_e`` exceeds the table's top (the quantiles are then meaningless).
         """
+        # f = (lam - L[i]) / (L[i+1] - L[i]); per table T: r0 = T[i,j] (1-w) + T[i,j+1] w, r1 likewise
+        # at i+1, q = r0 (1-f) + r1 f. The same operations written in place, with the four corner values
+        # of both tables fetched by two row gathers of _corners (identical bits, fewer passes).
         nodes = self.lambda_nodes
         in_table = lam_e <= nodes[-1]
         i = self.lambda_interval(lam_e)
-        f = (lam_e - nodes[i]) / (nodes[i + 1] - nodes[i])
-        one_f = 1.0 - f
-        one_w = 1.0 - w
-        n_sig = self.sigma_nodes.size
-        base = i * n_sig + j  # flat index of node (i, j); (i, j+1), (i+1, j), (i+1, j+1) follow
+        f = np.subtract(lam_e, nodes.take(i))
+        f /= self._lambda_width.take(i)
+        one_f = np.subtract(1.0, f)
+        one_w = np.subtract(1.0, w)
+        base = i * self.sigma_nodes.size
+        base += j  # flat index of node (i, j)
+        lower = self._corners.take(base, axis=0)  # (n, 4): q_lo[i, j], q_lo[i, j+1], q_hi[i, j], q_hi[i, j+1]
+        base += self.sigma_nodes.size
+        upper = self._corners.take(base, axis=0)  # the same at i + 1
         out = []
-        for t in (self.q_lo.ravel(), self.q_hi.ravel()):
-            r0 = t.take(base) * one_w + t.take(base + 1) * w
-            r1 = t.take(base + n_sig) * one_w + t.take(base + n_sig + 1) * w
-            out.append(r0 * one_f + r1 * f)
+        for c in (0, 2):
+            r0 = lower[:, c] * one_w
+            r0 += lower[:, c + 1] * w
+            r1 = upper[:, c] * one_w
+            r1 += upper[:, c + 1] * w
+            r0 *= one_f
+            r1 *= f
+            r0 += r1
+            out.append(r0)
         return out[0], out[1], in_table
+
+    @functools.cached_property
+    def _lambda_width(self) -> np.ndarray:
+        """``L[i+1] - L[i]`` for every interval (the subtraction the lookup would repeat), then a 0."""
+        return np.append(np.diff(self.lambda_nodes), 0.0)
+
+    @functools.cached_property
+    def _corners(self) -> np.ndarray:
+        """Row ``i * n_sig + j``: ``q_lo[i, j], q_lo[i, j+1], q_hi[i, j], q_hi[i, j+1]`` (0 past the last
+        sigma column, which no lookup reaches: ``j <= n_sig - 2``), shape (n_lam * n_sig, 4)."""
+        def right(t: np.ndarray) -> np.ndarray:
+            return np.concatenate([t[:, 1:], np.zeros((t.shape[0], 1))], axis=1).ravel()
+
+        return np.stack([self.q_lo.ravel(), right(self.q_lo), self.q_hi.ravel(), right(self.q_hi)], axis=1)
 
     def quantiles(self, lam_e, sigma_e) -> tuple[np.ndarray, np.ndarray]:
         """Interpolated ``(q_lo, q_hi)`` (electron) at arbitrary points; NaN outside the table."""
@@ -457,6 +504,8 @@ def build_table(
     -------
     ThresholdTable
     """
+    from scipy.interpolate import CubicSpline
+
     alpha = _check_alpha(alpha)
     lam = default_lambda_nodes() if lambda_nodes is None else np.asarray(lambda_nodes, np.float64)
     sig = default_sigma_nodes() if sigma_nodes is None else np.asarray(sigma_nodes, np.float64)

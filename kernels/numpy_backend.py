@@ -30,6 +30,8 @@ __all__ = [
     "NumpyBackend",
     "decide",
     "apply_corrections",
+    "gather",
+    "scatter",
 ]
 
 STATE_NONE = 0  # left unchanged: no significant jump, or not resolvable
@@ -51,9 +53,9 @@ class FrameCounts:
     @classmethod
     def from_states(cls, state: np.ndarray) -> FrameCounts:
         """Count each decision code in ``state`` (shape (n,), uint8)."""
-        counts = np.bincount(state, minlength=5)
-        return cls(low=int(counts[STATE_LOW]), high=int(counts[STATE_HIGH]), vetoed=int(counts[STATE_VETO]),
-                   out_of_table=int(counts[STATE_OUT_OF_TABLE]))
+        low, high, vetoed, out = (int(np.count_nonzero(state == code))
+                                  for code in (STATE_LOW, STATE_HIGH, STATE_VETO, STATE_OUT_OF_TABLE))
+        return cls(low=low, high=high, vetoed=vetoed, out_of_table=out)
 
 
 @dataclass
@@ -92,35 +94,51 @@ def decide(
     numpy.ndarray, shape (n,), uint8
         ``STATE_NONE``, ``STATE_LOW``, ``STATE_HIGH`` or ``STATE_OUT_OF_TABLE``.
     """
-    s = (x_adu - params.mu_adu[sl]) * params.gain_e_per_adu
+    # low  = (q_lo - d < s) & (s < min(q_lo, q_hi - d)) & (lam - q_lo < d)
+    # high = (max(q_hi, q_lo + d) < s) & (s < q_hi + d) & (q_hi - lam < d)
+    # written with one scratch array (the same operations, so the same bits as the CUDA kernel's).
+    s = np.subtract(x_adu, params.mu_adu[sl])
+    s *= params.gain_e_per_adu
     q_lo, q_hi, in_table = table.lookup(lam_e, params.sigma_j[sl], params.sigma_w[sl])
     d = params.delta_e[sl]
-    low = (q_lo - d < s) & (s < np.minimum(q_lo, q_hi - d)) & (lam_e - q_lo < d)
-    high = (np.maximum(q_hi, q_lo + d) < s) & (s < q_hi + d) & (q_hi - lam_e < d)
-    state = np.where(low, STATE_LOW, np.where(high, STATE_HIGH, STATE_NONE)).astype(np.uint8)
-    state[~(in_table & params.sigma_ok[sl])] = STATE_OUT_OF_TABLE
+    t = np.subtract(q_lo, d)
+    low = t < s
+    np.minimum(q_lo, np.subtract(q_hi, d, out=t), out=t)
+    low &= s < t
+    low &= np.subtract(lam_e, q_lo, out=t) < d
+    np.maximum(q_hi, np.add(q_lo, d, out=t), out=t)
+    high = t < s
+    high &= s < np.add(q_hi, d, out=t)
+    high &= np.subtract(q_hi, lam_e, out=t) < d
+    state = high.view(np.uint8) << 1  # STATE_HIGH = 2; low and high exclude each other (q_lo <= q_hi)
+    state |= low.view(np.uint8)  # STATE_LOW = 1
+    in_table &= params.sigma_ok[sl]
+    np.copyto(state, STATE_OUT_OF_TABLE, where=~in_table)
     return state
 
 
 def apply_corrections(
-    frame: np.ndarray, x_native: np.ndarray, state: np.ndarray, params: PixelParams
+    frame: np.ndarray, x_native: np.ndarray, state: np.ndarray, params: PixelParams, in_place: bool = False
 ) -> np.ndarray:
-    """Return a corrected copy of ``frame``: low-state pixels up by D_adu, high-state down; saturating.
+    """Correct ``frame``: low-state pixels up by D_adu, high-state down; saturating at the dtype's range.
 
     Parameters
     ----------
-    frame : numpy.ndarray, shape (ny, nx)
-        The input frame (not modified).
+    frame : numpy.ndarray, shape (ny, nx), C-contiguous
+        The input frame (modified only with ``in_place``).
     x_native : numpy.ndarray, shape (n,), frame dtype
         The RTN pixels' values in ``frame``.
     state : numpy.ndarray, shape (n,), uint8
     params : PixelParams
+    in_place : bool
+        False: correct a copy. True: write the corrected pixels into ``frame`` and return it.
 
     Returns
     -------
     numpy.ndarray, shape (ny, nx), frame dtype
+        A new array, or ``frame`` itself with ``in_place``.
     """
-    out = frame.copy()
+    out = frame if in_place else frame.copy()
     changed = np.flatnonzero((state == STATE_LOW) | (state == STATE_HIGH))
     if changed.size == 0:
         return out
@@ -133,6 +151,53 @@ def apply_corrections(
         new = x_native[changed].astype(np.float64) + sign * params.delta_adu_float[changed]
     out.reshape(-1)[params.index[changed]] = new.astype(frame.dtype)
     return out
+
+
+GATHER_CHUNK = 1 << 18  # RTN pixels per gather task (2 MB of int64 indices: large enough to amortise a task)
+
+
+def gather(flat: np.ndarray, index: np.ndarray, out: np.ndarray, pool: ThreadPoolExecutor | None = None) -> None:
+    """``out[:] = flat[index]``, in chunks spread over ``pool`` (``np.take`` releases the GIL).
+
+    Parameters
+    ----------
+    flat : numpy.ndarray, shape (ny * nx,)
+        A frame, flattened.
+    index : numpy.ndarray, shape (n,), int64
+        Flat indices, all valid (they are not checked: ``mode='clip'`` skips the bounds test).
+    out : numpy.ndarray, shape (n,), ``flat``'s dtype
+    pool : ThreadPoolExecutor, optional
+        Workers; None gathers on the calling thread.
+    """
+    n = index.size
+    if pool is None or n <= GATHER_CHUNK:
+        np.take(flat, index, out=out, mode="clip")
+        return
+    chunks = [slice(a, min(a + GATHER_CHUNK, n)) for a in range(0, n, GATHER_CHUNK)]
+    for f in [pool.submit(np.take, flat, index[c], None, out[c], "clip") for c in chunks]:
+        f.result()
+
+
+def scatter(flat: np.ndarray, index: np.ndarray, values: np.ndarray, pool: ThreadPoolExecutor | None = None
+            ) -> None:
+    """``flat[index] = values`` for distinct indices, in chunks spread over ``pool`` (disjoint writes).
+
+    Parameters
+    ----------
+    flat : numpy.ndarray, shape (ny * nx,)
+        A frame, flattened (written).
+    index : numpy.ndarray, shape (m,), int64
+        Distinct flat indices.
+    values : numpy.ndarray, shape (m,), ``flat``'s dtype
+    pool : ThreadPoolExecutor, optional
+    """
+    m = index.size
+    if pool is None or m <= GATHER_CHUNK:
+        flat[index] = values
+        return
+    for f in [pool.submit(flat.__setitem__, index[a:a + GATHER_CHUNK], values[a:a + GATHER_CHUNK])
+              for a in range(0, m, GATHER_CHUNK)]:
+        f.result()
 
 
 def _sorted_rows(vals: np.ndarray) -> list[np.ndarray]:
@@ -176,6 +241,7 @@ class NumpyBackend:
 
     name = "numpy"
     device = "cpu"
+    pipelined = False  # every correction is done when its method returns
 
     def __init__(self, params: PixelParams, table: ThresholdTable, k_var: float, spatial_size: int,
                  n_slots: int, threads: int | None = None, block: int = 1 << 15) -> None:
@@ -198,48 +264,68 @@ class NumpyBackend:
 
     def store(self, slot: int, frame: np.ndarray) -> None:
         """Gather the RTN pixels of ``frame`` (shape (ny, nx)) into ring slot ``slot``."""
-        np.take(frame.reshape(-1), self.params.index, out=self._ring[slot])
+        gather(frame.reshape(-1), self.params.index, self._ring[slot], self._executor())
 
-    def correct_temporal(self, frame: np.ndarray, slot: int, window_slots: Sequence[int]
+    def correct_temporal(self, frame: np.ndarray, slot: int, window_slots: Sequence[int], in_place: bool = False
                          ) -> tuple[np.ndarray, FrameCounts]:
         """Correct ``frame`` (stored in ``slot``) against the median of ``window_slots``.
 
         ``window_slots`` are the W ring slots of the reference frames in time order (the order of the
-        sums of the variability veto).
+        sums of the variability veto). ``in_place``: correct ``frame`` itself and return it (the ring
+        keeps the values as stored, so the frames that use this one as reference are not affected).
         """
         rows = list(window_slots)
         x = self._ring[slot]
         state = self._map(lambda sl: self._temporal_block(x, rows, sl))
-        return self._finish(frame, x, state)
+        return self._finish(frame, x, state, in_place)
 
     def _temporal_block(self, x: np.ndarray, rows: list[int], sl: slice) -> np.ndarray:
+        # The operations of rtn_temporal_body, in its order (in place where NumPy allows, same bits):
+        #   lam = max(((v[W/2-1] + v[W/2]) * 0.5 - mu) * g, 0) of the sorted window v
+        #   mean = (sum_r v_r) / W, spread = sqrt((sum_r (v_r - mean)^2) / W) * g, sums in window order
+        #   veto = spread > k_var * sqrt(lam + RN^2)
         p = self.params
+        g = p.gain_e_per_adu
         w = len(rows)
         vals = self._ring[rows, sl]
         ordered = _sorted_rows(vals)
-        ref = (ordered[w // 2 - 1].astype(np.float64) + ordered[w // 2].astype(np.float64)) * 0.5
-        lam = np.maximum((ref - p.mu_adu[sl]) * p.gain_e_per_adu, 0.0)
-        acc = vals[0].astype(np.float64)
+        lam = ordered[w // 2 - 1].astype(np.float64)
+        lam += ordered[w // 2]
+        lam *= 0.5
+        lam -= p.mu_adu[sl]
+        lam *= g
+        np.maximum(lam, 0.0, out=lam)
+        vf = vals.astype(np.float64)
+        mean = vf[0].copy()
         for r in range(1, w):
-            acc = acc + vals[r]
-        mean = acc / w
-        dev = vals[0] - mean
-        acc = dev * dev
+            mean += vf[r]
+        mean /= w
+        vf -= mean
+        vf *= vf
+        acc = vf[0]
         for r in range(1, w):
-            dev = vals[r] - mean
-            acc = acc + dev * dev
-        spread_e = np.sqrt(acc / w) * p.gain_e_per_adu
-        veto = spread_e > self.k_var * np.sqrt(lam + p.rn2_e2[sl])
+            acc += vf[r]
+        acc /= w
+        spread_e = np.sqrt(acc, out=acc)
+        spread_e *= g
+        bound = np.add(lam, p.rn2_e2[sl])
+        np.sqrt(bound, out=bound)
+        bound *= self.k_var
+        veto = spread_e > bound
         state = decide(x[sl].astype(np.float64), lam, p, self.table, sl)
-        state[veto] = STATE_VETO
+        np.copyto(state, STATE_VETO, where=veto)
         return self._count(state, sl)
 
-    def correct_spatial(self, frame: np.ndarray) -> tuple[np.ndarray, FrameCounts]:
-        """Correct ``frame`` against the median of each RTN pixel's bias-subtracted neighbours."""
+    def correct_spatial(self, frame: np.ndarray, in_place: bool = False) -> tuple[np.ndarray, FrameCounts]:
+        """Correct ``frame`` against the median of each RTN pixel's bias-subtracted neighbours.
+
+        ``in_place``: correct ``frame`` itself (after every reference was read) and return it.
+        """
         flat = frame.reshape(-1)
-        x = flat[self.params.index]
+        x = np.empty(self.params.n, dtype=frame.dtype)
+        gather(flat, self.params.index, x, self._executor())
         state = self._map(lambda sl: self._spatial_block(flat, x, sl))
-        return self._finish(frame, x, state)
+        return self._finish(frame, x, state, in_place)
 
     def _spatial_block(self, flat: np.ndarray, x: np.ndarray, sl: slice) -> np.ndarray:
         p = self.params
@@ -264,15 +350,21 @@ class NumpyBackend:
         c.n_frames[sl] += 1
         return state
 
+    def _executor(self) -> ThreadPoolExecutor | None:
+        """The worker pool (made at first use), or None with one thread."""
+        if self._threads > 1 and self._pool is None:
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="rtn-numpy")
+        return self._pool
+
     def _map(self, work) -> np.ndarray:
         """Run ``work(slice) -> states`` over every block of RTN pixels; the states, shape (n,), uint8."""
-        if self._threads > 1 and len(self._blocks) > 1:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="rtn-numpy")
-            parts = list(self._pool.map(work, self._blocks))
+        pool = self._executor()
+        if pool is not None and len(self._blocks) > 1:
+            parts = list(pool.map(work, self._blocks))
         else:
             parts = [work(sl) for sl in self._blocks]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
 
-    def _finish(self, frame: np.ndarray, x: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, FrameCounts]:
-        return apply_corrections(frame, x, state, self.params), FrameCounts.from_states(state)
+    def _finish(self, frame: np.ndarray, x: np.ndarray, state: np.ndarray, in_place: bool
+                ) -> tuple[np.ndarray, FrameCounts]:
+        return apply_corrections(frame, x, state, self.params, in_place), FrameCounts.from_states(state)

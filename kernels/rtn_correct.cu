@@ -31,6 +31,14 @@
 #define RTN_COUNT_CHANGED 5       // counts[5]: number of corrected pixels (the compaction cursor)
 #define RTN_MAX_VALUES 80         // largest temporal window and spatial neighbourhood (9 x 9 - 1)
 #define RTN_FULL_MASK 0xffffffffu
+#ifdef __CUDACC__
+#define RTN_UNROLL _Pragma("unroll")  // full unrolling where the trip count is a compile-time constant
+#else
+#define RTN_UNROLL                    // host build (g++)
+#endif
+#ifndef RTN_WINDOW
+#define RTN_WINDOW 0  // temporal window W fixed at compile time (-DRTN_WINDOW=10); 0: taken at run time
+#endif
 
 typedef long long rtn_i64;
 
@@ -50,6 +58,31 @@ template <> struct RtnRange<int> {
 
 // ---- small helpers -------------------------------------------------------------------------------------
 
+// Exact float32 <-> float64 conversions that no flush-to-zero option can change. CuPy appends -ftz=true to
+// the NVRTC options (the last one wins), which turns a plain (double)x of a float into cvt.ftz.f64.f32 and
+// flushes float32 subnormals to zero; the explicit PTX below has no .ftz, whatever the options. The host
+// build (g++, no __CUDA_ARCH__) converts exactly anyway. Every other type converts exactly as written.
+template <typename T> __device__ __forceinline__ double rtn_to_double(T x) { return (double)x; }
+template <> __device__ __forceinline__ double rtn_to_double<float>(float x) {
+#ifdef __CUDA_ARCH__
+    double d;
+    asm("cvt.f64.f32 %0, %1;" : "=d"(d) : "f"(x));
+    return d;
+#else
+    return (double)x;
+#endif
+}
+template <typename T> __device__ __forceinline__ T rtn_from_double(double v) { return (T)v; }
+template <> __device__ __forceinline__ float rtn_from_double<float>(double v) {
+#ifdef __CUDA_ARCH__
+    float f;
+    asm("cvt.rn.f32.f64 %0, %1;" : "=f"(f) : "d"(v));
+    return f;
+#else
+    return (float)v;
+#endif
+}
+
 __device__ __forceinline__ unsigned rtn_lane() { return threadIdx.x & 31u; }
 
 // NumPy's sort order: NaN after every number.
@@ -64,8 +97,13 @@ __device__ __forceinline__ double rtn_np_max(double a, double b) { return a != a
 
 // Temporal reference (numpy_backend._sorted_rows): the W window values, in window order, sorted by the
 // odd-even transposition network of np.minimum / np.maximum; then (v[W/2 - 1] + v[W/2]) * 0.5.
-__device__ double rtn_window_median(double* v, int w) {
+// W > 0: the window fixed at compile time (loops unrolled, v in registers); W == 0: w at run time.
+template <int W>
+__device__ __forceinline__ double rtn_window_median(double* v, int w_run) {
+    const int w = W > 0 ? W : w_run;
+RTN_UNROLL
     for (int k = 0; k < w; ++k) {
+RTN_UNROLL
         for (int r = k % 2; r < w - 1; r += 2) {
             const double lo = rtn_np_min(v[r], v[r + 1]);
             v[r + 1] = rtn_np_max(v[r], v[r + 1]);
@@ -161,7 +199,7 @@ __device__ T rtn_corrected(T x, bool low, rtn_i64 d_int, double d_float) {
         v = v < RtnRange<T>::lo ? RtnRange<T>::lo : (v > RtnRange<T>::hi ? RtnRange<T>::hi : v);
         return (T)v;
     } else {
-        return (T)((double)x + (low ? d_float : -d_float));
+        return rtn_from_double<T>(rtn_to_double<T>(x) + (low ? d_float : -d_float));
     }
 }
 
@@ -169,10 +207,10 @@ struct RtnOutputs {
     rtn_i64* changed_index;  // (n,): flat indices of the corrected pixels, first counts[5] valid
     void* changed_value;     // (n,), frame dtype: their new values
     unsigned* counts;        // (6,): per-frame counts by decision code, [5] = number corrected; zeroed by host
-    rtn_i64* n_lo;           // (n,) per-pixel counters over the series
-    rtn_i64* n_hi;
-    rtn_i64* n_veto;
-    rtn_i64* n_frames;
+    unsigned* n_lo;          // (n,) per-pixel counters over the series (32 bits: half the traffic of 64)
+    unsigned* n_hi;
+    unsigned* n_veto;
+    unsigned* n_frames;
 };
 
 // Count, correct and record pixel k (every lane of the warp calls this; lanes past n with valid = false).
@@ -198,18 +236,19 @@ __device__ void rtn_finish(const RtnPixels& p, const RtnOutputs& o, rtn_i64 k, b
                                                                   p.delta_adu_float[k]);
     }
     if (valid) {
-        o.n_lo[k] += code == RTN_STATE_LOW;
-        o.n_hi[k] += code == RTN_STATE_HIGH;
-        o.n_veto[k] += code == RTN_STATE_VETO;
-        o.n_frames[k] += 1;
+        o.n_lo[k] += code == RTN_STATE_LOW ? 1u : 0u;
+        o.n_hi[k] += code == RTN_STATE_HIGH ? 1u : 0u;
+        o.n_veto[k] += code == RTN_STATE_VETO ? 1u : 0u;
+        o.n_frames[k] += 1u;
     }
 }
 
 // ---- temporal reference (centred and causal) ------------------------------------------------------------
 
 // ring: (n_slots, n) RTN pixel values of the last frames; window_slots: the W reference slots in time order.
-template <typename T>
-__device__ void rtn_temporal_body(const T* ring, const int* window_slots, int window, int slot, rtn_i64 n,
+// W > 0: the window fixed at compile time (the host passes window == W); W == 0: ``window`` at run time.
+template <typename T, int W>
+__device__ void rtn_temporal_body(const T* ring, const int* window_slots, int window_run, int slot, rtn_i64 n,
                                   double g, double k_var, const double* rn2_e2, const RtnPixels& p,
                                   const RtnTable& t, const RtnOutputs& o) {
     const rtn_i64 stride = (rtn_i64)blockDim.x * gridDim.x;
@@ -219,24 +258,27 @@ __device__ void rtn_temporal_body(const T* ring, const int* window_slots, int wi
         int state = RTN_STATE_NONE;
         T x = 0;
         if (valid) {
-            double v[RTN_MAX_VALUES];
-            v[0] = (double)ring[(rtn_i64)window_slots[0] * n + k];
+            const int window = W > 0 ? W : window_run;
+            double v[W > 0 ? W : RTN_MAX_VALUES];
+            v[0] = rtn_to_double<T>(ring[(rtn_i64)window_slots[0] * n + k]);
             double acc = v[0];
+RTN_UNROLL
             for (int r = 1; r < window; ++r) {
-                v[r] = (double)ring[(rtn_i64)window_slots[r] * n + k];
+                v[r] = rtn_to_double<T>(ring[(rtn_i64)window_slots[r] * n + k]);
                 acc = acc + v[r];
             }
             const double mean = acc / (double)window;
             double dev = v[0] - mean;
             acc = dev * dev;
+RTN_UNROLL
             for (int r = 1; r < window; ++r) {
                 dev = v[r] - mean;
                 acc = acc + dev * dev;
             }
             const double spread_e = sqrt(acc / (double)window) * g;
-            const double lam = rtn_clamp_lambda((rtn_window_median(v, window) - p.mu_adu[k]) * g);
+            const double lam = rtn_clamp_lambda((rtn_window_median<W>(v, window) - p.mu_adu[k]) * g);
             x = ring[(rtn_i64)slot * n + k];
-            state = rtn_decide(p, t, k, (double)x, lam, g);
+            state = rtn_decide(p, t, k, rtn_to_double<T>(x), lam, g);
             if (spread_e > k_var * sqrt(lam + rn2_e2[k])) state = RTN_STATE_VETO;
         }
         rtn_finish<T>(p, o, k, valid, state, x);
@@ -271,12 +313,12 @@ __device__ void rtn_spatial_body(const T* frame, const double* meanbias_adu, int
                     const rtn_i64 xx = x0 + dx;
                     if ((dy == 0 && dx == 0) || xx < 0 || xx >= nx) continue;
                     const rtn_i64 q = yy * nx + xx;
-                    v[c++] = (double)frame[q] - meanbias_adu[q];
+                    v[c++] = rtn_to_double<T>(frame[q]) - meanbias_adu[q];
                 }
             }
             const double lam = rtn_clamp_lambda(rtn_neighbour_median(v, c) * g);
             x = frame[centre];
-            state = rtn_decide(p, t, k, (double)x, lam, g);
+            state = rtn_decide(p, t, k, rtn_to_double<T>(x), lam, g);
         }
         rtn_finish<T>(p, o, k, valid, state, x);
     }
@@ -291,8 +333,8 @@ __device__ void rtn_spatial_body(const T* frame, const double* meanbias_adu, int
 #define RTN_TABLE_PARAMS \
     const double *lambda_nodes, int n_lambda, const double *q_lo, const double *q_hi, int n_sigma
 #define RTN_OUTPUT_PARAMS                                                                                    \
-    rtn_i64 *changed_index, void *changed_value, unsigned *counts, rtn_i64 *n_lo, rtn_i64 *n_hi,             \
-        rtn_i64 *n_veto, rtn_i64 *n_frames
+    rtn_i64 *changed_index, void *changed_value, unsigned *counts, unsigned *n_lo, unsigned *n_hi,           \
+        unsigned *n_veto, unsigned *n_frames
 #define RTN_STRUCTS                                                                                          \
     const RtnPixels p = {index, mu_adu, delta_e, delta_adu_int, delta_adu_float, sigma_j, sigma_w, sigma_ok}; \
     const RtnTable t = {lambda_nodes, n_lambda, q_lo, q_hi, n_sigma};                                        \
@@ -303,7 +345,7 @@ __device__ void rtn_spatial_body(const T* frame, const double* meanbias_adu, int
         const T *ring, const int *window_slots, int window, int slot, rtn_i64 n, double gain, double k_var,  \
         const double *rn2_e2, RTN_PIXEL_PARAMS, RTN_TABLE_PARAMS, RTN_OUTPUT_PARAMS) {                       \
         RTN_STRUCTS                                                                                          \
-        rtn_temporal_body<T>(ring, window_slots, window, slot, n, gain, k_var, rn2_e2, p, t, o);             \
+        rtn_temporal_body<T, RTN_WINDOW>(ring, window_slots, window, slot, n, gain, k_var, rn2_e2, p, t, o);             \
     }                                                                                                        \
     extern "C" __global__ void rtn_spatial_##SUFFIX(                                                         \
         const T *frame, const double *meanbias_adu, int ny, int nx, int size, rtn_i64 n, double gain,        \

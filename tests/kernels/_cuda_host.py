@@ -24,6 +24,7 @@ from rtnstream.kernels.cube import RTNCube
 from rtnstream.kernels.cupy_backend import KernelBackend
 from rtnstream.kernels.engine import CorrectedFrame, EngineSettings, RTNEngine
 from rtnstream.kernels.lut import ThresholdTable
+from rtnstream.kernels.numpy_backend import gather
 from rtnstream.kernels.pixels import PixelParams
 from rtnstream.kernels.simulate import Scene, SensorModel
 
@@ -38,7 +39,10 @@ __all__ = [
     "Series",
     "simulated_series",
     "threshold_series",
+    "subnormal_series",
+    "flush_subnormals",
     "run_engine",
+    "assert_one_push_later",
     "assert_same_run",
 ]
 
@@ -57,17 +61,19 @@ def find_cxx() -> str | None:
     return None
 
 
-def build_host_library(cxx: str, out_dir: Path, source: str = _cuda.CUDA_SOURCES[0]) -> Path:
+def build_host_library(cxx: str, out_dir: Path, source: str = _cuda.CUDA_SOURCES[0], window: int = 0) -> Path:
     """Compile ``kernels/<source>`` for the host into a shared library in ``out_dir``.
+
+    ``window`` > 0 fixes the temporal window at compile time (``-DRTN_WINDOW``), as the CuPy backend does.
 
     Raises
     ------
     RuntimeError
         The compiler failed (its messages included).
     """
-    lib = out_dir / (Path(source).stem + "_host.so")
-    cmd = [cxx, *HOST_FLAGS, "-include", str(SHIM), "-x", "c++", str(_cuda.SOURCE_DIR / source),
-           "-o", str(lib)]
+    lib = out_dir / f"{Path(source).stem}_w{window}_host.so"
+    cmd = [cxx, *HOST_FLAGS, f"-DRTN_WINDOW={window}", "-include", str(SHIM), "-x", "c++",
+           str(_cuda.SOURCE_DIR / source), "-o", str(lib)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"host build failed ({' '.join(cmd)}):\n{proc.stderr}")
@@ -118,16 +124,25 @@ class HostKernelBackend(KernelBackend):
             raise KeyError(f"the host library has no kernel {kernel_name}")
 
     def _store(self, slot: int, frame: np.ndarray) -> None:
-        np.take(frame.reshape(-1), self.params.index, out=self._dev["ring"][slot], mode="clip")
+        gather(frame.reshape(-1), self.params.index, self._dev["ring"][slot])
 
     def _upload(self, name: str, array: np.ndarray) -> None:
         np.copyto(self._dev[name], array.reshape(self._dev[name].shape))
 
-    def _clear(self, name: str) -> None:
-        self._dev[name].fill(0)
+    def _clear(self, array: np.ndarray) -> None:
+        array.fill(0)
 
     def _launch(self, kernel_name: str, args: tuple) -> None:
         self._kernels.launch(kernel_name, args)
+
+    def _queue_counts(self, buf: int) -> None:
+        pass  # the launch has finished: the counts are in host memory already
+
+    def _read_counts(self, buf: int) -> np.ndarray:
+        return self._dev["counts"][buf].copy()
+
+    def _read_changed(self, buf: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._dev["changed_index"][buf][:count], self._dev["changed_value"][buf][:count]
 
     def _download(self, names: Sequence[str], count: int) -> list[np.ndarray]:
         return [self._dev[name].reshape(-1)[:count] for name in names]
@@ -212,6 +227,51 @@ def threshold_series(make_cube: Callable[..., RTNCube], table: ThresholdTable, w
         moved = np.where(ulps > 0, np.nextafter(x, np.inf), x)
         frames[t, k] = np.where(ulps < 0, np.nextafter(x, -np.inf), moved)
     return Series("float64-thresholds", cube, frames.reshape((n_frames, *shape)))
+
+
+def subnormal_series(make_cube: Callable[..., RTNCube], table: ThresholdTable, window: int = 6,
+                     n_frames: int = 22, shape=(24, 30), seed: int = 5) -> Series:
+    """float32 frames where float32 subnormals (below 1.18e-38) decide the variability veto.
+
+    The cube (every pixel RTN) has mu = 0 adu, g = 1 e-/adu and no read noise (RN = 0). Pixels read 0,
+    except a few subnormal values (a sixth of the pixels in each frame) and, in every ``window + 1``-th
+    frame, a jump of D (4-9 e-) in a third of them. A window whose median is 0 but which holds a
+    subnormal has lambda = 0 and a spread > 0, so ``spread > k_var * sqrt(lambda + RN^2) = 0`` vetoes
+    the jump; with the subnormals flushed to zero (CUDA's FTZ) the spread is 0 and the jump is corrected.
+    """
+    rng = np.random.default_rng(seed)
+    sigma = np.full(shape, 0.6)
+    cube = make_cube(np.zeros(shape), rng.uniform(4.0, 9.0, shape), sigma, gain_e_per_adu=1.0,
+                     readnoise_e=0.0, table=table)
+    params = PixelParams.from_cube(cube, table)
+    frames = np.zeros((n_frames, params.n), dtype=np.float32)
+    tiny = float(np.finfo(np.float32).tiny)
+    for t in range(n_frames):
+        k = rng.choice(params.n, params.n // 6, replace=False)
+        frames[t, k] = rng.uniform(0.0, tiny, k.size).astype(np.float32)
+        if t % (window + 1) == 0:
+            k = rng.choice(params.n, params.n // 3, replace=False)
+            frames[t, k] = params.delta_e[k].astype(np.float32)
+    return Series("float32-subnormals", cube, frames.reshape((n_frames, *shape)))
+
+
+def flush_subnormals(a: np.ndarray) -> np.ndarray:
+    """``a`` with every float32 subnormal replaced by a zero of its sign (what FTZ does to inputs)."""
+    tiny = np.finfo(np.float32).tiny
+    return np.where(np.abs(a) < tiny, np.copysign(np.float32(0), a), a).astype(a.dtype)
+
+
+def assert_one_push_later(want: list[list[int]], got: list[list[int]], corrected: Sequence[bool]) -> None:
+    """Frame indices out per push: ``got`` (a pipelined engine) against ``want`` (the NumPy engine).
+
+    The same frames in the same order overall; a frame the NumPy engine returns at push t comes out at
+    push t or t + 1, and the last frame corrected at push t (the one left in flight) at t + 1.
+    """
+    assert [i for push in got for i in push] == [i for push in want for i in push]
+    for t, indices in enumerate(want[:-1]):
+        assert all(i in got[t] or i in got[t + 1] for i in indices), (t, want, got)
+        last = [i for i in indices if corrected[i]][-1:]
+        assert not set(last) & set(got[t]) and set(last) <= set(got[t + 1]), (t, want, got)
 
 
 def run_engine(engine: RTNEngine, frames: np.ndarray) -> tuple[list[CorrectedFrame], dict[str, np.ndarray]]:

@@ -32,9 +32,11 @@ from tests.kernels._cuda_host import (
     assert_same_run,
     build_host_library,
     find_cxx,
+    flush_subnormals,
     host_engine,
     run_engine,
     simulated_series,
+    subnormal_series,
     threshold_series,
 )
 
@@ -146,6 +148,32 @@ def test_short_series_and_window_10(kernels):
         for frames in (series.frames, series.frames[:10]):
             expected, got = _both(kernels, series.cube, settings, frames)
             assert_same_run(expected, got, f"W=10 {reference} n={len(frames)}")
+
+
+def test_float32_subnormals_match(kernels, table, make_cube):
+    """float32 subnormals that decide vetoes: the host build keeps them, as NumPy does; and the series is
+    one that flushing subnormals to zero (CUDA's FTZ) changes (temporal references)."""
+    series = subnormal_series(make_cube, table)
+    flushed_frames = flush_subnormals(series.frames)
+    assert np.any(flushed_frames != series.frames)
+    for reference in REFERENCES:
+        settings = EngineSettings(reference=reference, window=6)
+        expected, got = _both(kernels, series.cube, settings, series.frames)
+        assert_same_run(expected, got, f"{series.label} {reference}")
+        if reference != "spatial":
+            flushed = run_engine(RTNEngine(series.cube, settings, backend="numpy"), flushed_frames)
+            assert sum(f.counts.vetoed for f in flushed[0]) < sum(f.counts.vetoed for f in expected[0])
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "float32"])
+def test_window_fixed_at_compile_time_matches(tmp_path, dtype):
+    """The build the CuPy backend runs (-DRTN_WINDOW=W, W in the registers) gives the NumPy engine's output."""
+    fixed = HostKernels(build_host_library(CXX, tmp_path, window=10))
+    series = simulated_series(dtype, "varying", 500.0, n_frames=23, seed=6)
+    for reference in ("temporal", "causal"):
+        expected, got = _both(fixed, series.cube, EngineSettings(reference=reference, window=10), series.frames)
+        assert_same_run(expected, got, f"{series.label} RTN_WINDOW=10 {reference}")
+        assert sum(f.counts.low + f.counts.high for f in expected[0]) > 0
 
 
 def _backends(kernels, cube, table, n_slots, spatial_size=5):
@@ -271,6 +299,7 @@ def test_source_constants_match_python():
         "RTN_STATE_NONE": STATE_NONE, "RTN_STATE_LOW": STATE_LOW, "RTN_STATE_HIGH": STATE_HIGH,
         "RTN_STATE_VETO": STATE_VETO, "RTN_STATE_OUT_OF_TABLE": STATE_OUT_OF_TABLE,
         "RTN_COUNT_CHANGED": _cuda.COUNT_CHANGED, "RTN_MAX_VALUES": _cuda.MAX_VALUES,
+        "RTN_WINDOW": 0,  # the default: W a run-time argument (nvrtc_options(W) fixes it at compile time)
     }
     assert _cuda.N_COUNTS == _cuda.COUNT_CHANGED + 1
 

@@ -14,7 +14,14 @@ import pytest
 from rtnstream.kernels.cupy_backend import gpu_available
 from rtnstream.kernels.engine import EngineSettings, RTNEngine
 from rtnstream.kernels.exceptions import BackendUnavailableError
-from tests.kernels._cuda_host import assert_same_run, run_engine, simulated_series, threshold_series
+from tests.kernels._cuda_host import (
+    assert_one_push_later,
+    assert_same_run,
+    run_engine,
+    simulated_series,
+    subnormal_series,
+    threshold_series,
+)
 
 GPU = gpu_available()
 needs_gpu = pytest.mark.skipif(not GPU, reason="no CUDA device usable through CuPy")
@@ -54,6 +61,42 @@ def test_cupy_engine_at_thresholds_and_window_10(table, make_cube, reference):
     big = simulated_series("uint16", "varying", 500.0, n_frames=31, shape=(96, 128), seed=9)
     expected = _same(big.cube, EngineSettings(reference=reference, window=window), big.frames, big.label)
     assert sum(f.counts.low + f.counts.high for f in expected[0]) > 0
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("reference", REFERENCES)
+def test_cupy_keeps_float32_subnormals(table, make_cube, reference):
+    """CuPy compiles with -ftz=true; the kernels' explicit conversions keep float32 subnormals, which
+    here decide vetoes (test_cuda_host.test_float32_subnormals_match shows that flushing changes them)."""
+    series = subnormal_series(make_cube, table)
+    _same(series.cube, EngineSettings(reference=reference, window=6), series.frames, series.label)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype", ["uint16", "float32"])
+def test_cupy_in_place_and_one_push_later(dtype):
+    """The pipelined CuPy engine: each frame out one push after the NumPy engine's, the same frames; with
+    in_place=True the data is the pushed array."""
+    series = simulated_series(dtype, "varying", 500.0, n_frames=19, seed=4)
+    settings = EngineSettings(window=6)
+    numpy_engine = RTNEngine(series.cube, settings, backend="numpy")
+    cupy_engine = RTNEngine(series.cube, settings, backend="cupy", in_place=True)
+    assert cupy_engine.backend.pipelined
+    expected, got, pushed = [], [], []
+    for frame in series.frames:
+        expected.append([o.index for o in numpy_engine.push(frame.copy())])
+        pushed.append(frame.copy())
+        outs = cupy_engine.push(pushed[-1])
+        assert all(o.data is pushed[o.index] for o in outs)
+        got.append([o.index for o in outs])
+    expected.append([o.index for o in numpy_engine.finish()])
+    got.append([o.index for o in cupy_engine.finish()])
+    assert_one_push_later(expected, got, [True] * len(series.frames))
+    assert_same_run(run_engine(RTNEngine(series.cube, settings, backend="numpy"), series.frames),
+                    run_engine(RTNEngine(series.cube, settings, backend="cupy", in_place=True),
+                               series.frames.copy()), series.label)
 
 
 @pytest.mark.gpu
