@@ -203,7 +203,10 @@ class Pipeline:
         for field_name in ("ingest", "publish", "push"):
             if getattr(config, field_name) is not None:
                 check_bindable(field_name, getattr(config, field_name), config.socket_dir)
-        self.engine = RTNEngine(cube, config.engine, backend=config.backend, track_states=config.states)
+        # in_place: every received frame sits in a writable buffer of its own (protocol.decode(writable=True)),
+        # handed to the engine and sent on as its output: no full-frame copy between receive and publish
+        self.engine = RTNEngine(cube, config.engine, backend=config.backend, track_states=config.states,
+                                in_place=True)
         self.counters = PipelineCounters()
         self.rates = RateWindow(config.stats_window_s)
         self.error: str | None = None
