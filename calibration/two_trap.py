@@ -28,7 +28,6 @@ import numpy as np
 from scipy.special import ndtr
 
 from rtnstream.calibration._em import OUTLIER_SIGMA, compress_values
-from rtnstream.calibration._em import _initial_guess as _initial_guess_one
 from rtnstream.calibration.fit import FitSettings
 from rtnstream.kernels.cube import DQ_RTN, DQ_TWO_TRAP
 from rtnstream.kernels.lut import ThresholdTable
@@ -53,10 +52,13 @@ TWO_TRAP_RULES = (
     "side_above_centre",  # a trap's side fraction above its central fraction
     "frac_c_above_max",  # a trap's central fraction above max_frac_c: its jumps too rare to be RTN
     "delta_below_min",  # D2 < min_delta_over_sigma sigma: the smaller jump is not correctable
-    "jumps_too_close",  # D1 - D2 < min_delta_over_sigma sigma: the two traps' levels are not resolvable
+    "jumps_too_close",  # D1 - D2 < MIN_SEPARATION_SIGMA sigma: the two traps' levels are not resolvable
     "sigma_outside_table",  # sigma outside the threshold table: no lambda_max
     "bic_prefers_one",  # BIC(two traps) >= BIC(one trap)
 )
+#: Least ``(D1 - D2) / sigma`` of a two-trap pixel (ours: levels 2 sigma apart are still told apart by the
+#: decision's prior-weighted choice; 3 sigma would reject pixels simulated at 3 sigma by fit noise alone).
+MIN_SEPARATION_SIGMA = 2.0
 #: Free parameters of the two models (BIC).
 N_PARAMS_ONE, N_PARAMS_TWO = 5, 8
 # the nine components: trap-1 state i and trap-2 state j, component index 3 (i + 1) + (j + 1)
@@ -136,9 +138,32 @@ def _weighted_quantile(d: np.ndarray, w: np.ndarray, p: float) -> np.ndarray:
     return d[rows[:, 0], order[rows[:, 0], k]]
 
 
+def _central_peak(y: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mode and width of the central peak: the most frequent value and the half width at half maximum.
+
+    Quantiles, as the three-level EM starts from, are pulled by two traps' side levels (up to 40 % of the
+    values, possibly all on one side); the peak is not. ``s`` = HWHM / 1.1774, at least 0.3 (adu).
+    """
+    n, k = y.shape
+    rows = np.arange(n)
+    top = np.argmax(counts, axis=1)
+    below = counts < 0.5 * counts[rows, top][:, None]
+    col = np.arange(k)[None, :]
+    right = np.where(below & (col > top[:, None]), col, k - 1).min(axis=1)
+    left = np.where(below & (col < top[:, None]), col, 0).max(axis=1)
+    step = np.maximum(np.diff(y, axis=1).min(axis=1, initial=np.inf, where=np.diff(y, axis=1) > 0), 0.0)
+    step = np.where(np.isfinite(step), step, 0.0)
+    hwhm = 0.5 * (y[rows, right] - y[rows, left] - step)  # the half-maximum crossings lie between bins
+    s = np.maximum(hwhm / 1.1774, 0.3)
+    near = np.abs(y - y[rows, top][:, None]) <= 1.5 * s[:, None]
+    w = counts * near
+    mu = (w * y).sum(axis=1) / np.maximum(w.sum(axis=1), 1e-300)
+    return mu, s
+
+
 def _initial_guess(y: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Start: mu and s as the three-level EM starts; the two jumps by 2-means of the far values' distances."""
-    mu, _delta, s, _b_lo, _b_hi = _initial_guess_one(y, counts)
+    """Start: mu and s from the central peak; the two jumps by 2-means of the far values' distances."""
+    mu, s = _central_peak(y, counts)
     dist = y - mu[:, None]
     d = np.abs(dist)
     far = counts * (d > 3.0 * s[:, None])
@@ -535,7 +560,7 @@ def _refit(y, counts, origin, width, theta_one, g: float, table: ThresholdTable,
                               | (two.frac2_lo > two.frac2_c) | (two.frac2_hi > two.frac2_c)),
         "frac_c_above_max": (two.frac1_c > settings.max_frac_c) | (two.frac2_c > settings.max_frac_c),
         "delta_below_min": ~(two.delta2 >= k * two.sigma),
-        "jumps_too_close": ~(two.delta1 - two.delta2 >= k * two.sigma),
+        "jumps_too_close": ~(two.delta1 - two.delta2 >= MIN_SEPARATION_SIGMA * two.sigma),
         "sigma_outside_table": ~((sigma_e >= table.sigma_nodes[0]) & (sigma_e <= table.sigma_nodes[-1])),
         "bic_prefers_one": ~(bic_two < bic_one),
     }
