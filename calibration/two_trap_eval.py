@@ -23,7 +23,7 @@ from rtnstream.kernels.lut import ThresholdTable
 from rtnstream.kernels.simulate import SecondTraps, SensorModel, two_trap_frames
 from rtnstream.kernels.two_trap import LEVEL_I, LEVEL_J, TwoTrapParams, apply_two_trap, decide_two_trap
 
-__all__ = ["TwoTrapTruth", "simulate", "bias_stack", "fit_stack", "temporal_lambda", "evaluate"]
+__all__ = ["TwoTrapTruth", "simulate", "bias_stack", "fit_stack", "temporal_lambda", "spatial_lambda", "evaluate"]
 
 
 @dataclass
@@ -82,7 +82,8 @@ def fit_stack(data: np.ndarray, gain_e_per_adu: float, table: ThresholdTable, se
     -------
     dict of str to numpy.ndarray
         ``index`` (flat indices of the candidates, int64), ``one`` (the three-level fit dict),
-        ``one_accepted`` (bool), and the :func:`fit_two_trap_candidates` fields, per candidate.
+        ``one_accepted`` (bool), and the :func:`fit_two_trap_candidates` fields, per candidate; and
+        ``meanbias_adu`` (ny, nx), the mean of the stack.
     """
     settings = settings or FitSettings()
     n, ny, nx = data.shape
@@ -97,7 +98,7 @@ def fit_stack(data: np.ndarray, gain_e_per_adu: float, table: ThresholdTable, se
     index = np.flatnonzero(candidate).astype(np.int64)
     values = data.reshape(n, -1)[:, index].T
     two = fit_two_trap_candidates(values, one, g, table, settings, one_accepted=rules["accepted"])
-    return {"index": index, "one": one, "one_accepted": rules["accepted"], **two}
+    return {"index": index, "one": one, "one_accepted": rules["accepted"], "meanbias_adu": data.mean(axis=0), **two}
 
 
 def temporal_lambda(values_adu: np.ndarray, mu_adu: np.ndarray, gain_e_per_adu: float, window: int = 10
@@ -128,6 +129,37 @@ def temporal_lambda(values_adu: np.ndarray, mu_adu: np.ndarray, gain_e_per_adu: 
     vals = np.sort(values_adu[rows].astype(np.float64), axis=1)  # (n_frames, W, n)
     ref = (vals[:, window // 2 - 1] + vals[:, window // 2]) * 0.5
     return np.maximum((ref - mu_adu[None, :]) * gain_e_per_adu, 0.0)
+
+
+def spatial_lambda(data_adu: np.ndarray, index: np.ndarray, meanbias_adu: np.ndarray, gain_e_per_adu: float,
+                   size: int = 5) -> np.ndarray:
+    """Expected photo-electrons from the spatial median reference (ALGORITHM.md section 2).
+
+    Parameters
+    ----------
+    data_adu : numpy.ndarray, shape (n_frames, ny, nx), adu
+    index : numpy.ndarray, shape (n,), int64
+        Flat indices of the pixels.
+    meanbias_adu : numpy.ndarray, shape (ny, nx), adu
+        Mean bias map (subtracted from the neighbours).
+    gain_e_per_adu : float
+    size : int, odd, >= 3
+        Neighbourhood size (the centre and pixels outside the frame excluded).
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_frames, n), float64, electron, >= 0
+    """
+    from rtnstream.kernels.pixels import neighbour_indices
+
+    n_frames, ny, nx = data_adu.shape
+    nb = neighbour_indices((ny, nx), index, size)
+    inside = nb >= 0
+    safe = np.where(inside, nb, 0)
+    flat = data_adu.reshape(n_frames, -1)
+    vals = np.where(inside[None], flat[:, safe].astype(np.float64) - meanbias_adu.ravel()[safe][None], np.nan)
+    ref = np.nanmedian(vals, axis=2)
+    return np.maximum(ref * gain_e_per_adu, 0.0)
 
 
 def _correct(values: np.ndarray, lam: np.ndarray, params: TwoTrapParams, table: ThresholdTable
@@ -171,8 +203,11 @@ def _pixel_figures(raw: np.ndarray, corrected: np.ndarray, states: np.ndarray, t
 
 
 def evaluate(truth: TwoTrapTruth, fit: dict[str, np.ndarray], held_out: tuple[np.ndarray, ...],
-             table: ThresholdTable, window: int = 10) -> dict[str, dict]:
+             table: ThresholdTable, reference: str = "spatial", window: int = 10) -> dict[str, dict]:
     """Score a fit on the truth and on the correction of a held-out stack (:func:`bias_stack`'s output).
+
+    ``reference`` is ``'spatial'`` (5 x 5 neighbours minus the fit's mean bias map ``fit['meanbias_adu']``)
+    or ``'temporal'`` (median of ``window`` frames).
 
     Returns
     -------
@@ -220,7 +255,12 @@ def evaluate(truth: TwoTrapTruth, fit: dict[str, np.ndarray], held_out: tuple[np
                                        frac_lo=safe[:, 4], frac_hi=safe[:, 5], frac2_lo=safe[:, 6],
                                        frac2_hi=safe[:, 7])
     values = data.reshape(n_frames, -1)[:, flat_all]
-    lam = temporal_lambda(values, params.mu_adu, g, window)
+    if reference == "temporal":
+        lam = temporal_lambda(values, params.mu_adu, g, window)
+    elif reference == "spatial":
+        lam = spatial_lambda(data, flat_all, fit["meanbias_adu"], g)
+    else:
+        raise ValueError(f"reference must be 'spatial' or 'temporal', got {reference!r}")
     corrected, states = _correct(values, lam, params, table)
     corrected[:, ~corrected_pixel] = values[:, ~corrected_pixel]
     states[:, ~corrected_pixel] = 0
@@ -247,7 +287,7 @@ def evaluate(truth: TwoTrapTruth, fit: dict[str, np.ndarray], held_out: tuple[np
         "n_two_trap": int(is_two.sum()), "n_one_trap": int((~is_two).sum()),
         "two_trap_found": float(found[is_two].mean()) if is_two.any() else float("nan"),
         "one_trap_taken_for_two": float(found[~is_two].mean()) if (~is_two).any() else float("nan"),
-        "normal_taken_for_two": int(fit["two_trap"].sum() - found.sum()),
+        "normal_taken_for_two": int(fit["two_trap"].sum() - found.sum()), "reference": reference,
         "n_candidates": int(cand.size), "n_refitted": int((~fit["fits_one_trap"]).sum()), **rel,
     }
     return {"classification": classification, "two_trap": figures(is_two), "one_trap": figures(~is_two)}
