@@ -69,9 +69,13 @@ def simulate(shape: tuple[int, int], one_trap_fraction: float = 0.05, two_trap_f
 def bias_stack(truth: TwoTrapTruth, n_frames: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bias frames ``(n, ny, nx)`` uint16 and the true states of the first ``(n, n_rtn)`` and second
     ``(n, n_two)`` traps, int8."""
-    frames = list(two_trap_frames(truth.sensor, truth.traps, n_frames, seed=seed))
-    return (np.stack([f.data for f in frames]), np.stack([f.states for f in frames]),
-            np.stack([f.states2 for f in frames]))
+    sensor = truth.sensor
+    data = np.empty((n_frames, *sensor.shape), dtype=np.uint16)
+    states = np.empty((n_frames, sensor.n_rtn), dtype=np.int8)
+    states2 = np.empty((n_frames, truth.traps.n_two), dtype=np.int8)
+    for t, frame in enumerate(two_trap_frames(sensor, truth.traps, n_frames, seed=seed)):
+        data[t], states[t], states2[t] = frame.data, frame.states, frame.states2
+    return data, states, states2
 
 
 def fit_stack(data: np.ndarray, gain_e_per_adu: float, table: ThresholdTable, settings: FitSettings | None = None
@@ -157,8 +161,11 @@ def spatial_lambda(data_adu: np.ndarray, index: np.ndarray, meanbias_adu: np.nda
     inside = nb >= 0
     safe = np.where(inside, nb, 0)
     flat = data_adu.reshape(n_frames, -1)
-    vals = np.where(inside[None], flat[:, safe].astype(np.float64) - meanbias_adu.ravel()[safe][None], np.nan)
-    ref = np.nanmedian(vals, axis=2)
+    bias = meanbias_adu.ravel()[safe][None]
+    ref = np.empty((n_frames, index.size))
+    for t0 in range(0, n_frames, 50):  # in blocks of frames: (50, n, size^2 - 1) float64 at a time
+        vals = np.where(inside[None], flat[t0 : t0 + 50, safe].astype(np.float64) - bias, np.nan)
+        ref[t0 : t0 + 50] = np.nanmedian(vals, axis=2)
     return np.maximum(ref * gain_e_per_adu, 0.0)
 
 
