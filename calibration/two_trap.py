@@ -70,6 +70,8 @@ _RIDGE = 1e-9  # keeps a jump at its value in the M-step while no value is assig
 # side fractions below _DEGENERATE_SIDES in all (central fraction > 0.98 > max_frac_c), or D2 or D1 - D2
 # below _DEGENERATE_GAP s (< min_delta_over_sigma); the rules would reject such a fit anyway.
 _DEGENERATE_AFTER, _DEGENERATE_SIDES, _DEGENERATE_GAP = 30, 0.02, 1.5
+#: Pixels refitted at once (memory: about 10 arrays of 9 x REFIT_GROUP x n_distinct float64).
+REFIT_GROUP = 2048
 #: Screen of accepted three-level fits: refit with two traps above this Kolmogorov-Smirnov distance (ours).
 KS_SCREEN = 1.0
 
@@ -522,10 +524,11 @@ def fit_two_trap_candidates(
     sel = np.flatnonzero(screened)
     out = _empty_result(n)
     out["fits_one_trap"][:] = ~screened
-    if sel.size:
-        part = _refit(y[sel], counts[sel], origin[sel], width[sel], theta_one[sel], g, table, settings)
+    for p0 in range(0, sel.size, REFIT_GROUP):  # groups bound the (9, group, k) EM temporaries
+        rows = sel[p0 : p0 + REFIT_GROUP]
+        part = _refit(y[rows], counts[rows], origin[rows], width[rows], theta_one[rows], g, table, settings)
         for key, value in part.items():
-            out[key][sel] = value
+            out[key][rows] = value
     two_trap = out["two_trap"]
     out["dq"][:] = np.where(two_trap, DQ_RTN | DQ_TWO_TRAP, np.where(one_accepted, DQ_RTN, 0))
     return out

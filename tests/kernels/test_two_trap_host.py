@@ -72,6 +72,14 @@ def _case(dtype: np.dtype, table, n: int = 6000, seed: int = 0):
     s = np.select([kind == 0, kind == 1, kind == 2],
                   [lam + offs[rows, k] + rng.normal(0, 1, n) * sigma, q_lo + offs[rows, k], q_hi + offs[rows, k]],
                   q_lo if rng.random() < 0.5 else q_hi)
+    # resolvability at its bound: D1 exactly q_hi - lambda (or lambda - q_lo), the signal at level +-D1
+    edge = rng.random(n) < 0.1
+    up = rng.random(n) < 0.5
+    d1 = np.where(edge, np.where(up, q_hi - lam, lam - q_lo), d1)
+    d2 = np.where(edge, 0.1 * d1, d2)
+    params = TwoTrapParams.from_arrays(mu, d1, d2, sigma, g, table, frac_lo=fr[0], frac_hi=fr[1], frac2_lo=fr[2],
+                                       frac2_hi=fr[3])
+    s = np.where(edge, np.where(up, q_hi + 0.5 * d1, q_lo - 0.5 * d1), s)
     x = mu + s / g
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
