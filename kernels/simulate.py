@@ -15,10 +15,11 @@ from typing import Literal
 
 import numpy as np
 
-from rtnstream.kernels.cube import DQ_RTN, RTNCube, RTNPixels, model_mean_and_std
+from rtnstream.kernels.cube import DQ_RTN, DQ_TWO_TRAP, RTNCube, RTNPixels, model_mean_and_std
 from rtnstream.kernels.lut import ThresholdTable, get_table
 
-__all__ = ["SensorModel", "Scene", "SimulatedFrame"]
+__all__ = ["SensorModel", "Scene", "SimulatedFrame", "SecondTraps", "TwoTrapFrame", "two_trap_frames",
+           "two_trap_true_cube"]
 
 SceneKind = Literal["bias", "flat", "stars", "varying"]
 
@@ -241,3 +242,139 @@ class SensorModel:
             gain_e_per_adu=self.gain_e_per_adu,
             meta={"camera": "simulated", "detector": "simulated IMX455-like", "alpha": alpha},
         )
+
+
+@dataclass(eq=False)
+class SecondTraps:
+    """Truth of the second trap of the two-trap pixels of a :class:`SensorModel` (independent of the first).
+
+    Attributes
+    ----------
+    rtn_pos : numpy.ndarray, shape (n_two,), int64
+        Positions in the sensor's ``rtn_index`` of the two-trap pixels (ascending).
+    delta_e, frac_c, frac_lo, frac_hi : numpy.ndarray, shape (n_two,), float64
+        Jump size (electron) and state probabilities of each second trap.
+    """
+
+    rtn_pos: np.ndarray
+    delta_e: np.ndarray
+    frac_c: np.ndarray
+    frac_lo: np.ndarray
+    frac_hi: np.ndarray
+
+    @classmethod
+    def random(cls, sensor: SensorModel, two_trap_fraction: float, delta_over_sigma: tuple[float, float] = (4.0, 14.0),
+               min_separation_sigma: float = 3.0, one_sided_fraction: float = 0.2, seed: int = 0) -> SecondTraps:
+        """Give a second trap to ``two_trap_fraction`` of the sensor's pixels, chosen among its RTN pixels.
+
+        Parameters
+        ----------
+        sensor : SensorModel
+            Must hold at least ``two_trap_fraction`` of its pixels as RTN pixels.
+        two_trap_fraction : float in [0, 1]
+            Fraction of all pixels that get a second trap.
+        delta_over_sigma : (float, float)
+            Range of the second jump over sigma; drawn uniformly on the part of it at least
+            ``min_separation_sigma`` sigma away from the pixel's first jump.
+        min_separation_sigma : float, >= 0
+            Least ``|D1 - D2| / sigma``.
+        one_sided_fraction : float in [0, 1]
+            Fraction of second traps with only one side level.
+        seed : int
+
+        Raises
+        ------
+        ValueError
+            A fraction outside [0, 1], more two-trap pixels than RTN pixels, or a ``delta_over_sigma``
+            range that leaves no room ``min_separation_sigma`` away from some first jump.
+        """
+        for name, value in (("two_trap_fraction", two_trap_fraction), ("one_sided_fraction", one_sided_fraction)):
+            if not 0 <= value <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        if min_separation_sigma < 0:
+            raise ValueError(f"min_separation_sigma must be >= 0, got {min_separation_sigma!r}")
+        lo, hi = (float(v) for v in delta_over_sigma)
+        if not 0 < lo < hi:
+            raise ValueError(f"delta_over_sigma must be (low, high) with 0 < low < high, got {delta_over_sigma!r}")
+        n_two = int(round(two_trap_fraction * sensor.shape[0] * sensor.shape[1]))
+        if n_two > sensor.n_rtn:
+            raise ValueError(f"two_trap_fraction {two_trap_fraction!r} asks for {n_two} two-trap pixels, but the "
+                             f"sensor has {sensor.n_rtn} RTN pixels")
+        rng = np.random.default_rng(seed)
+        pos = np.sort(rng.choice(sensor.n_rtn, n_two, replace=False)).astype(np.int64)
+        sigma = sensor.sigma_e.ravel()[sensor.rtn_index[pos]]
+        first = sensor.delta_e[pos] / sigma
+        below = np.clip(first - min_separation_sigma, lo, hi) - lo  # room in [lo, first - sep]
+        above = hi - np.clip(first + min_separation_sigma, lo, hi)  # room in [first + sep, hi]
+        if np.any(below + above <= 0):
+            raise ValueError(f"delta_over_sigma {delta_over_sigma!r} leaves no second jump {min_separation_sigma} "
+                             f"sigma away from some first jump")
+        u = rng.uniform(0.0, 1.0, n_two) * (below + above)
+        ratio = np.where(u < below, lo + u, hi - (u - below))
+        frac_c = rng.uniform(0.80, 0.94, n_two)
+        side = 1.0 - frac_c
+        split = rng.uniform(0.3, 0.7, n_two)
+        one_sided = rng.random(n_two) < one_sided_fraction
+        split = np.where(one_sided, rng.choice([0.0, 1.0], n_two), split)
+        return cls(rtn_pos=pos, delta_e=ratio * sigma, frac_c=frac_c, frac_lo=side * split, frac_hi=side * (1 - split))
+
+    @property
+    def n_two(self) -> int:
+        return int(self.rtn_pos.size)
+
+
+@dataclass
+class TwoTrapFrame(SimulatedFrame):
+    """A :class:`SimulatedFrame` of a sensor with two-trap pixels.
+
+    Attributes
+    ----------
+    states2 : numpy.ndarray, shape (n_two,), int8
+        True state of each second trap: -1 low, 0 central, +1 high (``states`` holds the first traps').
+    """
+
+    states2: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
+
+
+def two_trap_frames(sensor: SensorModel, traps: SecondTraps, n_frames: int, scene: Scene | None = None,
+                    seed: int = 1) -> Iterator[TwoTrapFrame]:
+    """Frames of ``sensor`` whose two-trap pixels also jump by their second trap, with the per-frame truth.
+
+    The first traps, the read noise and the scene are drawn exactly as :meth:`SensorModel.frames` draws
+    them (same ``seed``); the second traps' states from their own generator. A two-trap pixel reads
+    ``bias + (e + i D1 + j D2) / gain`` (i, j the two traps' states), rounded and clipped to [0, 65535].
+    """
+    rng = np.random.default_rng([seed, 2])
+    g = sensor.gain_e_per_adu
+    cum = np.stack([traps.frac_lo, traps.frac_lo + traps.frac_c])
+    index2 = sensor.rtn_index[traps.rtn_pos]
+    for sim in sensor.frames(n_frames, scene, seed):
+        u = rng.random(traps.n_two)
+        states2 = np.where(u < cum[0], -1, np.where(u < cum[1], 0, 1)).astype(np.int8)
+        jumped = sim.clean_adu.copy().ravel()
+        jumped[sensor.rtn_index] += sim.states * sensor.delta_e / g
+        jumped[index2] += states2 * traps.delta_e / g
+        data = np.clip(np.rint(jumped), 0, 65535).astype(np.uint16).reshape(sensor.shape)
+        yield TwoTrapFrame(data=data, states=sim.states, clean_adu=sim.clean_adu, states2=states2)
+
+
+def two_trap_true_cube(sensor: SensorModel, traps: SecondTraps, alpha: float = 0.003,
+                       table: ThresholdTable | None = None) -> RTNCube:
+    """:meth:`SensorModel.true_cube` with the two-trap pixels flagged ``DQ_TWO_TRAP``.
+
+    The cube's RTN columns keep each pixel's first trap (version-2 columns for the second trap come with
+    phase 2 of issue 19); the mean bias and read-noise maps of the two-trap pixels include both traps.
+    """
+    cube = sensor.true_cube(alpha, table)
+    flat = sensor.rtn_index[traps.rtn_pos]
+    g = sensor.gain_e_per_adu
+    d1, d2 = sensor.delta_e[traps.rtn_pos], traps.delta_e
+    lo1, hi1 = sensor.frac_lo[traps.rtn_pos], sensor.frac_hi[traps.rtn_pos]
+    lo2, hi2 = traps.frac_lo, traps.frac_hi
+    mean_e = d1 * (hi1 - lo1) + d2 * (hi2 - lo2)
+    var_e2 = (sensor.sigma_e.ravel()[flat] ** 2 + d1 * d1 * (lo1 + hi1) - (d1 * (hi1 - lo1)) ** 2
+              + d2 * d2 * (lo2 + hi2) - (d2 * (hi2 - lo2)) ** 2)
+    cube.meanbias_adu.reshape(-1)[flat] = sensor.bias_adu.ravel()[flat] + mean_e / g
+    cube.readnoise_e.reshape(-1)[flat] = np.sqrt(var_e2)
+    cube.dq.reshape(-1)[flat] |= DQ_TWO_TRAP
+    return cube

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from rtnstream.fitsio import FrameSink
 from rtnstream.kernels.cube import write_cube
-from rtnstream.kernels.simulate import Scene, SensorModel
+from rtnstream.kernels.simulate import Scene, SecondTraps, SensorModel, two_trap_frames, two_trap_true_cube
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +24,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sky-e", type=float, default=20.0, help="sky level, electron/pixel/frame")
     parser.add_argument("--n-stars", type=int, default=20, help="stars in the 'stars' and 'varying' scenes")
     parser.add_argument("--rtn-fraction", type=float, default=0.05, help="fraction of RTN pixels")
+    parser.add_argument("--two-trap-fraction", type=float, default=0.0,
+                        help="fraction of pixels with a second, independent trap (besides --rtn-fraction one-trap "
+                             "pixels); their second traps' truth goes to truth.npz (states2, two_trap_*)")
     parser.add_argument("--gain-e-per-adu", type=float, default=1 / 3.26, help="conversion gain, e-/ADU")
     parser.add_argument("--frames-per-file", type=int, default=0,
                         help="split into files of this many frames (0: one 3-D stack; 1: 2-D frames)")
@@ -36,14 +39,21 @@ def run(args: argparse.Namespace) -> int:
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     shape = tuple(args.shape)
-    sensor = SensorModel.random(shape, rtn_fraction=args.rtn_fraction, gain_e_per_adu=args.gain_e_per_adu,
+    two = args.two_trap_fraction
+    if not 0 <= two <= 1 - args.rtn_fraction:
+        raise SystemExit("rtnstream simulate: error: --two-trap-fraction must be in [0, 1 - --rtn-fraction], "
+                         f"got {two!r}")
+    sensor = SensorModel.random(shape, rtn_fraction=args.rtn_fraction + two, gain_e_per_adu=args.gain_e_per_adu,
                                 seed=args.seed)
+    traps = SecondTraps.random(sensor, two, seed=args.seed + 3) if two > 0 else None
     scene = Scene.make(args.scene, shape, sky_e=args.sky_e, n_stars=args.n_stars, seed=args.seed + 1)
     per_file = args.frames_per_file or args.frames
     states = np.empty((args.frames, sensor.n_rtn), dtype=np.int8)
     files: list[str] = []
     sink = None
-    frames = sensor.frames(args.frames, scene, seed=args.seed + 2)
+    frames = (sensor.frames(args.frames, scene, seed=args.seed + 2) if traps is None
+              else two_trap_frames(sensor, traps, args.frames, scene, seed=args.seed + 2))
+    states2 = np.empty((args.frames, traps.n_two if traps else 0), dtype=np.int8)
     for t, sim in enumerate(tqdm(frames, total=args.frames, unit="frame", desc="simulate")):
         if t % per_file == 0:
             n = min(per_file, args.frames - t)
@@ -52,18 +62,26 @@ def run(args: argparse.Namespace) -> int:
             files.append(name)
         sink.write(sim.data)
         states[t] = sim.states
+        if traps is not None:
+            states2[t] = sim.states2
         if sink.written == sink.n_frames:
             sink.close()
-    write_cube(sensor.true_cube(), outdir / "cube.fits", overwrite=True)
+    cube = sensor.true_cube() if traps is None else two_trap_true_cube(sensor, traps)
+    write_cube(cube, outdir / "cube.fits", overwrite=True)
+    second = {} if traps is None else {
+        "states2": states2, "two_trap_index": sensor.rtn_index[traps.rtn_pos], "two_trap_delta2_e": traps.delta_e,
+        "two_trap_frac2_c": traps.frac_c, "two_trap_frac2_lo": traps.frac_lo, "two_trap_frac2_hi": traps.frac_hi}
     np.savez_compressed(
         outdir / "truth.npz", states=states, rtn_index=sensor.rtn_index, delta_e=sensor.delta_e,
         frac_c=sensor.frac_c, frac_lo=sensor.frac_lo, frac_hi=sensor.frac_hi, bias_adu=sensor.bias_adu,
         sigma_e=sensor.sigma_e, gain_e_per_adu=np.float64(sensor.gain_e_per_adu),
-        star_y=scene.star_y, star_x=scene.star_x, star_flux_e=scene.star_flux_e,
+        star_y=scene.star_y, star_x=scene.star_x, star_flux_e=scene.star_flux_e, **second,
     )
     info = {"files": files, "frames": args.frames, "shape": list(shape), "scene": args.scene,
             "n_rtn": sensor.n_rtn, "gain_e_per_adu": sensor.gain_e_per_adu, "cube": "cube.fits",
             "truth": "truth.npz", "seed": args.seed}
+    if traps is not None:
+        info["n_two_trap"] = traps.n_two
     (outdir / "truth.json").write_text(json.dumps(info, indent=2))
     print(json.dumps(info))
     return 0

@@ -1,0 +1,322 @@
+"""Jump decision and correction of two-trap pixels (NumPy): the specification ``rtn_two_trap.cuh`` repeats.
+
+A two-trap pixel's signal ``s = (x - mu) g`` (electron) sits at one of the levels ``L = i D1 + j D2``
+(i, j in {-1, 0, 1}); with no jump (``L = 0``) it follows the Poisson-normal distribution of ALGORITHM.md
+section 3, with quantiles ``q_lo``, ``q_hi`` at the pixel's ``lambda`` and ``sigma``. The decision
+generalises section 3 (docs/algorithm.md, "Two-trap pixels", ours). Level k is a *candidate* when
+
+- ``s`` lies in level k's (1 - alpha) range: ``q_lo + L_k < s < q_hi + L_k``;
+- ``s`` lies outside the central range (``s < q_lo`` or ``s > q_hi``), at the same significance;
+- level k is resolvable from the centre: ``lambda - q_lo < -L_k`` for ``L_k < 0``,
+  ``q_hi - lambda < L_k`` for ``L_k > 0`` (a level at 0 never is).
+
+Two traps' levels may lie as close as 3 sigma, so a signal is often in two candidates' ranges; it is then
+corrected by the most probable candidate: the largest ``log(P1(i) P2(j)) - z^2 / 2`` with
+``z = ((s - lambda) - L_k) / sqrt(sigma^2 + lambda)`` (each trap's fitted state fractions; the normal
+approximation of the Poisson-normal spread), the first candidate in level order on ties. With ``D2 = 0``
+the candidates are exactly section 3's (levels of trap 2 alone sit at 0; the others at +-D1), so the
+corrections are those of :func:`rtnstream.kernels.numpy_backend.decide`. Every quantity is the same float64
+operation sequence as in the CUDA header (products by i, j in {-1, 0, 1} are exact, the log priors are
+computed once on the host, no other transcendental function), so integer output is bit-identical across
+backends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rtnstream.kernels.lut import ThresholdTable
+
+__all__ = [
+    "LEVEL_I",
+    "LEVEL_J",
+    "N_LEVELS",
+    "TT_NONE",
+    "TT_OUT_OF_TABLE",
+    "TwoTrapParams",
+    "level_offsets_e",
+    "decide_two_trap",
+    "correction_adu",
+    "apply_two_trap",
+    "level_counts",
+    "two_trap_offset_map",
+]
+
+#: Trap-1 and trap-2 states of the eight jump levels (level code k + 1 for index k).
+LEVEL_I = np.array([-1, -1, -1, 0, 0, 1, 1, 1], dtype=np.int8)
+LEVEL_J = np.array([-1, 0, 1, -1, 1, -1, 0, 1], dtype=np.int8)
+N_LEVELS = 8
+TT_NONE = 0  # left unchanged: no significant jump, ambiguous, or not resolvable
+TT_OUT_OF_TABLE = 9  # lambda or sigma outside the threshold table: left unchanged
+
+
+def _check_1d(name: str, value, n: int | None = None) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim != 1 or (n is not None and arr.size != n):
+        want = "a 1-D array" if n is None else f"shape ({n},)"
+        raise ValueError(f"{name} must have {want}, got shape {arr.shape}")
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class TwoTrapParams:
+    """Parameters of n two-trap pixels, prepared once per job (host, NumPy) and shared by every backend.
+
+    Attributes
+    ----------
+    gain_e_per_adu : float
+    mu_adu : numpy.ndarray, shape (n,), float64, adu
+        Central level.
+    delta1_e, delta2_e : numpy.ndarray, shape (n,), float64, electron, >= 0
+        The two traps' jumps.
+    delta1_adu_int, delta2_adu_int : numpy.ndarray, shape (n,), int64, adu
+        ``rint(delta_e / gain)``: integer frames are corrected by ``i D1_adu + j D2_adu``.
+    delta1_adu_float, delta2_adu_float : numpy.ndarray, shape (n,), float64, adu
+        ``delta_e / gain``: float frames.
+    sigma_e : numpy.ndarray, shape (n,), float64, electron
+        RTN-free read noise.
+    log_prior : numpy.ndarray, shape (n, 8), float64
+        ``log(P1(i) P2(j))`` of each level (``-inf`` where a state never occurs).
+    sigma_j, sigma_w, sigma_ok : numpy.ndarray, shape (n,)
+        Sigma coordinates in the threshold table (:meth:`ThresholdTable.sigma_coords`).
+    """
+
+    gain_e_per_adu: float
+    mu_adu: np.ndarray
+    delta1_e: np.ndarray
+    delta2_e: np.ndarray
+    delta1_adu_int: np.ndarray
+    delta2_adu_int: np.ndarray
+    delta1_adu_float: np.ndarray
+    delta2_adu_float: np.ndarray
+    sigma_e: np.ndarray
+    log_prior: np.ndarray
+    sigma_j: np.ndarray
+    sigma_w: np.ndarray
+    sigma_ok: np.ndarray
+
+    @property
+    def n(self) -> int:
+        """Number of two-trap pixels."""
+        return int(self.mu_adu.size)
+
+    @classmethod
+    def from_arrays(cls, mu_adu, delta1_e, delta2_e, sigma_e, gain_e_per_adu: float, table: ThresholdTable,
+                    frac_lo=0.05, frac_hi=0.05, frac2_lo=0.05, frac2_hi=0.05) -> TwoTrapParams:
+        """Prepare the parameters of n pixels.
+
+        Parameters
+        ----------
+        mu_adu, delta1_e, delta2_e, sigma_e : array_like, shape (n,)
+            Central level (adu), jumps (electron, finite, >= 0) and RTN-free read noise (electron).
+        gain_e_per_adu : float, > 0
+        table : ThresholdTable
+        frac_lo, frac_hi, frac2_lo, frac2_hi : array_like, shape (n,) or scalar, in [0, 1]
+            Side-state fractions of trap 1 (jump ``delta1_e``) and trap 2; each trap's two sum to <= 1.
+
+        Raises
+        ------
+        ValueError
+            A shape that is not (n,), a negative or non-finite jump, a gain that is not positive, or a
+            fraction outside [0, 1].
+        """
+        mu = _check_1d("mu_adu", mu_adu)
+        n = mu.size
+        d1 = _check_1d("delta1_e", delta1_e, n)
+        d2 = _check_1d("delta2_e", delta2_e, n)
+        sigma = _check_1d("sigma_e", sigma_e, n)
+        for name, d in (("delta1_e", d1), ("delta2_e", d2)):
+            if not np.all(np.isfinite(d) & (d >= 0)):
+                raise ValueError(f"{name} must be finite and >= 0 (electron)")
+        g = float(gain_e_per_adu)
+        if not (np.isfinite(g) and g > 0):
+            raise ValueError(f"gain_e_per_adu must be positive, got {gain_e_per_adu!r}")
+        fracs = {}
+        for name, value in (("frac_lo", frac_lo), ("frac_hi", frac_hi), ("frac2_lo", frac2_lo),
+                            ("frac2_hi", frac2_hi)):
+            f = np.broadcast_to(np.asarray(value, dtype=np.float64), (n,)) if np.ndim(value) == 0 else \
+                _check_1d(name, value, n)
+            if not np.all((f >= 0) & (f <= 1)):
+                raise ValueError(f"{name} must lie in [0, 1]")
+            fracs[name] = f
+        p1 = np.stack([fracs["frac_lo"], 1.0 - fracs["frac_lo"] - fracs["frac_hi"], fracs["frac_hi"]], axis=1)
+        p2 = np.stack([fracs["frac2_lo"], 1.0 - fracs["frac2_lo"] - fracs["frac2_hi"], fracs["frac2_hi"]], axis=1)
+        if np.any(p1[:, 1] < -1e-12) or np.any(p2[:, 1] < -1e-12):
+            raise ValueError("frac_lo + frac_hi and frac2_lo + frac2_hi must each be <= 1")
+        with np.errstate(divide="ignore"):
+            log_prior = np.log(np.maximum(p1[:, LEVEL_I + 1], 0.0) * np.maximum(p2[:, LEVEL_J + 1], 0.0))
+        j, w, ok = table.sigma_coords(sigma)
+        return cls(gain_e_per_adu=g, mu_adu=mu.copy(), delta1_e=d1.copy(), delta2_e=d2.copy(),
+                   delta1_adu_int=np.rint(d1 / g).astype(np.int64), delta2_adu_int=np.rint(d2 / g).astype(np.int64),
+                   delta1_adu_float=d1 / g, delta2_adu_float=d2 / g, sigma_e=sigma.copy(), log_prior=log_prior,
+                   sigma_j=j, sigma_w=w, sigma_ok=ok)
+
+
+def level_offsets_e(delta1_e: np.ndarray, delta2_e: np.ndarray) -> np.ndarray:
+    """Offsets ``i D1 + j D2`` of the eight jump levels from the central level.
+
+    Parameters
+    ----------
+    delta1_e, delta2_e : numpy.ndarray, shape (n,), float64, electron
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, 8), float64, electron
+        In the order of :data:`LEVEL_I`, :data:`LEVEL_J`.
+    """
+    return LEVEL_I * delta1_e[:, None] + LEVEL_J * delta2_e[:, None]
+
+
+def decide_two_trap(x_adu: np.ndarray, lam_e: np.ndarray, params: TwoTrapParams, table: ThresholdTable
+                    ) -> np.ndarray:
+    """Level of every two-trap pixel's signal (module docstring: the rules).
+
+    Parameters
+    ----------
+    x_adu : numpy.ndarray, shape (n,), float64, adu
+        Pixel values in this frame.
+    lam_e : numpy.ndarray, shape (n,), float64, electron, >= 0
+        Expected photo-electrons from the reference.
+    params : TwoTrapParams
+    table : ThresholdTable
+
+    Returns
+    -------
+    numpy.ndarray, shape (n,), uint8
+        ``TT_NONE``, ``k + 1`` for level index k (correct by its offset), or ``TT_OUT_OF_TABLE``.
+
+    Raises
+    ------
+    ValueError
+        ``x_adu`` or ``lam_e`` not of shape (n,).
+    """
+    x = _check_1d("x_adu", x_adu, params.n)
+    lam = _check_1d("lam_e", lam_e, params.n)
+    s = (x - params.mu_adu) * params.gain_e_per_adu
+    q_lo, q_hi, in_table = table.lookup(lam, params.sigma_j, params.sigma_w)
+    offs = level_offsets_e(params.delta1_e, params.delta2_e)
+    lo = q_lo[:, None] + offs
+    hi = q_hi[:, None] + offs
+    sc = s[:, None]
+    candidate = (lo < sc) & (sc < hi) & ((s < q_lo) | (s > q_hi))[:, None]
+    candidate &= np.where(offs < 0, (lam[:, None] - q_lo[:, None]) < -offs,
+                          np.where(offs > 0, (q_hi[:, None] - lam[:, None]) < offs, False))
+    width = np.sqrt(params.sigma_e * params.sigma_e + lam)
+    z = ((s - lam)[:, None] - offs) / width[:, None]
+    score = params.log_prior - 0.5 * (z * z)
+    best = np.max(np.where(candidate, score, -np.inf), axis=1)
+    chosen = candidate & (score == best[:, None])  # the first of these, in level order
+    state = np.where(candidate.any(axis=1), np.argmax(chosen, axis=1) + 1, TT_NONE).astype(np.uint8)
+    state[~(in_table & params.sigma_ok)] = TT_OUT_OF_TABLE
+    return state
+
+
+def _level_states(state: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixels with a correction, and their trap states i, j (int64)."""
+    changed = np.flatnonzero((state >= 1) & (state <= N_LEVELS))
+    k = state[changed].astype(np.int64) - 1
+    return changed, LEVEL_I[k].astype(np.int64), LEVEL_J[k].astype(np.int64)
+
+
+def correction_adu(state: np.ndarray, params: TwoTrapParams, integer: bool) -> np.ndarray:
+    """Amount added to each pixel: ``-(i D1_adu + j D2_adu)`` of its level, 0 where unchanged.
+
+    Parameters
+    ----------
+    state : numpy.ndarray, shape (n,), uint8
+        From :func:`decide_two_trap`.
+    params : TwoTrapParams
+    integer : bool
+        Integer frames (``delta*_adu_int``, int64 result) or float frames (``delta*_adu_float``, float64).
+
+    Returns
+    -------
+    numpy.ndarray, shape (n,), int64 or float64, adu
+    """
+    changed, i, j = _level_states(state)
+    if integer:
+        out = np.zeros(params.n, dtype=np.int64)
+        out[changed] = -(i * params.delta1_adu_int[changed] + j * params.delta2_adu_int[changed])
+    else:
+        out = np.zeros(params.n, dtype=np.float64)
+        out[changed] = -(i * params.delta1_adu_float[changed] + j * params.delta2_adu_float[changed])
+    return out
+
+
+def apply_two_trap(x_native: np.ndarray, state: np.ndarray, params: TwoTrapParams) -> np.ndarray:
+    """Corrected values of the two-trap pixels: ``x - (i D1_adu + j D2_adu)``, saturating on integers.
+
+    Parameters
+    ----------
+    x_native : numpy.ndarray, shape (n,), frame dtype (integer or float)
+        The pixels' values (not modified).
+    state : numpy.ndarray, shape (n,), uint8
+    params : TwoTrapParams
+
+    Returns
+    -------
+    numpy.ndarray, shape (n,), frame dtype
+        Integer frames: the int64 difference clipped to the dtype's range (never wrapping); float frames:
+        ``(double)x - (i D1_adu + j D2_adu)`` in float64, cast back.
+    """
+    out = np.array(x_native, copy=True)
+    changed, i, j = _level_states(state)
+    if changed.size == 0:
+        return out
+    if np.issubdtype(out.dtype, np.integer):
+        info = np.iinfo(out.dtype)
+        offset = i * params.delta1_adu_int[changed] + j * params.delta2_adu_int[changed]
+        new = np.clip(out[changed].astype(np.int64) - offset, info.min, info.max)
+    else:
+        offset = i * params.delta1_adu_float[changed] + j * params.delta2_adu_float[changed]
+        new = out[changed].astype(np.float64) - offset
+    out[changed] = new.astype(out.dtype)
+    return out
+
+
+def level_counts(state: np.ndarray) -> np.ndarray:
+    """One frame's corrections per level: shape (n, 8), int64 (add them up over a series)."""
+    state = np.asarray(state)
+    return (state[:, None] == np.arange(1, N_LEVELS + 1)[None, :]).astype(np.int64)
+
+
+def two_trap_offset_map(counts: np.ndarray, n_frames: np.ndarray, params: TwoTrapParams, integer: bool = True
+                        ) -> np.ndarray:
+    """Bias offset of each two-trap pixel (ALGORITHM.md section 5 over the combined levels).
+
+    ``O = -sum_k n_k (i_k D1_adu + j_k D2_adu) / n_frames``: the mean of the corrections made, which on a
+    bias series with every jump caught turns the mixture-mean bias into the central level ``mu``.
+
+    Parameters
+    ----------
+    counts : numpy.ndarray, shape (n, 8), int64
+        Corrections made per level over the series (sum of :func:`level_counts`).
+    n_frames : numpy.ndarray, shape (n,), int64
+        Frames seen per pixel.
+    params : TwoTrapParams
+    integer : bool
+        Offsets of integer frames (``delta*_adu_int``) or of float frames.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n,), float64, adu
+        0 where no frame was seen.
+
+    Raises
+    ------
+    ValueError
+        ``counts`` not of shape (n, 8) or ``n_frames`` not of shape (n,).
+    """
+    counts = np.asarray(counts)
+    if counts.shape != (params.n, N_LEVELS):
+        raise ValueError(f"counts must have shape ({params.n}, {N_LEVELS}), got {counts.shape}")
+    n_frames = np.asarray(n_frames)
+    if n_frames.shape != (params.n,):
+        raise ValueError(f"n_frames must have shape ({params.n},), got {n_frames.shape}")
+    d1 = params.delta1_adu_int if integer else params.delta1_adu_float
+    d2 = params.delta2_adu_int if integer else params.delta2_adu_float
+    per_level = -(LEVEL_I * d1[:, None].astype(np.float64) + LEVEL_J * d2[:, None].astype(np.float64))
+    total = (counts * per_level).sum(axis=1)
+    return np.where(n_frames > 0, total / np.maximum(n_frames, 1), 0.0)

@@ -1,0 +1,38 @@
+// Host-build test driver of kernels/rtn_two_trap.cuh (tests/kernels/test_two_trap_host.py).
+//
+// Built with g++ -include kernels/cuda_host_shim.h -I kernels (IEEE float64, -ffp-contract=off), like the
+// host build of rtn_correct.cu. One extern "C" function per frame dtype runs, for n pixels, the decision on
+// s = (x - mu) g with the quantiles NumPy's table lookup gave, and the saturating (integer) or float64
+// correction; the test compares states and values bit for bit with rtnstream.kernels.two_trap.
+#include "rtn_two_trap.cuh"
+
+#define RTN_TT_HOST(SUFFIX, T, INTEGER, LO, HI)                                                                \
+    extern "C" void rtn_two_trap_host_##SUFFIX(long long n, const T* x, const double* mu, double g,            \
+                                               const double* lam, const double* q_lo, const double* q_hi,      \
+                                               const unsigned char* ok, const double* d1_e, const double* d2_e, \
+                                               const double* sigma_e, const double* log_prior,            \
+                                               const long long* d1_int, const long long* d2_int,               \
+                                               const double* d1_float, const double* d2_float,                 \
+                                               unsigned char* state, T* out) {                                 \
+        for (long long k = 0; k < n; ++k) {                                                                    \
+            const double s = ((double)x[k] - mu[k]) * g;                                                       \
+            const int st = rtn_two_trap_decide(s, lam[k], q_lo[k], q_hi[k], ok[k] != 0, d1_e[k], d2_e[k],    \
+                                               sigma_e[k], log_prior + 8 * k);                                 \
+            state[k] = (unsigned char)st;                                                                      \
+            if (INTEGER) {                                                                                     \
+                out[k] = (T)rtn_two_trap_corrected_int((long long)x[k], st, d1_int[k], d2_int[k], LO, HI);     \
+            } else {                                                                                           \
+                out[k] = st >= 1 && st <= RTN_TT_LEVELS                                                        \
+                             ? (T)rtn_two_trap_corrected_float((double)x[k], st, d1_float[k], d2_float[k])     \
+                             : x[k];                                                                           \
+            }                                                                                                  \
+        }                                                                                                      \
+    }
+
+RTN_TT_HOST(u8, unsigned char, true, 0LL, 255LL)
+RTN_TT_HOST(u16, unsigned short, true, 0LL, 65535LL)
+RTN_TT_HOST(i16, short, true, -32768LL, 32767LL)
+RTN_TT_HOST(u32, unsigned int, true, 0LL, 4294967295LL)
+RTN_TT_HOST(i32, int, true, -2147483648LL, 2147483647LL)
+RTN_TT_HOST(f32, float, false, 0LL, 0LL)
+RTN_TT_HOST(f64, double, false, 0LL, 0LL)

@@ -1,0 +1,183 @@
+"""The two-trap decision (kernels/two_trap.py): one-trap limit, rules by hand, truth, saturation, bookkeeping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rtnstream.kernels.numpy_backend import STATE_HIGH, STATE_LOW, STATE_OUT_OF_TABLE, apply_corrections, decide
+from rtnstream.kernels.pixels import PixelParams
+from rtnstream.kernels.simulate import SecondTraps, SensorModel, two_trap_frames
+from rtnstream.kernels.two_trap import (
+    LEVEL_I,
+    LEVEL_J,
+    TT_NONE,
+    TT_OUT_OF_TABLE,
+    TwoTrapParams,
+    apply_two_trap,
+    correction_adu,
+    decide_two_trap,
+    level_counts,
+    level_offsets_e,
+    two_trap_offset_map,
+)
+
+
+def _one_trap_params(mu, delta, sigma, g, table) -> PixelParams:
+    n = mu.size
+    j, w, ok = table.sigma_coords(sigma)
+    return PixelParams(shape=(1, n), index=np.arange(n, dtype=np.int64), gain_e_per_adu=g, mu_adu=mu,
+                       delta_e=delta, delta_adu_int=np.rint(delta / g).astype(np.int64), delta_adu_float=delta / g,
+                       rn2_e2=4 * sigma**2, sigma_j=j, sigma_w=w, sigma_ok=ok, meanbias_adu=mu.copy())
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float64])
+def test_zero_second_jump_is_the_one_trap_decision(table, dtype):
+    """With D2 = 0 the two-trap rules reduce to ALGORITHM.md section 3: same pixels, same corrected values."""
+    rng = np.random.default_rng(5)
+    n, g = 20000, 0.5
+    sigma = rng.uniform(0.3, 5.0, n)
+    delta = rng.uniform(0.5, 10.0, n) * sigma
+    mu = rng.uniform(500, 600, n)
+    lam = np.where(rng.random(n) < 0.3, 0.0, rng.uniform(0, 120, n))  # some beyond the table's top
+    x = mu + (lam + rng.normal(0, 1, n) * sigma + rng.integers(-1, 2, n) * delta) / g
+    x = np.rint(x) if np.issubdtype(dtype, np.integer) else x
+    one = _one_trap_params(mu, delta, sigma, g, table)
+    two = TwoTrapParams.from_arrays(mu, delta, np.zeros(n), sigma, g, table)
+    s1 = decide(x, lam, one, table)
+    s2 = decide_two_trap(x, lam, two, table)
+    off = correction_adu(s2, two, integer=True)
+    assert np.array_equal(s1 == STATE_OUT_OF_TABLE, s2 == TT_OUT_OF_TABLE)
+    assert np.array_equal(s1 == STATE_LOW, off > 0)
+    assert np.array_equal(s1 == STATE_HIGH, off < 0)
+    assert (s1 == STATE_LOW).sum() > 1000 and (s1 == STATE_HIGH).sum() > 1000  # both sides exercised
+    native = x.astype(dtype)
+    frame = native.reshape(1, n)
+    expected = apply_corrections(frame, native, s1, one).ravel()
+    got = apply_two_trap(native, s2, two)
+    assert got.dtype == native.dtype
+    assert np.array_equal(got.view(np.uint8), expected.view(np.uint8))
+
+
+def test_rules_by_hand(table):
+    """Lambda = 0, sigma = 1 e-, D1 = 14 e-, D2 = 4 e- (levels 0, +-4, +-10, +-14, +-18): each level's centre
+    is corrected by its own offset; the centre's range and a gap between ranges are left; in an overlap
+    of two levels' ranges the more probable level wins."""
+    g, sigma = 1.0, 1.0
+    q_lo, q_hi = (float(v) for v in table.quantiles(0.0, sigma))
+    assert -3.0 < q_lo < -2.9 and 2.9 < q_hi < 3.0
+    offs = level_offsets_e(np.array([14.0]), np.array([4.0]))[0]
+
+    def run(x):
+        n = len(x)
+        params = TwoTrapParams.from_arrays(np.zeros(n), np.full(n, 14.0), np.full(n, 4.0), np.full(n, sigma), g,
+                                           table)
+        return decide_two_trap(np.asarray(x, dtype=np.float64), np.zeros(n), params, table), params
+
+    state, params = run(offs)
+    assert np.array_equal(state, np.arange(1, 9))  # every level's centre found, in level order
+    assert np.array_equal(correction_adu(state, params, integer=True), -offs.astype(np.int64))
+    k = {float(v): i + 1 for i, v in enumerate(offs)}
+    # 2: in the centre's range (and +4's): unchanged; 7: between +4's range (< 6.97) and +10's (> 7.03);
+    # 12: as far from +10 = (1, -1) (prior 0.05 * 0.05) as from +14 = (1, 0) (prior 0.05 * 0.9): +14 wins;
+    # 11.1: much nearer +10 (z = 1.1 against 2.9): +10 wins; -3.5: in -4's range only
+    state, _ = run([0.0, 2.0, 7.0, 12.0, 11.1, -3.5])
+    assert list(state) == [TT_NONE, TT_NONE, TT_NONE, k[14.0], k[10.0], k[-4.0]]
+
+
+def test_unresolvable_level_is_left(table):
+    """A level closer to the centre than the central range's half width is never corrected."""
+    sigma, lam = 1.0, 20.0
+    q_lo, q_hi = (float(v) for v in table.quantiles(lam, sigma))
+    d2 = 0.9 * (q_hi - lam)  # positive level +D2 unresolvable; -D2 resolvable only if lam - q_lo < d2
+    # D1 = 200 e-: trap 1's levels and the combinations lie far from +-D2
+    params = TwoTrapParams.from_arrays(np.zeros(2), np.full(2, 200.0), np.full(2, d2), np.full(2, sigma), 1.0, table)
+    x = np.array([q_hi + d2 - 1e-6, q_lo - d2 + 1e-6])  # inside +D2's and -D2's ranges, outside the centre's
+    state = decide_two_trap(x, np.full(2, lam), params, table)
+    assert state[0] == TT_NONE
+    assert state[1] == (3 + 1 if lam - q_lo < d2 else TT_NONE)  # level index 3 is (0, -1)
+
+
+def test_decisions_on_a_simulated_two_trap_bias_series(table):
+    """At lambda = 0 with the true parameters (jumps >= 4 sigma, >= 3 sigma apart): > 93 % of the jumps
+    are corrected to their true level; < 0.3 % of pixel-frames are changed for the worse (corrected away
+    from their true level by more than they were off); < 1.5 % to a level other than the true one, most of
+    them to a level within 3-4 sigma of it (the Bayes limit of two Gaussians 3 sigma apart: 6.7 %)."""
+    sensor = SensorModel.random((40, 40), rtn_fraction=0.1, delta_over_sigma=(4.0, 10.0), seed=3)
+    traps = SecondTraps.random(sensor, 0.05, seed=4)
+    pos = traps.rtn_pos
+    flat = sensor.rtn_index[pos]
+    g = sensor.gain_e_per_adu
+    d_a, d_b = sensor.delta_e[pos], traps.delta_e
+    first = d_a >= d_b
+    lo_a, hi_a, lo_b, hi_b = sensor.frac_lo[pos], sensor.frac_hi[pos], traps.frac_lo, traps.frac_hi
+    params = TwoTrapParams.from_arrays(
+        sensor.bias_adu.ravel()[flat], np.maximum(d_a, d_b), np.minimum(d_a, d_b), sensor.sigma_e.ravel()[flat], g,
+        table, frac_lo=np.where(first, lo_a, lo_b), frac_hi=np.where(first, hi_a, hi_b),
+        frac2_lo=np.where(first, lo_b, lo_a), frac2_hi=np.where(first, hi_b, hi_a))
+    harmful = wrong = caught = jumps = total = 0
+    for frame in two_trap_frames(sensor, traps, 300, seed=5):
+        x = frame.data.ravel()[flat]
+        state = decide_two_trap(x.astype(np.float64), np.zeros(flat.size), params, table)
+        s1, s2 = frame.states[pos], frame.states2
+        i_true, j_true = np.where(first, s1, s2), np.where(first, s2, s1)
+        true_e = i_true * params.delta1_e + j_true * params.delta2_e
+        changed = (state >= 1) & (state <= 8)
+        k = np.maximum(state.astype(int) - 1, 0)
+        applied_e = (LEVEL_I[k] * params.delta1_e + LEVEL_J[k] * params.delta2_e) * changed
+        right = changed & (LEVEL_I[k] == i_true) & (LEVEL_J[k] == j_true)
+        harmful += int((changed & (np.abs(applied_e - true_e) > np.abs(true_e))).sum())
+        wrong += int((changed & ~right).sum())
+        caught += int(right.sum())
+        jumps += int(((i_true != 0) | (j_true != 0)).sum())
+        total += flat.size
+    assert harmful / total < 0.003
+    assert wrong / total < 0.015
+    assert caught / jumps > 0.93
+
+
+def test_integer_corrections_saturate(table):
+    """uint16 near 0 and 65535, int16 near its limits: clipped to the dtype's range, never wrapped."""
+    params = TwoTrapParams.from_arrays(np.zeros(4), np.full(4, 300.0), np.full(4, 100.0), np.ones(4), 1.0, table)
+    state = np.array([1, 8, 1, 8], dtype=np.uint8)  # (-1, -1): add 400; (1, 1): subtract 400
+    u16 = apply_two_trap(np.array([65500, 10, 65000, 500], np.uint16), state, params)
+    assert list(u16) == [65535, 0, 65400, 100]
+    i16 = apply_two_trap(np.array([32500, -32500, 0, 0], np.int16), state, params)
+    assert list(i16) == [32767, -32768, 400, -400]
+
+
+def test_offset_map_is_the_mean_correction(table):
+    """O = sum_k n_k c_k / n_frames equals the per-pixel mean of the corrections made, and on a bias
+    series with every jump caught it is the central level minus the mixture mean."""
+    rng = np.random.default_rng(9)
+    n, frames = 50, 400
+    params = TwoTrapParams.from_arrays(np.zeros(n), rng.uniform(8, 12, n), rng.uniform(3, 5, n), np.ones(n), 1.0,
+                                       table)
+    counts = np.zeros((n, 8), dtype=np.int64)
+    made = np.zeros(n)
+    i_state = rng.choice([-1, 0, 1], (frames, n), p=[0.05, 0.85, 0.1])
+    j_state = rng.choice([-1, 0, 1], (frames, n), p=[0.1, 0.8, 0.1])
+    for t in range(frames):  # a perfect decision: the true level's code
+        k = np.array([np.flatnonzero((LEVEL_I == i) & (LEVEL_J == j))[0] + 1 if (i or j) else 0
+                      for i, j in zip(i_state[t], j_state[t], strict=True)], dtype=np.uint8)
+        counts += level_counts(k)
+        made += correction_adu(k, params, integer=True)
+    offset = two_trap_offset_map(counts, np.full(n, frames), params)
+    np.testing.assert_allclose(offset, made / frames, rtol=0, atol=1e-12)
+    raw_mean = (i_state * params.delta1_adu_int + j_state * params.delta2_adu_int).mean(axis=0)
+    np.testing.assert_allclose(raw_mean + offset, 0.0, atol=1e-12)
+
+
+def test_bad_input_names_the_parameter(table):
+    ok = np.ones(3)
+    with pytest.raises(ValueError, match="delta2_e"):
+        TwoTrapParams.from_arrays(ok, ok, -ok, ok, 1.0, table)
+    with pytest.raises(ValueError, match="sigma_e"):
+        TwoTrapParams.from_arrays(ok, ok, ok, np.ones(2), 1.0, table)
+    with pytest.raises(ValueError, match="gain_e_per_adu"):
+        TwoTrapParams.from_arrays(ok, ok, ok, ok, 0.0, table)
+    params = TwoTrapParams.from_arrays(ok, ok, ok, ok, 1.0, table)
+    with pytest.raises(ValueError, match="lam_e"):
+        decide_two_trap(ok, np.ones(2), params, table)
+    with pytest.raises(ValueError, match="counts"):
+        two_trap_offset_map(np.zeros((3, 7)), np.ones(3), params)
