@@ -273,19 +273,20 @@ def _score(y, w, theta):
     return g, loglik
 
 
-def _covariance(y, w, theta):
-    """Inverse observed information (n, 5, 5) by central differences of the score; NaN where singular."""
-    n = theta.shape[0]
-    s = theta[:, 2]
-    steps = np.stack([1e-4 * s, 1e-4 * s, 1e-4 * s, np.full(n, 1e-5), np.full(n, 1e-5)], axis=1)
-    hess = np.empty((n, 5, 5))
-    for i in range(5):
+def observed_covariance(score, y: np.ndarray, w: np.ndarray, theta: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Inverse observed information (n, p, p) by central differences of ``score``; NaN where singular.
+
+    ``score(y, w, theta)`` returns the score (n, p) first; ``steps`` (n, p) are the differencing steps.
+    """
+    n, p = theta.shape
+    hess = np.empty((n, p, p))
+    for i in range(p):
         up, down = theta.copy(), theta.copy()
         up[:, i] += steps[:, i]
         down[:, i] -= steps[:, i]
-        hess[:, :, i] = (_score(y, w, up)[0] - _score(y, w, down)[0]) / (2.0 * steps[:, i : i + 1])
+        hess[:, :, i] = (score(y, w, up)[0] - score(y, w, down)[0]) / (2.0 * steps[:, i : i + 1])
     info = -0.5 * (hess + hess.transpose(0, 2, 1))
-    cov = np.full((n, 5, 5), np.nan)
+    cov = np.full((n, p, p), np.nan)
     finite = np.all(np.isfinite(info), axis=(1, 2))
     if np.any(finite):
         eig = np.full(n, -np.inf)
@@ -294,6 +295,14 @@ def _covariance(y, w, theta):
         if np.any(good):
             cov[good] = np.linalg.inv(info[good])
     return cov
+
+
+def _covariance(y, w, theta):
+    """Inverse observed information (n, 5, 5) of the three-level model."""
+    n = theta.shape[0]
+    s = theta[:, 2]
+    steps = np.stack([1e-4 * s, 1e-4 * s, 1e-4 * s, np.full(n, 1e-5), np.full(n, 1e-5)], axis=1)
+    return observed_covariance(_score, y, w, theta, steps)
 
 
 def fit_three_level(

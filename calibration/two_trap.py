@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtr
 
-from rtnstream.calibration._em import OUTLIER_SIGMA, compress_values
+from rtnstream.calibration._em import OUTLIER_SIGMA, compress_values, observed_covariance
 from rtnstream.calibration.fit import FitSettings
 from rtnstream.kernels.cube import DQ_RTN, DQ_TWO_TRAP
 from rtnstream.kernels.lut import ThresholdTable
@@ -304,26 +304,11 @@ def log_likelihood(y: np.ndarray, w: np.ndarray, theta: np.ndarray) -> np.ndarra
 
 
 def _covariance(y, w, theta):
-    """Inverse observed information (n, 8, 8) by central differences of the score; NaN where singular."""
+    """Inverse observed information (n, 8, 8) of the two-trap model."""
     n = theta.shape[0]
     s = theta[:, 3]
     steps = np.concatenate([np.repeat(1e-4 * s[:, None], 4, axis=1), np.full((n, 4), 1e-5)], axis=1)
-    hess = np.empty((n, 8, 8))
-    for i in range(8):
-        up, down = theta.copy(), theta.copy()
-        up[:, i] += steps[:, i]
-        down[:, i] -= steps[:, i]
-        hess[:, :, i] = (_score(y, w, up)[0] - _score(y, w, down)[0]) / (2.0 * steps[:, i : i + 1])
-    info = -0.5 * (hess + hess.transpose(0, 2, 1))
-    cov = np.full((n, 8, 8), np.nan)
-    finite = np.all(np.isfinite(info), axis=(1, 2))
-    if np.any(finite):
-        eig = np.full(n, -np.inf)
-        eig[finite] = np.linalg.eigvalsh(info[finite])[:, 0]
-        good = finite & (eig > 1e-12 * np.abs(info).max(axis=(1, 2)))
-        if np.any(good):
-            cov[good] = np.linalg.inv(info[good])
-    return cov
+    return observed_covariance(_score, y, w, theta, steps)
 
 
 def fit_two_trap(
