@@ -200,20 +200,67 @@ def scatter(flat: np.ndarray, index: np.ndarray, values: np.ndarray, pool: Threa
         f.result()
 
 
-def _sorted_rows(vals: np.ndarray) -> list[np.ndarray]:
-    """The rows of ``vals`` (shape (W, n)) sorted per column, by an odd-even transposition network.
+def _batcher_comparators(w: int) -> list[tuple[int, int]]:
+    """Batcher's odd-even merge sort of ``w`` rows: the comparators ``(i, j)``, ``i < j`` (min to row i,
+    max to row j), in order. Built for the next power of two; a comparator reaching past row ``w - 1``
+    meets a padding row of +inf, which it leaves in place, so it is dropped."""
+    n = 1
+    while n < w:
+        n *= 2
+    out = []
+    p = 1
+    while p < n:
+        k = p
+        while k >= 1:
+            for j in range(k % p, n - k, 2 * k):
+                for i in range(min(k, n - j - k)):
+                    a, b = i + j, i + j + k
+                    if a // (2 * p) == b // (2 * p) and b < w:
+                        out.append((a, b))
+            k //= 2
+        p *= 2
+    return out
 
-    W rounds of compare-exchange between neighbouring rows sort any W values; on small W and cache-sized
-    blocks this is several times faster than ``np.partition`` along axis 0.
+
+def median_pair_network(w: int) -> list[tuple[int, int, bool, bool]]:
+    """Selection network for rows ``w // 2 - 1`` and ``w // 2`` of ``w`` sorted rows (the window median's pair).
+
+    Batcher's sorting network pruned backwards to the comparators that feed those two rows; each kept
+    comparator computes only the sides that are used later.
+
+    Returns
+    -------
+    list of (i, j, want_min, want_max)
+        In order: ``row[i] = min(row[i], row[j])`` if ``want_min`` and ``row[j] = max(...)`` if
+        ``want_max`` (both from the values before the comparator). With ``np.minimum`` / ``np.maximum``
+        the two rows are exactly the sorted values for numbers, and NaN wherever the window holds a NaN
+        (every input reaches both rows, and a NaN operand is returned): the odd-even transposition sort of
+        ``rtn_window_median`` in kernels/rtn_correct.cu gives the same.
     """
+    if w < 2:
+        raise ValueError(f"window w must be >= 2, got {w}")
+    need = {w // 2 - 1, w // 2}
+    kept = []
+    for i, j in reversed(_batcher_comparators(w)):
+        want_min, want_max = i in need, j in need
+        if want_min or want_max:
+            kept.append((i, j, want_min, want_max))
+            need |= {i, j}
+    return kept[::-1]
+
+
+def _median_pair(vals: np.ndarray, network: list[tuple[int, int, bool, bool]]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``W/2 - 1`` and ``W/2`` of ``vals`` (shape (W, n)) sorted per column, by ``network``
+    (:func:`median_pair_network`); on small W and cache-sized blocks far faster than ``np.partition``."""
     rows = list(vals)
+    for i, j, want_min, want_max in network:
+        lo = np.minimum(rows[i], rows[j]) if want_min else None
+        if want_max:
+            rows[j] = np.maximum(rows[i], rows[j])
+        if want_min:
+            rows[i] = lo
     w = len(rows)
-    for k in range(w):
-        for r in range(k % 2, w - 1, 2):
-            lo = np.minimum(rows[r], rows[r + 1])
-            rows[r + 1] = np.maximum(rows[r], rows[r + 1])
-            rows[r] = lo
-    return rows
+    return rows[w // 2 - 1], rows[w // 2]
 
 
 class NumpyBackend:
@@ -255,6 +302,7 @@ class NumpyBackend:
         self._threads = threads or os.cpu_count() or 1
         self._pool: ThreadPoolExecutor | None = None
         self.counters = PixelCounters.zeros(params.n)
+        self._networks = {n_slots - 1: median_pair_network(n_slots - 1)} if n_slots > 2 else {}
 
     def reset(self, dtype: np.dtype) -> None:
         """Start a series of frames of ``dtype``: empty ring, zero per-pixel counters."""
@@ -288,9 +336,9 @@ class NumpyBackend:
         g = p.gain_e_per_adu
         w = len(rows)
         vals = self._ring[rows, sl]
-        ordered = _sorted_rows(vals)
-        lam = ordered[w // 2 - 1].astype(np.float64)
-        lam += ordered[w // 2]
+        lower, upper = _median_pair(vals, self._median_network(w))
+        lam = lower.astype(np.float64)
+        lam += upper
         lam *= 0.5
         lam -= p.mu_adu[sl]
         lam *= g
@@ -315,6 +363,13 @@ class NumpyBackend:
         state = decide(x[sl].astype(np.float64), lam, p, self.table, sl)
         np.copyto(state, STATE_VETO, where=veto)
         return self._count(state, sl)
+
+    def _median_network(self, w: int) -> list[tuple[int, int, bool, bool]]:
+        """The median-pair network of a ``w``-frame window (made once per window length)."""
+        network = self._networks.get(w)
+        if network is None:
+            network = self._networks[w] = median_pair_network(w)
+        return network
 
     def correct_spatial(self, frame: np.ndarray, in_place: bool = False) -> tuple[np.ndarray, FrameCounts]:
         """Correct ``frame`` against the median of each RTN pixel's bias-subtracted neighbours.

@@ -95,8 +95,9 @@ __device__ __forceinline__ double rtn_clamp_lambda(double v) { return (v != v ||
 __device__ __forceinline__ double rtn_np_min(double a, double b) { return a != a ? a : (b != b ? b : (b < a ? b : a)); }
 __device__ __forceinline__ double rtn_np_max(double a, double b) { return a != a ? a : (b != b ? b : (b > a ? b : a)); }
 
-// Temporal reference (numpy_backend._sorted_rows): the W window values, in window order, sorted by the
-// odd-even transposition network of np.minimum / np.maximum; then (v[W/2 - 1] + v[W/2]) * 0.5.
+// Temporal reference: the W window values, in window order, sorted by the odd-even transposition network of
+// np.minimum / np.maximum; then (v[W/2 - 1] + v[W/2]) * 0.5. NumPy computes only those two rows, by a pruned
+// selection network (numpy_backend.median_pair_network): the same values, and NaN where the window has one.
 // W > 0: the window fixed at compile time (loops unrolled, v in registers); W == 0: w at run time.
 template <int W>
 __device__ __forceinline__ double rtn_window_median(double* v, int w_run) {

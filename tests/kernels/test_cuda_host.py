@@ -107,6 +107,20 @@ def test_nan_pixels_match(kernels, reference):
     assert_same_run(expected, got, f"{series.label} {reference}")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_nan_and_infinite_windows_match_at_window_10(kernels, dtype):
+    """W = 10 (the pruned selection network on the NumPy side, the full sort in the kernel): windows with
+    NaN, +inf and -inf pixels, mixed, give the same decisions, counts and corrected frames."""
+    specials = (np.nan, np.inf, -np.inf, np.nan, np.inf, np.nan, -np.inf, np.nan)
+    series = simulated_series(dtype, "flat", 500.0, n_frames=23, seed=6, specials=specials)
+    assert np.isnan(series.frames).any() and np.isinf(series.frames).any()
+    for reference in ("temporal", "causal"):
+        settings = EngineSettings(reference=reference, window=10)
+        expected, got = _both(kernels, series.cube, settings, series.frames)
+        assert_same_run(expected, got, f"{series.label} {reference} W=10")
+        assert _totals(expected)["out_of_table"] > 0  # NaN windows: lambda NaN, left unchanged
+
+
 @pytest.mark.parametrize(("dtype", "bias", "limit"), [("uint16", 65530.0, 65535), ("uint16", 4.0, 0),
                                                       ("uint8", 250.0, 255), ("int16", 32762.0, 32767),
                                                       ("uint32", 3.0, 0)])
