@@ -48,7 +48,7 @@ def simulate_cube(shape: tuple[int, int], rtn_fraction: float, n_bias: int, seed
     rtn = RTNPixels(index=index, mu_adu=meanbias[index] - delta * (hi - lo) / g, delta_e=delta, sigma_e=sigma,
                     frac_c=1.0 - lo - hi, frac_lo=lo, frac_hi=hi, lammax_e=table.lambda_max(delta, sigma))
     return RTNCube(shape=shape, rtn=rtn, meanbias_adu=meanbias.reshape(shape), readnoise_e=readnoise.reshape(shape),
-                   dq=dq.reshape(shape), gain_e_per_adu=g)
+                   dq=dq.reshape(shape), gain_e_per_adu=g, meta={"n_bias_frames": n_bias})
 
 
 def _peak_rss_mb() -> float:
