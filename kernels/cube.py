@@ -3,15 +3,18 @@
 Format (docs/formats.md), both versions with a primary HDU of header only (format version ``RTNFMT``,
 detector identifiers, GAIN in e-/ADU, provenance) and CHECKSUM/DATASUM on every HDU:
 
-- version 2 (written by default): the RTN pixels as a binary table ``RTNPIX`` (flat C-order INDEX, MU adu,
-  DELTA electron, SIGMA electron, FRAC_C, FRAC_LO, FRAC_HI, LAMMAX electron), and the maps that have a
-  value at every pixel tile-compressed (lossless GZIP_2): MEANBIAS (adu, float32), READNOISE (electron,
-  float32), DQ (uint16 bit flags);
+- version 2 (written by default): the RTN pixels as one 1-D tile-compressed image a column (RTN_INDEX: flat
+  C-order index; RTN_MU adu, RTN_DELTA electron, RTN_SIGMA electron, RTN_LAMMAX electron: float64;
+  RTN_FRAC_C, RTN_FRAC_LO, RTN_FRAC_HI: float32), and the maps that have a value at every pixel
+  tile-compressed: MEANBIAS (adu, float32, or its exact int32 numerators over NBIAS), READNOISE (electron,
+  float32), DQ (uint16 bit flags), all lossless (GZIP_2); files of the earlier table layout (the columns as
+  one binary table ``RTNPIX``) still read;
 - version 1 (still read, and written on request): image extensions MU, DELTA, SIGMA, FRAC_C, FRAC_LO,
   FRAC_HI, LAMMAX, each (ny, nx) float64 with NaN where a pixel has no RTN, MEANBIAS, READNOISE and DQ.
 
-The values the two versions store are the same: :class:`RTNCube` holds MEANBIAS and READNOISE at float32
-precision, so a cube converted either way corrects every frame identically. In memory the RTN pixels are
+:class:`RTNCube` holds MEANBIAS and READNOISE at float32 precision; format 2 stores the fractions at
+float32 too (no corrected frame depends on them) and ``cube_id`` hashes them so, so a cube converted either
+way has the same id and corrects every frame identically. In memory the RTN pixels are
 held sparsely (:class:`RTNPixels`, format 2's table); the dense planes of format 1 are built on request.
 """
 

@@ -136,6 +136,10 @@ def test_file_of_the_table_layout_still_reads(cube, tmp_path):
     assert old.cube_id == cube.cube_id != old_id
     rewritten = read_cube(write_cube(old, tmp_path / "new.fits"))
     assert_same_cube(rewritten, old)
+    assert main(["cube", "convert", str(TABLE_LAYOUT), str(tmp_path / "converted.fits")]) == 0
+    with fits.open(tmp_path / "converted.fits") as hdul:
+        assert "RTNPIX" not in hdul and "RTN_MU" in hdul and hdul[0].header["CUBEID"] == cube.cube_id
+    assert_same_cube(read_cube(tmp_path / "converted.fits"), old)
 
 
 def test_meanbias_and_readnoise_are_held_at_float32_precision(sensor, cube):
