@@ -803,13 +803,16 @@ def _v2_parts(where: str, table: fits.BinTableHDU | None, compressed: dict[str, 
         found = str(image.header.get("BUNIT", ""))
         if name not in ("DQ", f"{_COLUMN_PREFIX}INDEX") and not _unit_ok(found, units[name]):
             raise CubeFormatError(f"{where}: extension {name} has BUNIT {found!r}, expected {units[name]!r}")
+    def values(name: str) -> np.ndarray:
+        image = images[name]
+        data = np.asarray(image.data)
+        if _DENOM_KEY in image.header and np.issubdtype(data.dtype, np.integer):  # numerators over RTNDENOM
+            return _from_numerators(data, int(image.header[_DENOM_KEY]), np.float32 if name in _MAPS else np.float64)
+        return data
+
     # decompressed side by side (zlib releases the GIL)
     with ThreadPoolExecutor(min(len(images), max(os.cpu_count() or 1, 2)), thread_name_prefix="cube-read") as pool:
-        data = dict(zip(images, pool.map(lambda image: np.asarray(image.data), images.values()), strict=True))
-    for name, image in images.items():  # float values stored as numerators over RTNDENOM
-        if _DENOM_KEY in image.header and np.issubdtype(data[name].dtype, np.integer):
-            target = np.float32 if name in _MAPS else np.float64
-            data[name] = _from_numerators(data[name], int(image.header[_DENOM_KEY]), target)
+        data = dict(zip(images, pool.map(values, images), strict=True))
     parts: dict[str, Any] = {"dq": _dq_flags(where, data.pop("DQ"))}
     for name in ("MEANBIAS", "READNOISE"):
         parts[_PLANES[name][0]] = data.pop(name)
