@@ -12,9 +12,9 @@ detector identifiers, GAIN in e-/ADU, provenance) and CHECKSUM/DATASUM on every 
 - version 1 (still read, and written on request): image extensions MU, DELTA, SIGMA, FRAC_C, FRAC_LO,
   FRAC_HI, LAMMAX, each (ny, nx) float64 with NaN where a pixel has no RTN, MEANBIAS, READNOISE and DQ.
 
-:class:`RTNCube` holds MEANBIAS and READNOISE at float32 precision; format 2 stores the fractions at
-float32 too (no corrected frame depends on them) and ``cube_id`` hashes them so, so a cube converted either
-way has the same id and corrects every frame identically. In memory the RTN pixels are
+:class:`RTNCube` holds MEANBIAS, READNOISE and the fractions at float32 precision (no corrected frame
+depends on the fractions), the precision format 2 stores, so a cube converted either way holds the same
+values, has the same id and corrects every frame identically. In memory the RTN pixels are
 held sparsely (:class:`RTNPixels`, format 2's table); the dense planes of format 1 are built on request.
 """
 
@@ -93,8 +93,8 @@ _UNIT_ALIASES = {"adu": {"adu"}, "electron": {"electron", "electrons", "e-"}, ""
 # tile-compressed image a column (extension ``RTN_<column>``, after the INDEX one ``RTN_INDEX``); the files of
 # 2026-12-01 hold them as one binary table ``RTNPIX`` (still read). MU, DELTA, SIGMA and LAMMAX are float64:
 # they enter the engine's decisions and the products' flags. The fractions are stored as float32: nothing
-# that makes a corrected frame or its flags reads them (kernels/pixels.py, products.py), and cube_id hashes
-# them at that precision (_FLOAT32_COLUMNS).
+# that makes a corrected frame or its flags reads them (kernels/pixels.py, products.py); RTNPixels holds
+# them at that precision (_FLOAT32_COLUMNS), so a cube and its file hold the same values.
 _TABLE = "RTNPIX"
 _TABLE_COLUMNS: dict[str, tuple[str, str, str]] = {
     "MU": ("D", "mu_adu", "adu"),
@@ -160,7 +160,8 @@ class RTNPixels:
     delta_e, sigma_e : numpy.ndarray, shape (n,), float64, electron
         Jump size and RTN-free read noise.
     frac_c, frac_lo, frac_hi : numpy.ndarray, shape (n,), float64 in [0, 1]
-        Fractions of frames in the central, low and high state.
+        Fractions of frames in the central, low and high state, held at float32 precision (rounded once,
+        here: the precision format 2 stores; a relative 6e-8, and no corrected frame depends on them).
     lammax_e : numpy.ndarray, shape (n,), float64, electron
         Largest expected signal at which positive jumps are resolvable.
     """
@@ -182,6 +183,8 @@ class RTNPixels:
         self.index = index.astype(np.int64, copy=False)
         for attr in _RTN_ATTRS:
             values = np.asarray(getattr(self, attr), dtype=np.float64)
+            if attr in _FLOAT32_COLUMNS:
+                values = values.astype(np.float32).astype(np.float64)
             if values.shape != self.index.shape:
                 raise CubeFormatError(f"cube: {_NAMES[attr]} has {values.shape} values for the "
                                       f"{self.index.size} RTN pixels")
@@ -334,19 +337,16 @@ class RTNCube:
 
         SHA-256 over the gain (float64), the shape (int64), the flat indices of the RTN pixels (int64), the
         RTN parameters there (float64, in the order MU, DELTA, SIGMA, FRAC_C, FRAC_LO, FRAC_HI, LAMMAX; the
-        fractions rounded to float32 first, the precision format 2 stores), then MEANBIAS and READNOISE as
-        float64 planes, and DQ (uint16): the values at non-RTN pixels of the dense RTN planes (NaN, unused)
-        are not part of it. A cube and the file it is written to (either version) have the same id.
+        fractions hold float32 values, :class:`RTNPixels`), then MEANBIAS and READNOISE as float64 planes,
+        and DQ (uint16): the values at non-RTN pixels of the dense RTN planes (NaN, unused) are not part of
+        it. A cube and the file it is written to (either version) hold the same values and have the same id.
         """
         h = hashlib.sha256()
         h.update(np.float64(self.gain_e_per_adu).tobytes())
         h.update(np.asarray(self.shape, dtype=np.int64).tobytes())
         h.update(self.rtn.index.astype(np.int64, copy=False).tobytes())
         for attr in _RTN_ATTRS:
-            values = getattr(self.rtn, attr)
-            if attr in _FLOAT32_COLUMNS:
-                values = values.astype(np.float32)
-            h.update(np.ascontiguousarray(values, dtype=np.float64).tobytes())
+            h.update(np.ascontiguousarray(getattr(self.rtn, attr), dtype=np.float64).tobytes())
         for attr in _FLOAT32_ATTRS:  # hashed as float64 (the definition), a few Mpx at a time
             flat = getattr(self, attr).reshape(-1)
             for start in range(0, flat.size, _HASH_CHUNK):

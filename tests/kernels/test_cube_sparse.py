@@ -15,8 +15,7 @@ from rtnstream.kernels.simulate import SensorModel
 
 RTN_ATTRS = ("mu_adu", "delta_e", "sigma_e", "frac_c", "frac_lo", "frac_hi", "lammax_e")
 
-FRACTIONS = ("frac_c", "frac_lo", "frac_hi")
-# cube_id of these simulated cubes since the fractions are hashed at float32, the precision format 2 stores
+# cube_id of these simulated cubes since the fractions are held at float32, the precision format 2 stores
 # (issue 15 follow-up; before, with float64 fractions, from main at e7ba72c: 52153cf5a8ee5031 and
 # c4bc3e2082c700c3): the identity of a cube must not change with how it is held
 IDS_BEFORE = [
@@ -33,8 +32,7 @@ def _sha_by_definition(cube: RTNCube, dense: dict[str, np.ndarray]) -> str:
     index = np.flatnonzero(np.isfinite(dense["mu_adu"]))
     h.update(index.astype(np.int64).tobytes())
     for attr in RTN_ATTRS:
-        values = dense[attr].reshape(-1)[index]
-        h.update((values.astype(np.float32) if attr in FRACTIONS else values).astype(np.float64).tobytes())
+        h.update(dense[attr].reshape(-1)[index].astype(np.float64).tobytes())
     for attr in ("meanbias_adu", "readnoise_e"):
         h.update(dense[attr].astype(np.float64).tobytes())
     h.update(dense["dq"].astype(np.uint16).tobytes())
@@ -58,10 +56,7 @@ def test_cube_id_survives_v1_and_v2_round_trips_and_from_planes(tmp_path, table)
                                 readnoise_e=v2.readnoise_e, dq=v2.dq, gain_e_per_adu=v2.gain_e_per_adu)
     assert cube.cube_id == v1.cube_id == v2.cube_id == again.cube_id
     for attr in ("index", *RTN_ATTRS):
-        expected = getattr(cube.rtn, attr)
-        if attr in FRACTIONS:  # stored at float32 by format 2
-            expected = expected.astype(np.float32).astype(np.float64)
-        np.testing.assert_array_equal(getattr(v2.rtn, attr), expected, err_msg=attr)
+        np.testing.assert_array_equal(getattr(v2.rtn, attr), getattr(cube.rtn, attr), err_msg=attr)
 
 
 def test_rtn_pixels_are_held_sparsely_and_dense_planes_built_on_request(table):

@@ -16,7 +16,7 @@ from rtnstream.kernels.simulate import SensorModel
 SHAPE = (40, 48)
 PLANES = ("mu_adu", "delta_e", "sigma_e", "frac_c", "frac_lo", "frac_hi", "lammax_e", "meanbias_adu",
           "readnoise_e")
-FRACTIONS = ("frac_c", "frac_lo", "frac_hi")  # stored at float32 by format 2
+FRACTIONS = ("frac_c", "frac_lo", "frac_hi")  # held and stored at float32 precision
 COLUMNS = ("INDEX", "MU", "DELTA", "SIGMA", "FRAC_C", "FRAC_LO", "FRAC_HI", "LAMMAX")
 # a file written by the format-2 writer of 2026-12-01 (RTNPIX binary table of float64 columns), from the
 # `cube` fixture below; its CUBEID header is the id of then (fractions hashed at float64)
@@ -43,15 +43,9 @@ def files(cube, tmp_path_factory):
     return write_cube(cube, d / "v1.fits", version=1), write_cube(cube, d / "v2.fits")
 
 
-def stored(attr, values):
-    """``values`` at the precision format 2 stores ``attr``."""
-    return values.astype(np.float32).astype(np.float64) if attr in FRACTIONS else values
-
-
 def assert_same_cube(a, b):
-    """Same content, the fractions compared at the precision format 2 stores (a version-1 file keeps float64)."""
     for attr in PLANES:
-        np.testing.assert_array_equal(stored(attr, getattr(a, attr)), stored(attr, getattr(b, attr)), err_msg=attr)
+        np.testing.assert_array_equal(getattr(a, attr), getattr(b, attr), err_msg=attr)
     np.testing.assert_array_equal(a.dq, b.dq)
     assert a.gain_e_per_adu == b.gain_e_per_adu and a.meta == b.meta and a.cube_id == b.cube_id
 
@@ -62,8 +56,7 @@ def test_version_2_is_the_default_and_reads_back_bit_for_bit(cube, files):
     assert fits.getheader(v2)["RTNFMT"] == 2 and fits.getheader(v1)["RTNFMT"] == 1
     back1, back2 = read_cube(v1), read_cube(v2)
     for attr in PLANES:
-        np.testing.assert_array_equal(getattr(back2, attr), stored(attr, getattr(cube, attr)), err_msg=attr)
-        np.testing.assert_array_equal(getattr(back1, attr), getattr(cube, attr), err_msg=attr)
+        np.testing.assert_array_equal(getattr(back2, attr), getattr(cube, attr), err_msg=attr)
     assert back2.cube_id == cube.cube_id == fits.getheader(v2)["CUBEID"]
     assert_same_cube(back1, back2)
 
@@ -142,9 +135,9 @@ def test_file_of_the_table_layout_still_reads(cube, tmp_path):
     assert_same_cube(read_cube(tmp_path / "converted.fits"), old)
 
 
-def test_meanbias_and_readnoise_are_held_at_float32_precision(sensor, cube):
+def test_meanbias_readnoise_and_fractions_are_held_at_float32_precision(sensor, cube):
     # the values both formats store; the fit's own uncertainty of a mean bias is orders of magnitude larger
-    for attr in ("meanbias_adu", "readnoise_e"):
+    for attr in ("meanbias_adu", "readnoise_e", *FRACTIONS):
         plane = getattr(cube, attr)
         np.testing.assert_array_equal(plane, plane.astype(np.float32).astype(np.float64))
     raw = np.where(cube.rtn_mask, cube.meanbias_adu, sensor.bias_adu)
