@@ -3,15 +3,18 @@
 Format (docs/formats.md), both versions with a primary HDU of header only (format version ``RTNFMT``,
 detector identifiers, GAIN in e-/ADU, provenance) and CHECKSUM/DATASUM on every HDU:
 
-- version 2 (written by default): the RTN pixels as a binary table ``RTNPIX`` (flat C-order INDEX, MU adu,
-  DELTA electron, SIGMA electron, FRAC_C, FRAC_LO, FRAC_HI, LAMMAX electron), and the maps that have a
-  value at every pixel tile-compressed (lossless GZIP_2): MEANBIAS (adu, float32), READNOISE (electron,
-  float32), DQ (uint16 bit flags);
+- version 2 (written by default): the RTN pixels as one 1-D tile-compressed image a column (RTN_INDEX: flat
+  C-order index; RTN_MU adu, RTN_DELTA electron, RTN_SIGMA electron, RTN_LAMMAX electron: float64;
+  RTN_FRAC_C, RTN_FRAC_LO, RTN_FRAC_HI: float32), and the maps that have a value at every pixel
+  tile-compressed: MEANBIAS (adu, float32, or its exact int32 numerators over NBIAS), READNOISE (electron,
+  float32), DQ (uint16 bit flags), all lossless (GZIP_2); files of the earlier table layout (the columns as
+  one binary table ``RTNPIX``) still read;
 - version 1 (still read, and written on request): image extensions MU, DELTA, SIGMA, FRAC_C, FRAC_LO,
   FRAC_HI, LAMMAX, each (ny, nx) float64 with NaN where a pixel has no RTN, MEANBIAS, READNOISE and DQ.
 
-The values the two versions store are the same: :class:`RTNCube` holds MEANBIAS and READNOISE at float32
-precision, so a cube converted either way corrects every frame identically. In memory the RTN pixels are
+:class:`RTNCube` holds MEANBIAS, READNOISE and the fractions at float32 precision (no corrected frame
+depends on the fractions), the precision format 2 stores, so a cube converted either way holds the same
+values, has the same id and corrects every frame identically. In memory the RTN pixels are
 held sparsely (:class:`RTNPixels`, format 2's table); the dense planes of format 1 are built on request.
 """
 
@@ -86,25 +89,36 @@ _NAMES = {**{attr: name for name, (attr, _unit, _rtn) in _PLANES.items()}, "dq":
 _HASH_CHUNK = 1 << 22  # pixels hashed at a time (a 32 MiB float64 temporary)
 _UNIT_ALIASES = {"adu": {"adu"}, "electron": {"electron", "electrons", "e-"}, "": {""}}
 
-# format 2: the RTN pixels' table (extension name, column -> (FITS format, attribute, unit)), float64: the
-# fractions serve as probabilities (they must sum to 1 in float64), the rest enter decisions and products
+# format 2: the RTN pixels' columns (column -> (FITS table format, attribute, unit)). Written as one 1-D
+# tile-compressed image a column (extension ``RTN_<column>``, after the INDEX one ``RTN_INDEX``); the files of
+# 2026-12-01 hold them as one binary table ``RTNPIX`` (still read). MU, DELTA, SIGMA and LAMMAX are float64:
+# they enter the engine's decisions and the products' flags. The fractions are stored as float32: nothing
+# that makes a corrected frame or its flags reads them (kernels/pixels.py, products.py); RTNPixels holds
+# them at that precision (_FLOAT32_COLUMNS), so a cube and its file hold the same values.
 _TABLE = "RTNPIX"
 _TABLE_COLUMNS: dict[str, tuple[str, str, str]] = {
     "MU": ("D", "mu_adu", "adu"),
     "DELTA": ("D", "delta_e", "electron"),
     "SIGMA": ("D", "sigma_e", "electron"),
-    "FRAC_C": ("D", "frac_c", ""),
-    "FRAC_LO": ("D", "frac_lo", ""),
-    "FRAC_HI": ("D", "frac_hi", ""),
+    "FRAC_C": ("E", "frac_c", ""),
+    "FRAC_LO": ("E", "frac_lo", ""),
+    "FRAC_HI": ("E", "frac_hi", ""),
     "LAMMAX": ("D", "lammax_e", "electron"),
 }
+_FLOAT32_COLUMNS = tuple(attr for fmt, attr, _unit in _TABLE_COLUMNS.values() if fmt == "E")
+_COLUMN_PREFIX = "RTN_"
+_COLUMN_ZBITPIX = {"D": -64, "E": -32}
+_COLUMN_TILE = 1 << 16  # rows a tile of a column image
 # format 2's maps: lossless tile compression (byte-shuffled deflate, tiles of _TILE_ROWS full rows: 16 rows
 # compress a full IMX455's float32 maps 5 % smaller than one row, bench/cube_size.py), and the dtype
-# (ZBITPIX) each must have
+# (ZBITPIX) each must have. A float map (or column) whose every value is float(k / RTNDENOM) for integers k
+# (a mean over RTNDENOM bias frames, NBIAS) may be stored as the int32 numerators k (ZBITPIX 32) with the
+# header keyword RTNDENOM: the writer stores it so only when that gives back every value bit for bit.
 _COMPRESSION = "GZIP_2"
 _TILE_ROWS = 16
 _COMPRESSIONS = ("GZIP_1", "GZIP_2")
 _MAPS = {"MEANBIAS": -32, "READNOISE": -32, "DQ": 16}
+_DENOM_KEY = "RTNDENOM"
 # deflate never expands data by more than 1032:1 (RFC 1951 block limits): a compressed map that claims more
 # pixels than that of the bytes it holds is refused before it is decompressed
 _MAX_DEFLATE_RATIO = 1032
@@ -146,7 +160,8 @@ class RTNPixels:
     delta_e, sigma_e : numpy.ndarray, shape (n,), float64, electron
         Jump size and RTN-free read noise.
     frac_c, frac_lo, frac_hi : numpy.ndarray, shape (n,), float64 in [0, 1]
-        Fractions of frames in the central, low and high state.
+        Fractions of frames in the central, low and high state, held at float32 precision (rounded once,
+        here: the precision format 2 stores; a relative 6e-8, and no corrected frame depends on them).
     lammax_e : numpy.ndarray, shape (n,), float64, electron
         Largest expected signal at which positive jumps are resolvable.
     """
@@ -168,6 +183,8 @@ class RTNPixels:
         self.index = index.astype(np.int64, copy=False)
         for attr in _RTN_ATTRS:
             values = np.asarray(getattr(self, attr), dtype=np.float64)
+            if attr in _FLOAT32_COLUMNS:
+                values = values.astype(np.float32).astype(np.float64)
             if values.shape != self.index.shape:
                 raise CubeFormatError(f"cube: {_NAMES[attr]} has {values.shape} values for the "
                                       f"{self.index.size} RTN pixels")
@@ -319,9 +336,10 @@ class RTNCube:
         """Content hash (16 hex digits) of the gain and what a file stores: the cube's identity everywhere.
 
         SHA-256 over the gain (float64), the shape (int64), the flat indices of the RTN pixels (int64), the
-        RTN parameters there (float64, in the order MU, DELTA, SIGMA, FRAC_C, FRAC_LO, FRAC_HI, LAMMAX),
-        then MEANBIAS and READNOISE as float64 planes, and DQ (uint16): the values at non-RTN pixels of
-        the dense RTN planes (NaN, unused) are not part of it.
+        RTN parameters there (float64, in the order MU, DELTA, SIGMA, FRAC_C, FRAC_LO, FRAC_HI, LAMMAX; the
+        fractions hold float32 values, :class:`RTNPixels`), then MEANBIAS and READNOISE as float64 planes,
+        and DQ (uint16): the values at non-RTN pixels of the dense RTN planes (NaN, unused) are not part of
+        it. A cube and the file it is written to (either version) hold the same values and have the same id.
         """
         h = hashlib.sha256()
         h.update(np.float64(self.gain_e_per_adu).tobytes())
@@ -467,25 +485,53 @@ def _v1_hdus(cube: RTNCube) -> list[fits.ImageHDU]:
     return [*hdus, dq]
 
 
-def _v2_hdus(cube: RTNCube) -> list[fits.BinTableHDU | fits.CompImageHDU]:
-    """Format 2: the RTN pixels' table, then MEANBIAS, READNOISE and DQ tile-compressed (lossless), DQ last."""
-    from astropy.io import fits
-    index = cube.rtn.index
+def _v2_hdus(cube: RTNCube) -> list[fits.CompImageHDU]:
+    """Format 2: one 1-D image a column of the RTN pixels, then MEANBIAS, READNOISE and DQ, all tile-compressed
+    (lossless), DQ last."""
     size = cube.shape[0] * cube.shape[1]
-    columns = [fits.Column(name="INDEX", format="J" if size <= np.iinfo(np.int32).max else "K", array=index)]
+    denominator = cube.meta.get("n_bias_frames")
+    n = max(cube.n_rtn, 1)
+    hdus = [_compressed(f"{_COLUMN_PREFIX}INDEX", cube.rtn.index.astype(
+        np.int32 if size <= np.iinfo(np.int32).max else np.int64), "", (min(_COLUMN_TILE, n),))]
     for name, (fmt, attr, unit) in _TABLE_COLUMNS.items():
-        columns.append(fits.Column(name=name, format=fmt, unit=unit or None, array=getattr(cube.rtn, attr)))
-    table = fits.BinTableHDU.from_columns(columns, name=_TABLE)
-    hdus: list[fits.BinTableHDU | fits.CompImageHDU] = [table]
-    for name, attr, dtype in (("MEANBIAS", "meanbias_adu", np.float32), ("READNOISE", "readnoise_e", np.float32),
-                              ("DQ", "dq", np.uint16)):
-        # quantize_level=0: no quantization, the float32 values are kept bit for bit
-        hdu = fits.CompImageHDU(getattr(cube, attr).astype(dtype, copy=False), name=name,
-                                compression_type=_COMPRESSION, quantize_level=0.0,
-                                tile_shape=(min(_TILE_ROWS, cube.shape[0]), cube.shape[1]))
-        hdu.header["BUNIT"] = _PLANES[name][1] if name in _PLANES else ""
-        hdus.append(hdu)
+        values = getattr(cube.rtn, attr).astype(np.float32 if fmt == "E" else np.float64)
+        hdus.append(_compressed(f"{_COLUMN_PREFIX}{name}", values, unit, (min(_COLUMN_TILE, n),)))
+    tile = (min(_TILE_ROWS, cube.shape[0]), cube.shape[1])
+    hdus.append(_compressed("MEANBIAS", cube.meanbias_adu, "adu", tile, denominator))
+    hdus.append(_compressed("READNOISE", cube.readnoise_e, "electron", tile))
+    hdus.append(_compressed("DQ", cube.dq, "", tile))
     return hdus
+
+
+def _compressed(name: str, values: np.ndarray, unit: str, tile: tuple[int, ...],
+                denominator: Any = None) -> fits.CompImageHDU:
+    """A lossless tile-compressed image of ``values`` (``quantize_level=0``: no quantization), as the int32
+    numerators over ``denominator`` (header RTNDENOM) where those give back every value bit for bit."""
+    from astropy.io import fits
+    numerators = _exact_numerators(values, denominator)
+    hdu = fits.CompImageHDU(values if numerators is None else numerators, name=name,
+                            compression_type=_COMPRESSION, quantize_level=0.0, tile_shape=tile)
+    hdu.header["BUNIT"] = unit
+    if numerators is not None:
+        hdu.header[_DENOM_KEY] = (int(denominator), "values are the data divided by this")
+    return hdu
+
+
+def _exact_numerators(values: np.ndarray, denominator: Any) -> np.ndarray | None:
+    """int32 ``k`` with ``(k / denominator).astype(values.dtype) == values`` at every element, or None."""
+    if isinstance(denominator, bool) or not isinstance(denominator, int | np.integer) or not 0 < denominator < 2**31:
+        return None
+    scaled = np.rint(values.astype(np.float64) * int(denominator))
+    if not np.all(np.abs(scaled) < 2**31):
+        return None
+    numerators = scaled.astype(np.int32)
+    if not np.array_equal(_from_numerators(numerators, int(denominator), values.dtype), values):
+        return None
+    return numerators
+
+
+def _from_numerators(numerators: np.ndarray, denominator: int, dtype: np.dtype) -> np.ndarray:
+    return (numerators / float(denominator)).astype(dtype, copy=False)
 
 
 def _unit_ok(found: str, expected: str) -> bool:
@@ -589,9 +635,9 @@ def read_cube(path: str | os.PathLike, name: str | None = None) -> RTNCube:
             _check_sizes(where, path, hdul)
             version = _format_version(where, hdul[0].header)
             if version == 2:
-                table, maps = _v2_hdus_checked(where, hdul)
+                table, images = _v2_hdus_checked(where, hdul)
                 _verify_checksums(where, hdul)
-                parts = _v2_parts(where, table, maps)
+                parts = _v2_parts(where, table, images)
             else:
                 hdus = _plane_hdus(where, hdul)
                 _verify_checksums(where, hdul)
@@ -646,47 +692,87 @@ def _dq_flags(where: str, dq: np.ndarray) -> np.ndarray:
     return dq
 
 
-def _v2_hdus_checked(where: str, hdul: fits.HDUList) -> tuple[fits.BinTableHDU, dict[str, fits.BinTableHDU]]:
-    """Format 2's table and compressed maps (as the raw binary tables), checked from their headers alone.
+def _v2_hdus_checked(where: str, hdul: fits.HDUList) -> tuple[fits.BinTableHDU | None, dict[str, fits.BinTableHDU]]:
+    """Format 2's compressed images (as the raw binary tables) and, in files of the table layout, the table
+    ``RTNPIX`` (else None), checked from their headers alone.
 
     A map must be a 2-D tile-compressed image (GZIP) of the expected ZBITPIX, every map of one shape, and
-    claim no more pixels than its compressed bytes can hold; the table must have every column, with its
-    unit, and no more rows than the sensor has pixels.
+    claim no more pixels than its compressed bytes can hold; the RTN pixels' columns likewise 1-D images of
+    one length, or the table with every column and its unit; no more RTN pixels than the sensor has pixels.
     """
-    from astropy.io import fits
     names = {hdu.name.upper(): hdu for hdu in hdul[1:]}
-    missing = [n for n in (_TABLE, *_MAPS) if n not in names]
+    columns = [f"{_COLUMN_PREFIX}{c}" for c in ("INDEX", *_TABLE_COLUMNS)]
+    table_layout = _TABLE in names
+    required = [*_MAPS] if table_layout else [*columns, *_MAPS]
+    missing = [n for n in required if n not in names]
     if missing:
         raise CubeFormatError(f"{where}: missing extension(s) {', '.join(missing)}")
+    images: dict[str, fits.BinTableHDU] = {}
     shape = None
-    maps: dict[str, fits.BinTableHDU] = {}
     for name, zbitpix in _MAPS.items():
-        hdu = names[name]
-        hdr = hdu.header
-        if not isinstance(hdu, fits.BinTableHDU) or hdr.get("ZIMAGE") is not True:
-            raise CubeFormatError(f"{where}: extension {name} must be a tile-compressed image (format 2), got "
-                                  f"{type(hdu).__name__}")
-        if hdr.get("ZNAXIS") != 2:
-            raise CubeFormatError(f"{where}: {name} must be a 2-D (ny, nx) map, got ZNAXIS {hdr.get('ZNAXIS')!r}")
-        dims = (hdr.get("ZNAXIS2"), hdr.get("ZNAXIS1"))
-        if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
-            raise CubeFormatError(f"{where}: {name} has an invalid shape {dims}")
+        dims = _compressed_dims(where, name, names[name], 2, (zbitpix,))
         if shape is None:
             shape = dims
         elif dims != shape:
             raise CubeFormatError(f"{where}: {name} has shape {dims}, MEANBIAS has {shape}")
-        if hdr.get("ZBITPIX") != zbitpix:
-            raise CubeFormatError(f"{where}: {name} must have ZBITPIX {zbitpix}, got {hdr.get('ZBITPIX')!r}")
-        if hdr.get("ZCMPTYPE") not in _COMPRESSIONS:
-            raise CubeFormatError(f"{where}: {name} must be compressed with {' or '.join(_COMPRESSIONS)} "
-                                  f"(lossless), got {hdr.get('ZCMPTYPE')!r}")
-        held = int(hdu.size)
-        claimed = dims[0] * dims[1] * abs(zbitpix) // 8
-        if claimed > _MAX_DEFLATE_RATIO * max(held, 1):
-            raise CubeFormatError(f"{where}: {name} claims a map of shape {dims} ({claimed} bytes), more than "
-                                  f"its {held} compressed bytes can hold")
-        maps[name] = hdu
-    table = names[_TABLE]
+        images[name] = names[name]
+    size = shape[0] * shape[1]
+    if table_layout:
+        rows = _table_checked(where, names[_TABLE])
+    else:
+        rows = None
+        for name in columns:
+            fmt = _TABLE_COLUMNS.get(name.removeprefix(_COLUMN_PREFIX), ("J",))[0]
+            allowed = (32, 64) if fmt == "J" else (_COLUMN_ZBITPIX[fmt],)
+            (length,) = _compressed_dims(where, name, names[name], 1, allowed)
+            if rows is None:
+                rows = length
+            elif length != rows:
+                raise CubeFormatError(f"{where}: {name} has {length} rows, {columns[0]} has {rows}")
+            images[name] = names[name]
+    if rows > size:
+        raise CubeFormatError(f"{where}: {_TABLE if table_layout else columns[0]} has {rows} rows, more than the "
+                              f"{size} pixels of the maps")
+    return (names[_TABLE] if table_layout else None), images
+
+
+def _compressed_dims(where: str, name: str, hdu: Any, ndim: int, zbitpix: tuple[int, ...]) -> tuple[int, ...]:
+    """The (numpy-order) shape of the tile-compressed image ``hdu``, checked from its header alone: ``ndim``
+    axes, a ZBITPIX of ``zbitpix`` (or int32 numerators with RTNDENOM where a float is expected), GZIP, and
+    no more bytes than deflate can make of those the HDU holds."""
+    from astropy.io import fits
+    hdr = hdu.header
+    if not isinstance(hdu, fits.BinTableHDU) or hdr.get("ZIMAGE") is not True:
+        raise CubeFormatError(f"{where}: extension {name} must be a tile-compressed image (format 2), got "
+                              f"{type(hdu).__name__}")
+    if hdr.get("ZNAXIS") != ndim:
+        what = "2-D (ny, nx) map" if ndim == 2 else "1-D column"
+        raise CubeFormatError(f"{where}: {name} must be a {what}, got ZNAXIS {hdr.get('ZNAXIS')!r}")
+    dims = tuple(hdr.get(f"ZNAXIS{i}") for i in range(ndim, 0, -1))
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
+        raise CubeFormatError(f"{where}: {name} has an invalid shape {dims}")
+    found = hdr.get("ZBITPIX")
+    if found == 32 and zbitpix[0] < 0:
+        denominator = hdr.get(_DENOM_KEY)
+        if isinstance(denominator, bool) or not isinstance(denominator, int) or denominator < 1:
+            raise CubeFormatError(f"{where}: {name} holds integers (ZBITPIX 32) but no positive integer "
+                                  f"{_DENOM_KEY} to divide them by, got {denominator!r}")
+    elif found not in zbitpix:
+        raise CubeFormatError(f"{where}: {name} must have ZBITPIX {' or '.join(map(str, zbitpix))}, got {found!r}")
+    if hdr.get("ZCMPTYPE") not in _COMPRESSIONS:
+        raise CubeFormatError(f"{where}: {name} must be compressed with {' or '.join(_COMPRESSIONS)} "
+                              f"(lossless), got {hdr.get('ZCMPTYPE')!r}")
+    held = int(hdu.size)
+    claimed = int(np.prod(dims)) * abs(found) // 8
+    if claimed > _MAX_DEFLATE_RATIO * max(held, 1):
+        raise CubeFormatError(f"{where}: {name} claims a {'map' if ndim == 2 else 'column'} of shape {dims} "
+                              f"({claimed} bytes), more than its {held} compressed bytes can hold")
+    return dims
+
+
+def _table_checked(where: str, table: Any) -> int:
+    """Rows of the table ``RTNPIX`` (the layout of 2026-12-01), its columns and units checked."""
+    from astropy.io import fits
     if not isinstance(table, fits.BinTableHDU) or table.header.get("ZIMAGE") is True:
         raise CubeFormatError(f"{where}: extension {_TABLE} must be a binary table, got {type(table).__name__}")
     formats = {c.name.upper(): c for c in table.columns}
@@ -702,40 +788,53 @@ def _v2_hdus_checked(where: str, hdul: fits.HDUList) -> tuple[fits.BinTableHDU, 
             raise CubeFormatError(f"{where}: {_TABLE} column {name} must be a float (E or D), got {col.format}")
         if not _unit_ok(str(col.unit or ""), unit):
             raise CubeFormatError(f"{where}: {_TABLE} column {name} has unit {col.unit!r}, expected {unit!r}")
-    rows = int(table.header.get("NAXIS2", 0))
-    if rows > shape[0] * shape[1]:
-        raise CubeFormatError(f"{where}: {_TABLE} has {rows} rows, more than the {shape[0] * shape[1]} pixels "
-                              "of the maps")
-    return table, maps
+    return int(table.header.get("NAXIS2", 0))
 
 
-def _v2_parts(where: str, table: fits.BinTableHDU, maps: dict[str, fits.BinTableHDU]) -> dict[str, Any]:
-    """The :class:`RTNCube` fields of a format-2 file (headers already checked): the table, the maps."""
+def _v2_parts(where: str, table: fits.BinTableHDU | None, compressed: dict[str, fits.BinTableHDU]
+              ) -> dict[str, Any]:
+    """The :class:`RTNCube` fields of a format-2 file (headers already checked): the RTN pixels' columns
+    (images, or the table ``RTNPIX``), the maps."""
     from astropy.io import fits
-    images = {name: fits.CompImageHDU(bintable=hdu) for name, hdu in maps.items()}
+    images = {name: fits.CompImageHDU(bintable=hdu) for name, hdu in compressed.items()}
+    units = {**{n: u for n, (_a, u, _r) in _PLANES.items()}, "DQ": "", f"{_COLUMN_PREFIX}INDEX": "",
+             **{f"{_COLUMN_PREFIX}{n}": u for n, (_f, _a, u) in _TABLE_COLUMNS.items()}}
     for name, image in images.items():
         found = str(image.header.get("BUNIT", ""))
-        unit = _PLANES[name][1] if name in _PLANES else ""
-        if name != "DQ" and not _unit_ok(found, unit):
-            raise CubeFormatError(f"{where}: extension {name} has BUNIT {found!r}, expected {unit!r}")
-    # the three maps decompressed side by side (zlib releases the GIL)
-    with ThreadPoolExecutor(len(images), thread_name_prefix="cube-read") as pool:
-        data = dict(zip(images, pool.map(lambda image: np.asarray(image.data), images.values()), strict=True))
+        if name not in ("DQ", f"{_COLUMN_PREFIX}INDEX") and not _unit_ok(found, units[name]):
+            raise CubeFormatError(f"{where}: extension {name} has BUNIT {found!r}, expected {units[name]!r}")
+    def values(name: str) -> np.ndarray:
+        image = images[name]
+        data = np.asarray(image.data)
+        if _DENOM_KEY in image.header and np.issubdtype(data.dtype, np.integer):  # numerators over RTNDENOM
+            return _from_numerators(data, int(image.header[_DENOM_KEY]), np.float32 if name in _MAPS else np.float64)
+        return data
+
+    # decompressed side by side (zlib releases the GIL)
+    with ThreadPoolExecutor(min(len(images), max(os.cpu_count() or 1, 2)), thread_name_prefix="cube-read") as pool:
+        data = dict(zip(images, pool.map(values, images), strict=True))
     parts: dict[str, Any] = {"dq": _dq_flags(where, data.pop("DQ"))}
-    for name, values in data.items():
-        parts[_PLANES[name][0]] = values
+    for name in ("MEANBIAS", "READNOISE"):
+        parts[_PLANES[name][0]] = data.pop(name)
     shape = parts["meanbias_adu"].shape
-    rows = table.data
-    index = np.asarray(rows["INDEX"], dtype=np.int64) if rows is not None else np.zeros(0, np.int64)
+    if table is None:
+        where_index = f"{_COLUMN_PREFIX}INDEX"
+        index = data[where_index].astype(np.int64, copy=False)
+        columns = {attr: data[f"{_COLUMN_PREFIX}{name}"].astype(np.float64, copy=False)
+                   for name, (_fmt, attr, _unit) in _TABLE_COLUMNS.items()}
+    else:
+        where_index = f"{_TABLE} INDEX"
+        rows = table.data
+        index = np.asarray(rows["INDEX"], dtype=np.int64) if rows is not None else np.zeros(0, np.int64)
+        columns = {attr: (np.asarray(rows[name], dtype=np.float64) if rows is not None else np.zeros(0))
+                   for name, (_fmt, attr, _unit) in _TABLE_COLUMNS.items()}
     size = shape[0] * shape[1]
     if index.size and (index[0] < 0 or index[-1] >= size or np.any(np.diff(index) <= 0)):
-        raise CubeFormatError(f"{where}: {_TABLE} INDEX must be strictly ascending flat pixel indices in "
+        raise CubeFormatError(f"{where}: {where_index} must be strictly ascending flat pixel indices in "
                               f"[0, {size})")
-    columns = {attr: (np.asarray(rows[name], dtype=np.float64) if rows is not None else np.zeros(0))
-               for name, (_fmt, attr, _unit) in _TABLE_COLUMNS.items()}
     bad = index.size - int(np.count_nonzero(np.isfinite(columns["mu_adu"])))
     if bad:
-        raise CubeFormatError(f"{where}: {_TABLE} MU is NaN or infinite in {bad} rows; every row is an RTN pixel")
+        raise CubeFormatError(f"{where}: MU is NaN or infinite in {bad} rows; every row is an RTN pixel")
     parts["shape"] = shape
     parts["rtn"] = RTNPixels(index, **columns)
     return parts

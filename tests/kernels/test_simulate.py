@@ -102,8 +102,8 @@ def test_true_cube(sensor, table):
     np.testing.assert_array_equal(cube.mu_adu[mask], sensor.bias_adu[mask])
     np.testing.assert_array_equal(cube.delta_e[mask], sensor.delta_e)
     np.testing.assert_array_equal(cube.sigma_e[mask], sensor.sigma_e[mask])
-    np.testing.assert_array_equal(cube.frac_lo[mask], sensor.frac_lo)
-    np.testing.assert_array_equal(cube.frac_hi[mask], sensor.frac_hi)
+    np.testing.assert_array_equal(cube.frac_lo[mask], sensor.frac_lo.astype(np.float32))  # held at float32
+    np.testing.assert_array_equal(cube.frac_hi[mask], sensor.frac_hi.astype(np.float32))
     np.testing.assert_array_equal(cube.lammax_e[mask], table.lambda_max(sensor.delta_e, sensor.sigma_e[mask]))
     mean, std = model_mean_and_std(sensor.bias_adu[mask], sensor.delta_e, sensor.sigma_e[mask],
                                    sensor.frac_lo, sensor.frac_hi, sensor.gain_e_per_adu)
