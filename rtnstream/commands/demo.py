@@ -53,20 +53,21 @@ class TruthScore:
         self._sq_after_e2 = 0.0
 
     def keep(self, seq: int, frame: SimulatedFrame) -> None:
-        """Remember frame ``seq``'s raw and jump-free values (adu) at the RTN pixels."""
-        raw = frame.data.reshape(-1)[self.index].astype(np.float64)
-        clean = frame.clean_adu.reshape(-1)[self.index]
+        """Remember frame ``seq``'s raw values at the RTN pixels (uint16) and its jump-free values as float32
+        offsets from them (adu): 6 bytes an RTN pixel while the frame is in flight."""
+        raw = frame.data.reshape(-1)[self.index]
+        offset = frame.clean_rtn_adu - raw  # clean - raw, adu
         with self._lock:
-            self._pending[seq] = (raw, clean, int(np.count_nonzero(frame.states)))
+            self._pending[seq] = (raw, offset.astype(np.float32), int(np.count_nonzero(frame.states)))
 
     def score(self, seq: int, data: np.ndarray) -> None:
         """Add corrected frame ``seq`` (shape (ny, nx)) to the sums."""
         with self._lock:
-            raw, clean, jumps = self._pending.pop(seq)
-        out = data.reshape(-1)[self.index].astype(np.float64)
+            raw, offset, jumps = self._pending.pop(seq)
+        out = data.reshape(-1)[self.index].astype(np.float64) - raw  # out - raw, adu (exact)
         g2 = self.gain_e_per_adu ** 2
-        self._sq_before_e2 += float(np.sum((raw - clean) ** 2)) * g2
-        self._sq_after_e2 += float(np.sum((out - clean) ** 2)) * g2
+        self._sq_before_e2 += float(np.sum(offset.astype(np.float64) ** 2)) * g2
+        self._sq_after_e2 += float(np.sum((out - offset) ** 2)) * g2
         self.frames += 1
         self.true_jumps += jumps
 
