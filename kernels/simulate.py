@@ -126,7 +126,7 @@ class SimulatedFrame:
 
 
 #: Pixels per row block of the maps and frames a :class:`SensorModel` draws (bounds their temporaries).
-BLOCK_PIXELS = 1 << 20
+BLOCK_PIXELS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -279,8 +279,9 @@ class SensorModel:
         Electrons = Poisson(flux) + N(0, sigma^2) + state * Delta; adu = bias + electrons / gain, rounded
         and clipped to [0, 65535]. Each frame is made in row blocks of about :data:`BLOCK_PIXELS` pixels
         written straight into its uint16 data: the float64 temporaries are those of one block, whatever
-        the frame's size, and the numbers are those of whole-frame draws (Poisson counts of the frame, then
-        its read noise, then the states of its RTN pixels).
+        the frame's size (and the states are drawn BLOCK_PIXELS RTN pixels at a time), and the numbers are
+        those of whole-frame draws (Poisson counts of the frame, then its read noise, then the states of its
+        RTN pixels).
 
         Parameters
         ----------
@@ -321,9 +322,14 @@ class SensorModel:
                 rows[...] = np.clip(np.rint(block_clean), 0, 65535)
                 if clean_adu is not None:
                     clean_adu[r0:r1] = block_clean
-            u = rng.random(self.n_rtn)
-            states = np.where(u < self.frac_lo, -1, np.where(u < self.frac_lo + self.frac_c, 0, 1)).astype(np.int8)
-            data.ravel()[index] = np.clip(np.rint(clean_rtn + states * self.delta_e / g), 0, 65535)
+            states = np.empty(index.size, np.int8)
+            flat = data.ravel()
+            for i0 in range(0, index.size, BLOCK_PIXELS):  # the states, BLOCK_PIXELS RTN pixels at a time
+                part = slice(i0, i0 + BLOCK_PIXELS)
+                u, frac_lo = rng.random(states[part].size), self.frac_lo[part]
+                states[part] = np.where(u < frac_lo, -1, np.where(u < frac_lo + self.frac_c[part], 0, 1))
+                jumped = clean_rtn[part] + states[part] * self.delta_e[part] / g
+                flat[index[part]] = np.clip(np.rint(jumped), 0, 65535)
             yield SimulatedFrame(data=data, states=states, clean_rtn_adu=clean_rtn, clean_adu=clean_adu)
 
     def stack(self, n_frames: int, scene: Scene | None = None, seed: int = 1

@@ -169,8 +169,10 @@ def run(args: argparse.Namespace) -> int:
             truth = TruthScore(model)
             done = threading.Event()
             io_threads = camera_io_threads(model, args.fps)  # the sink takes what the camera sends
+            # sndhwm=1: a camera faster than the job waits with one frame queued here (the job's own queue is
+            # queue_frames deep) instead of 16, each a full frame in this process
             with FrameReceiver(push, "pull", io_threads=io_threads) as receiver, \
-                    FrameSender(ingest, "demo-cam", io_threads=io_threads) as sender:
+                    FrameSender(ingest, "demo-cam", sndhwm=1, io_threads=io_threads) as sender:
                 sink = threading.Thread(target=_sink, args=(receiver, truth, args.outdir, done), daemon=True)
                 sink.start()
                 camera = threading.Thread(target=run_camera, daemon=True,
