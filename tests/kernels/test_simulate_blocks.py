@@ -10,7 +10,6 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from rtnstream.commands.demo import TruthScore
 from rtnstream.kernels import simulate
 from rtnstream.kernels.simulate import Scene, SensorModel
 
@@ -108,28 +107,3 @@ def test_frame_temporaries_are_those_of_one_block(monkeypatch):
     data_b = shape[0] * shape[1] * 2
     rtn_b = sensor.n_rtn * (8 + 1)  # the RTN pixels' clean values and states (drawn a block at a time too)
     assert peak_b < data_b + rtn_b + 40 * (1 << 14) * 8, peak_b  # 40 block temporaries at most: 5 MiB
-
-
-def test_truth_score_matches_the_rms_computed_from_whole_frames():
-    sensor = SensorModel.random((40, 50), rtn_fraction=0.2, seed=3)
-    frames = list(sensor.frames(5, seed=4))
-    truth = TruthScore(sensor)
-    idx = sensor.rtn_index
-    corrected = []
-    for seq, f in enumerate(frames):
-        truth.keep(seq, f)
-        out = f.data.copy()
-        out.ravel()[idx[::2]] = np.rint(f.clean_adu.ravel()[idx[::2]])  # half the RTN pixels "corrected"
-        corrected.append(out)
-    for seq in (3, 0, 4, 1, 2):  # the sink scores in any order
-        truth.score(seq, corrected[seq])
-    g = sensor.gain_e_per_adu
-    clean = np.stack([f.clean_adu.ravel()[idx] for f in frames])
-    raw = np.stack([f.data.ravel()[idx] for f in frames]).astype(np.float64)
-    out = np.stack([c.ravel()[idx] for c in corrected]).astype(np.float64)
-    before, after = truth.rms_e()
-    # float32 offsets (clean - raw, a few adu): relative error about 1e-7
-    assert before == pytest.approx(np.sqrt(np.mean((raw - clean) ** 2)) * g, rel=1e-6)
-    assert after == pytest.approx(np.sqrt(np.mean((out - clean) ** 2)) * g, rel=1e-6)
-    assert after < before and truth.frames == 5
-    assert truth.true_jumps == sum(int(np.count_nonzero(f.states)) for f in frames)
