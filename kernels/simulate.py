@@ -18,7 +18,7 @@ import numpy as np
 from rtnstream.kernels.cube import DQ_RTN, RTNCube, RTNPixels, model_mean_and_std
 from rtnstream.kernels.lut import ThresholdTable, get_table
 
-__all__ = ["BLOCK_PIXELS", "SensorModel", "Scene", "SimulatedFrame"]
+__all__ = ["SensorModel", "Scene", "SimulatedFrame"]
 
 SceneKind = Literal["bias", "flat", "stars", "varying"]
 
