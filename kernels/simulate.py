@@ -112,17 +112,18 @@ class SimulatedFrame:
     data : numpy.ndarray, shape (ny, nx), uint16, adu
     states : numpy.ndarray, shape (n_rtn,), int8
         True trap state of each RTN pixel: -1 low, 0 central, +1 high.
-    clean_rtn_adu : numpy.ndarray, shape (n_rtn,), float64, adu
-        The frame without RTN jumps and before rounding, at the RTN pixels.
     clean_adu : numpy.ndarray, shape (ny, nx), float64, adu, or None
         The whole frame without RTN jumps and before rounding (what a perfect correction approaches); None
         when :meth:`SensorModel.frames` was asked for ``clean=False``.
+    clean_rtn_adu : numpy.ndarray, shape (n_rtn,), float64, adu, or None
+        The frame without RTN jumps and before rounding, at the RTN pixels (:meth:`SensorModel.frames`
+        always gives it; None where a frame is made without it).
     """
 
     data: np.ndarray
     states: np.ndarray
-    clean_rtn_adu: np.ndarray
-    clean_adu: np.ndarray | None = None
+    clean_adu: np.ndarray | None
+    clean_rtn_adu: np.ndarray | None = None
 
 
 #: Pixels per row block of the maps and frames a :class:`SensorModel` draws (bounds their temporaries).
