@@ -10,10 +10,12 @@ streaming ``--frames`` full frames into the job's ingest. The service's RSS is s
 /proc/PID/status every 0.1 s, with its peak (``VmHWM``) read before it is stopped: the cube's upload and
 read, the engine and the products, the job's queues and the temporal window all fall in it.
 
-Demo: runs ``rtnstream demo --backend numpy`` (service, camera, sink and truth in one process) and takes
-its peak RSS (``ru_maxrss`` of the child, from ``os.wait4``).
+Demo: runs ``rtnstream demo --backend numpy`` (service, camera, sink and truth in one process, and its
+embedded Redis) and takes its peak RSS (``ru_maxrss`` of the child, from ``os.wait4``) and the peak of the
+summed RSS of all its processes (sampled every 0.1 s).
 
-Prints the figures and writes a PNG of the service's RSS against time beside ``--plot``.
+Prints the figures and writes PNGs of the RSS against time: the service's at ``--plot``, the demo's beside
+it (``memory_demo.png`` for the default).
 """
 
 from __future__ import annotations
@@ -105,15 +107,45 @@ def measure_service(shape: tuple[int, int], frames: int, work: Path) -> tuple[fl
     return peak_kb / 1024, sampler, marks
 
 
-def measure_demo(shape: tuple[int, int], frames: int) -> float:
-    """Peak RSS (MB) of ``rtnstream demo --backend numpy`` on ``frames`` frames of ``shape``."""
+class TreeRssSampler(RssSampler):
+    """Samples the summed ``VmRSS`` of process ``pid`` and all its descendants (the demo's embedded Redis)."""
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            kb = [status_kb(p, "VmRSS") for p in _tree(self.pid)]
+            if kb and kb[0] is not None:
+                self.samples.append((time.perf_counter() - self.t0, sum(k or 0 for k in kb) / 1024))
+            self.stop.wait(self.interval_s)
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (from /proc/PID/task/*/children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in task.read_text().split()]
+            except OSError:
+                pass
+    return out
+
+
+def measure_demo(shape: tuple[int, int], frames: int) -> tuple[float, float, RssSampler]:
+    """Peak RSS (MiB) of ``rtnstream demo --backend numpy`` on ``frames`` frames of ``shape``: that of its
+    process (``ru_maxrss``, from ``os.wait4``; exact), that of its processes together (sampled every 0.1 s),
+    and the samples."""
     proc = subprocess.Popen(_rtnstream("demo", "--backend", "numpy", "--shape", str(shape[0]), str(shape[1]),
                                        "--frames", str(frames), "--fps", "1000"))
+    sampler = TreeRssSampler(proc.pid)
+    sampler.start()
     _, status, usage = os.wait4(proc.pid, 0)
+    sampler.finish()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"rtnstream demo exited with status {proc.returncode}")
-    return usage.ru_maxrss / 1024
+    return usage.ru_maxrss / 1024, max((mb for _, mb in sampler.samples), default=0.0), sampler
 
 
 def main() -> None:
@@ -138,10 +170,15 @@ def main() -> None:
                  f"rtnstream serve, {shape[0]} x {shape[1]} frames, NumPy backend: peak {peak:.0f} MiB")
         print(f"plot: {args.plot}")
     if not args.skip_demo:
-        demo = measure_demo(shape, args.demo_frames)
-        print(f"demo, {shape[0]} x {shape[1]}, {args.demo_frames} frames, NumPy: peak RSS {demo:.0f} MiB "
-              f"({'within' if demo <= LIMIT_MB else 'ABOVE'} the 3 GiB bound)")
-
+        demo, tree, sampler = measure_demo(shape, args.demo_frames)
+        worst = max(demo, tree)
+        print(f"demo, {shape[0]} x {shape[1]}, {args.demo_frames} frames, NumPy: peak RSS {demo:.0f} MiB (its "
+              f"process), {tree:.0f} MiB (its processes together, sampled every 0.1 s) "
+              f"({'within' if worst <= LIMIT_MB else 'ABOVE'} the 3 GiB bound)")
+        plot = args.plot.with_name(args.plot.stem.replace("service", "demo") + args.plot.suffix)
+        plot_rss({"rtnstream demo (all its processes)": sampler}, {}, LIMIT_MB, plot,
+                 f"rtnstream demo, {shape[0]} x {shape[1]} frames, NumPy backend: peak {worst:.0f} MiB")
+        print(f"plot: {plot}")
 
 if __name__ == "__main__":
     main()

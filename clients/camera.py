@@ -74,7 +74,8 @@ def run_camera(sender: FrameSender, model: SensorModel, n_frames: int, fps: floa
     exptime_s : float
         Written in each header, s.
     on_frame : callable, optional
-        ``on_frame(seq, frame)`` before each frame is sent (the demo keeps the truth this way).
+        ``on_frame(seq, frame)`` before each frame is sent (the demo keeps the truth this way); the frame's
+        jump-free values are those of its RTN pixels (``frame.clean_adu`` is None: not made, to bound memory).
     progress : bool
         Show a progress bar.
 
@@ -90,7 +91,7 @@ def run_camera(sender: FrameSender, model: SensorModel, n_frames: int, fps: floa
     keywords = camera_meta(model, scene)
     series = sender.start_series(series, meta=keywords)
     t0 = time.monotonic()
-    frames = tqdm(model.frames(n_frames, scene, seed=seed), total=n_frames, unit="frame", desc="camera",
+    frames = tqdm(model.frames(n_frames, scene, seed=seed, clean=False), total=n_frames, unit="frame", desc="camera",
                   disable=not progress)
     for seq, frame in enumerate(frames):
         if fps is not None:

@@ -84,9 +84,11 @@ class Scene:
             return self.star_flux_e * (1 + self.variability * np.sin(2 * np.pi * t / self.period_frames))
         return self.star_flux_e
 
-    def flux_e(self, t: int) -> np.ndarray:
-        """Expected electrons per pixel in frame ``t``, shape (ny, nx), float64."""
-        img = np.full(self.shape, self.sky_e, dtype=np.float64)
+    def flux_e(self, t: int, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """Expected electrons per pixel in frame ``t``, float64, shape (ny, nx), or (r1 - r0, nx) for
+        ``rows = (r0, r1)`` (the same values as those rows of the whole frame)."""
+        r0, r1 = (0, self.shape[0]) if rows is None else rows
+        img = np.full((r1 - r0, self.shape[1]), self.sky_e, dtype=np.float64)
         if self.star_y.size == 0:
             return img
         s = self.fwhm_px / 2.3548
@@ -94,8 +96,11 @@ class Scene:
         yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
         for y0, x0, f in zip(self.star_y, self.star_x, self.star_fluxes(t), strict=True):
             iy, ix = int(round(y0)), int(round(x0))
+            lo, hi = max(iy - half, r0), min(iy + half + 1, r1)
+            if lo >= hi:
+                continue
             stamp = np.exp(-((yy + iy - y0) ** 2 + (xx + ix - x0) ** 2) / (2 * s * s)) / (2 * np.pi * s * s)
-            img[iy - half : iy + half + 1, ix - half : ix + half + 1] += f * stamp
+            img[lo - r0 : hi - r0, ix - half : ix + half + 1] += f * stamp[lo - iy + half : hi - iy + half]
         return img
 
 
@@ -108,27 +113,92 @@ class SimulatedFrame:
     data : numpy.ndarray, shape (ny, nx), uint16, adu
     states : numpy.ndarray, shape (n_rtn,), int8
         True trap state of each RTN pixel: -1 low, 0 central, +1 high.
-    clean_adu : numpy.ndarray, shape (ny, nx), float64, adu
-        The frame without RTN jumps and before rounding (what a perfect correction approaches).
+    clean_adu : numpy.ndarray, shape (ny, nx), float64, adu, or None
+        The whole frame without RTN jumps and before rounding (what a perfect correction approaches); None
+        when :meth:`SensorModel.frames` was asked for ``clean=False``.
+    clean_rtn_adu : numpy.ndarray, shape (n_rtn,), float64, adu, or None
+        The frame without RTN jumps and before rounding, at the RTN pixels (:meth:`SensorModel.frames`
+        always gives it; None where a frame is made without it).
     """
 
     data: np.ndarray
     states: np.ndarray
-    clean_adu: np.ndarray
+    clean_adu: np.ndarray | None
+    clean_rtn_adu: np.ndarray | None = None
+
+
+#: Pixels per row block of the maps and frames a :class:`SensorModel` draws (bounds their temporaries).
+BLOCK_PIXELS = 1 << 18
+
+
+@dataclass(frozen=True)
+class _MapDraws:
+    """Where the per-pixel bias and read-noise maps of a :class:`SensorModel` come from.
+
+    The maps are not stored (two float64 maps of a full IMX455 are 980 MB): they are drawn again, row block
+    by row block, from the random generator's states saved before their draws, which gives the same
+    numbers as drawing each whole map at once (Generator draws are sequential).
+    """
+
+    shape: tuple[int, int]
+    bias_level_adu: float
+    sigma_median_e: float
+    bias_state: dict
+    sigma_state: dict
+
+    def row_ranges(self) -> list[tuple[int, int]]:
+        """``(r0, r1)`` of the consecutive row blocks, about :data:`BLOCK_PIXELS` pixels each."""
+        return _row_ranges(self.shape)
+
+    def row_blocks(self) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+        """``(r0, r1, bias_adu, sigma_e)`` of consecutive row blocks, the maps' rows r0:r1, float64."""
+        nx = self.shape[1]
+        rng_bias, rng_sigma = (_generator(st) for st in (self.bias_state, self.sigma_state))
+        for r0, r1 in self.row_ranges():
+            bias = self.bias_level_adu + rng_bias.normal(0, 3.0, (r1 - r0, nx))
+            sigma = np.clip(self.sigma_median_e * np.exp(rng_sigma.normal(0, 0.15, (r1 - r0, nx))), 0.5, 5.0)
+            yield r0, r1, bias, sigma
+
+    def full(self) -> tuple[np.ndarray, np.ndarray]:
+        """Both maps whole: ``(bias_adu, sigma_e)``, shape (ny, nx), float64."""
+        bias, sigma = np.empty(self.shape), np.empty(self.shape)
+        for r0, r1, b, s in self.row_blocks():
+            bias[r0:r1], sigma[r0:r1] = b, s
+        return bias, sigma
+
+    def at(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Both maps at the ascending flat indices ``index``: ``(bias_adu, sigma_e)``, shape (n,), float64."""
+        bias, sigma = np.empty(index.size), np.empty(index.size)
+        nx = self.shape[1]
+        for r0, r1, b, s in self.row_blocks():
+            lo, hi = np.searchsorted(index, (r0 * nx, r1 * nx))
+            local = index[lo:hi] - r0 * nx
+            bias[lo:hi], sigma[lo:hi] = b.ravel()[local], s.ravel()[local]
+        return bias, sigma
+
+
+def _row_ranges(shape: tuple[int, int]) -> list[tuple[int, int]]:
+    step = max(1, BLOCK_PIXELS // max(shape[1], 1))
+    return [(r0, min(r0 + step, shape[0])) for r0 in range(0, shape[0], step)]
+
+
+def _generator(state: dict) -> np.random.Generator:
+    bits = np.random.PCG64()
+    bits.state = state
+    return np.random.Generator(bits)
 
 
 @dataclass(eq=False)
 class SensorModel:
     """Truth of a simulated sensor.
 
+    The per-pixel maps :attr:`bias_adu` and :attr:`sigma_e` are drawn again from the seed at each use (not
+    kept: 980 MB for a full IMX455); :meth:`frames` draws them row block by row block.
+
     Attributes
     ----------
     shape : (ny, nx)
     gain_e_per_adu : float
-    bias_adu : numpy.ndarray, shape (ny, nx), float64
-        Central bias level of every pixel.
-    sigma_e : numpy.ndarray, shape (ny, nx), float64
-        RTN-free read noise of every pixel.
     rtn_index : numpy.ndarray, shape (n_rtn,), int64
         Flat indices of the RTN pixels (ascending).
     delta_e, frac_c, frac_lo, frac_hi : numpy.ndarray, shape (n_rtn,), float64
@@ -137,13 +207,12 @@ class SensorModel:
 
     shape: tuple[int, int]
     gain_e_per_adu: float
-    bias_adu: np.ndarray
-    sigma_e: np.ndarray
     rtn_index: np.ndarray
     delta_e: np.ndarray
     frac_c: np.ndarray
     frac_lo: np.ndarray
     frac_hi: np.ndarray
+    maps: _MapDraws
 
     @classmethod
     def random(cls, shape: tuple[int, int] = (128, 128), rtn_fraction: float = 0.05,
@@ -171,47 +240,99 @@ class SensorModel:
         """
         if not 0 <= rtn_fraction <= 1:
             raise ValueError(f"rtn_fraction must be in [0, 1], got {rtn_fraction!r}")
+        shape = (int(shape[0]), int(shape[1]))
         rng = np.random.default_rng(seed)
         npix = shape[0] * shape[1]
-        bias = bias_level_adu + rng.normal(0, 3.0, shape)
-        sigma = np.clip(sigma_median_e * np.exp(rng.normal(0, 0.15, shape)), 0.5, 5.0)
+        states = []
+        for _map in ("bias", "sigma"):  # skip each map's draws (bias_adu and sigma_e draw them again)
+            states.append(rng.bit_generator.state)
+            for r0, r1 in _row_ranges(shape):
+                rng.normal(0, 1.0, (r1 - r0, shape[1]))
+        maps = _MapDraws(shape, float(bias_level_adu), float(sigma_median_e), *states)
         n_rtn = int(round(rtn_fraction * npix))
         index = np.sort(rng.choice(npix, n_rtn, replace=False)).astype(np.int64)
-        delta = rng.uniform(*delta_over_sigma, n_rtn) * sigma.ravel()[index]
+        delta = rng.uniform(*delta_over_sigma, n_rtn) * maps.at(index)[1]
         frac_c = rng.uniform(0.80, 0.94, n_rtn)
         side = 1.0 - frac_c
         split = rng.uniform(0.3, 0.7, n_rtn)
         one_sided = rng.random(n_rtn) < one_sided_fraction
         split = np.where(one_sided, rng.choice([0.0, 1.0], n_rtn), split)
-        return cls(shape=shape, gain_e_per_adu=float(gain_e_per_adu), bias_adu=bias, sigma_e=sigma,
-                   rtn_index=index, delta_e=delta, frac_c=frac_c, frac_lo=side * split,
-                   frac_hi=side * (1 - split))
+        return cls(shape=shape, gain_e_per_adu=float(gain_e_per_adu), rtn_index=index, delta_e=delta,
+                   frac_c=frac_c, frac_lo=side * split, frac_hi=side * (1 - split), maps=maps)
+
+    @property
+    def bias_adu(self) -> np.ndarray:
+        """Central bias level of every pixel, adu, shape (ny, nx), float64 (drawn again at each use)."""
+        return self.maps.full()[0]
+
+    @property
+    def sigma_e(self) -> np.ndarray:
+        """RTN-free read noise of every pixel, electron, shape (ny, nx), float64 (drawn again at each use)."""
+        return self.maps.full()[1]
 
     @property
     def n_rtn(self) -> int:
         return int(self.rtn_index.size)
 
-    def frames(self, n_frames: int, scene: Scene | None = None, seed: int = 1) -> Iterator[SimulatedFrame]:
+    def frames(self, n_frames: int, scene: Scene | None = None, seed: int = 1, clean: bool = True
+               ) -> Iterator[SimulatedFrame]:
         """Draw ``n_frames`` frames of ``scene`` (default: bias) one at a time.
 
         Electrons = Poisson(flux) + N(0, sigma^2) + state * Delta; adu = bias + electrons / gain, rounded
-        and clipped to [0, 65535].
+        and clipped to [0, 65535]. Each frame is made in row blocks of about :data:`BLOCK_PIXELS` pixels
+        written straight into its uint16 data: the float64 temporaries are those of one block, whatever
+        the frame's size (and the states are drawn BLOCK_PIXELS RTN pixels at a time), and the numbers are
+        those of whole-frame draws (Poisson counts of the frame, then its read noise, then the states of its
+        RTN pixels).
+
+        Parameters
+        ----------
+        n_frames : int
+        scene : Scene, optional
+        seed : int
+        clean : bool
+            Also give each frame's whole :attr:`SimulatedFrame.clean_adu` (float64, 8 bytes a pixel);
+            False gives only its values at the RTN pixels.
         """
         scene = scene or Scene("bias", self.shape)
         rng = np.random.default_rng(seed)
         g = self.gain_e_per_adu
-        cum = np.stack([self.frac_lo, self.frac_lo + self.frac_c])
+        nx = self.shape[1]
+        index = self.rtn_index
         for t in range(n_frames):
-            flux = scene.flux_e(t)
-            electrons = rng.poisson(flux).astype(np.float64) if scene.kind != "bias" else np.zeros(self.shape)
-            electrons += rng.normal(0.0, 1.0, self.shape) * self.sigma_e
-            clean = self.bias_adu + electrons / g
-            u = rng.random(self.n_rtn)
-            states = np.where(u < cum[0], -1, np.where(u < cum[1], 0, 1)).astype(np.int8)
-            jumped = clean.copy().ravel()
-            jumped[self.rtn_index] += states * self.delta_e / g
-            data = np.clip(np.rint(jumped), 0, 65535).astype(np.uint16).reshape(self.shape)
-            yield SimulatedFrame(data=data, states=states, clean_adu=clean)
+            data = np.empty(self.shape, np.uint16)
+            blocks = self.maps.row_ranges() if scene.kind != "bias" else []
+            wide: dict[int, np.ndarray] = {}  # Poisson counts of the blocks that do not fit in uint16
+            for r0, r1 in blocks:  # the frame's Poisson draws come first: counts kept in data meanwhile
+                counts = rng.poisson(scene.flux_e(t, (r0, r1)))
+                if counts.size and counts.max() > np.iinfo(np.uint16).max:
+                    wide[r0] = counts
+                else:
+                    data[r0:r1] = counts
+            clean_adu = np.empty(self.shape) if clean else None
+            clean_rtn = np.empty(index.size)
+            for r0, r1, bias, sigma in self.maps.row_blocks():
+                rows = data[r0:r1]
+                if scene.kind == "bias":
+                    electrons = np.zeros(rows.shape)
+                else:
+                    electrons = wide.pop(r0, rows).astype(np.float64)
+                electrons += rng.normal(0.0, 1.0, rows.shape) * sigma
+                block_clean = bias + electrons / g
+                lo, hi = np.searchsorted(index, (r0 * nx, r1 * nx))
+                clean_rtn[lo:hi] = block_clean.ravel()[index[lo:hi] - r0 * nx]
+                rows[...] = np.clip(np.rint(block_clean), 0, 65535)
+                if clean_adu is not None:
+                    clean_adu[r0:r1] = block_clean
+            states = np.empty(index.size, np.int8)
+            flat = data.ravel()
+            for i0 in range(0, index.size, BLOCK_PIXELS):  # the states, BLOCK_PIXELS RTN pixels at a time
+                part = slice(i0, i0 + BLOCK_PIXELS)
+                u, frac_lo = rng.random(states[part].size), self.frac_lo[part]
+                states[part] = np.where(u < frac_lo, -1, np.where(u < frac_lo + self.frac_c[part], 0, 1))
+                jumped = clean_rtn[part] + states[part] * self.delta_e[part] / g
+                flat[index[part]] = np.clip(np.rint(jumped), 0, 65535)
+            yield SimulatedFrame(data=data, states=states, clean_rtn_adu=clean_rtn, clean_adu=clean_adu)
 
     def stack(self, n_frames: int, scene: Scene | None = None, seed: int = 1
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -224,13 +345,12 @@ class SensorModel:
         """The RTN calibration file of this sensor as a perfect fit would give it."""
         table = table or get_table(alpha)
         index = self.rtn_index
-        sigma_rtn = self.sigma_e.ravel()[index]
-        mu = self.bias_adu.ravel()[index]
+        meanbias, readnoise = self.maps.full()
+        sigma_rtn = readnoise.ravel()[index]
+        mu = meanbias.ravel()[index]
         mean_adu, std_e = model_mean_and_std(mu, self.delta_e, sigma_rtn, self.frac_lo, self.frac_hi,
                                              self.gain_e_per_adu)
-        meanbias = self.bias_adu.copy()
         meanbias.ravel()[index] = mean_adu
-        readnoise = self.sigma_e.copy()
         readnoise.ravel()[index] = std_e
         dq = np.zeros(self.shape, np.uint16)
         dq.ravel()[index] = DQ_RTN

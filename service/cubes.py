@@ -131,6 +131,11 @@ class CubeStore:
         self._remember(cube_id, cube)
         return cube
 
+    def forget(self, cube_id: str) -> None:
+        """Drop cube ``cube_id`` from memory (its file stays: :meth:`load` reads it again); jobs keep theirs."""
+        with self._lock:
+            self._cache.pop(cube_id, None)
+
     def _remember(self, cube_id: str, cube: RTNCube) -> None:
         with self._lock:
             self._cache[cube_id] = cube

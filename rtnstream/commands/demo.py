@@ -47,26 +47,35 @@ class TruthScore:
         self.gain_e_per_adu = model.gain_e_per_adu
         self._pending: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
         self._lock = threading.Lock()
+        self._scored = threading.Condition(self._lock)
         self.frames = 0
         self.true_jumps = 0
         self._sq_before_e2 = 0.0
         self._sq_after_e2 = 0.0
 
     def keep(self, seq: int, frame: SimulatedFrame) -> None:
-        """Remember frame ``seq``'s raw and jump-free values (adu) at the RTN pixels."""
-        raw = frame.data.reshape(-1)[self.index].astype(np.float64)
-        clean = frame.clean_adu.reshape(-1)[self.index]
+        """Remember frame ``seq``'s raw values at the RTN pixels (uint16) and its jump-free values as float32
+        offsets from them (adu): 6 bytes an RTN pixel while the frame is in flight."""
+        raw = frame.data.reshape(-1)[self.index]
+        offset = frame.clean_rtn_adu - raw  # clean - raw, adu
         with self._lock:
-            self._pending[seq] = (raw, clean, int(np.count_nonzero(frame.states)))
+            self._pending[seq] = (raw, offset.astype(np.float32), int(np.count_nonzero(frame.states)))
+
+    def wait_in_flight(self, limit: int, stop: threading.Event) -> None:
+        """Block while ``limit`` or more frames are kept and not yet scored (or until ``stop`` is set)."""
+        with self._scored:
+            while len(self._pending) >= limit and not stop.is_set():
+                self._scored.wait(0.5)
 
     def score(self, seq: int, data: np.ndarray) -> None:
         """Add corrected frame ``seq`` (shape (ny, nx)) to the sums."""
-        with self._lock:
-            raw, clean, jumps = self._pending.pop(seq)
-        out = data.reshape(-1)[self.index].astype(np.float64)
+        with self._scored:
+            raw, offset, jumps = self._pending.pop(seq)
+            self._scored.notify_all()
+        out = data.reshape(-1)[self.index].astype(np.float64) - raw  # out - raw, adu (exact)
         g2 = self.gain_e_per_adu ** 2
-        self._sq_before_e2 += float(np.sum((raw - clean) ** 2)) * g2
-        self._sq_after_e2 += float(np.sum((out - clean) ** 2)) * g2
+        self._sq_before_e2 += float(np.sum(offset.astype(np.float64) ** 2)) * g2
+        self._sq_after_e2 += float(np.sum((out - offset) ** 2)) * g2
         self.frames += 1
         self.true_jumps += jumps
 
@@ -162,19 +171,33 @@ def run(args: argparse.Namespace) -> int:
                 ingest, publish, push = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
             job_id = api.create_job("demo-cam", cube["id"], ingest, publish, push=push,
                                     reference=args.reference, window=args.window, overload=args.overload)
+            # the job's engine holds what it needs of the cube: the store's copy (read noise, DQ) goes
+            server.server.config.app.state.cubes.forget(cube["id"])
             job = api.get_job(job_id)
             print(f"job {job_id}: {args.reference} reference, W = {args.window}, backend {job['backend']} "
                   f"({job['device']}); camera -> {ingest}, sink <- {push}")
             truth = TruthScore(model)
             done = threading.Event()
+            # at most W + 1 frames in flight (the job's first outputs come once it has W + 1): a camera faster
+            # than the job waits here with one frame instead of filling the job's queue (each a full frame in
+            # this process); not with overload 'drop', whose dropped frames never come out
+            in_flight = args.window + 1 if args.overload != "drop" else None
+
+            def on_frame(seq: int, frame: SimulatedFrame) -> None:
+                if in_flight is not None:
+                    truth.wait_in_flight(in_flight, done)
+                truth.keep(seq, frame)
+
             io_threads = camera_io_threads(model, args.fps)  # the sink takes what the camera sends
+            # sndhwm=1: a camera faster than the job waits with one frame queued here (the job's own queue is
+            # queue_frames deep) instead of 16, each a full frame in this process
             with FrameReceiver(push, "pull", io_threads=io_threads) as receiver, \
-                    FrameSender(ingest, "demo-cam", io_threads=io_threads) as sender:
+                    FrameSender(ingest, "demo-cam", sndhwm=1, io_threads=io_threads) as sender:
                 sink = threading.Thread(target=_sink, args=(receiver, truth, args.outdir, done), daemon=True)
                 sink.start()
                 camera = threading.Thread(target=run_camera, daemon=True,
                                           args=(sender, model, args.frames, args.fps, scene),
-                                          kwargs={"seed": args.seed + 1, "on_frame": truth.keep})
+                                          kwargs={"seed": args.seed + 1, "on_frame": on_frame})
                 t0 = time.monotonic()
                 camera.start()
                 with tqdm(total=args.frames, unit="frame", desc="corrected") as bar:
