@@ -154,6 +154,15 @@ class CompactStackWriter:
         self._spool.write(np.ascontiguousarray(values, dtype=self.dtype).tobytes())
         self._frames.append({"name": str(name), "header": header.tostring() if header is not None else ""})
 
+    def rollback(self, n_frames: int) -> None:
+        """Forget the frames added after the first ``n_frames`` (a file that failed half-way)."""
+        if not 0 <= n_frames <= self.n_frames:
+            raise ValueError(f"n_frames must be in [0, {self.n_frames}], got {n_frames!r}")
+        self._spool.flush()
+        self._spool.truncate(n_frames * self.screen.index.size * self.dtype.itemsize)
+        self._spool.seek(0, os.SEEK_END)
+        del self._frames[n_frames:]
+
     def discard(self) -> None:
         """Stop and remove the spool (nothing is written)."""
         self._spool.close()
@@ -203,27 +212,39 @@ class CompactStackWriter:
         frames = fits.ImageHDU(blob, name="FRAMES")
         frames.header["ENCODING"] = ("zlib+json", "frames: [{name, header}], screen_bad_per_frame")
         tmp = self.path.with_name(self.path.name + ".tmp")
-        fits.HDUList([primary, screen, index, frames]).writeto(tmp, overwrite=True)
-        bitpix, bzero, stored = _storage(self.dtype)
-        head = fits.Header([("XTENSION", "IMAGE"), ("BITPIX", bitpix), ("NAXIS", 2), ("NAXIS1", k),
-                            ("NAXIS2", n), ("PCOUNT", 0), ("GCOUNT", 1)])
-        if bzero:
-            head["BZERO"] = bzero
-            head["BSCALE"] = 1
-        head["EXTNAME"] = "VALUES"
-        with open(tmp, "ab") as out, open(self._part, "rb") as spool:
-            out.write(head.tostring().encode("ascii"))
-            row_bytes = max(1, k) * self.dtype.itemsize
-            rows = max(1, _PIECE_BYTES // row_bytes)
-            written = 0
-            while chunk := spool.read(rows * row_bytes):
-                raw = np.frombuffer(chunk, dtype=self.dtype)
-                if bzero:  # offset storage: subtracting 2^(bits-1) is flipping the top bit
-                    raw = (raw ^ self.dtype.type(bzero)).view(np.dtype(stored).newbyteorder("="))
-                data = raw.astype(stored).tobytes()
-                out.write(data)
-                written += len(data)
-            out.write(b"\0" * (-written % _BLOCK))
+        try:
+            fits.HDUList([primary, screen, index, frames]).writeto(tmp, overwrite=True)
+            bitpix, bzero, stored = _storage(self.dtype)
+            head = fits.Header([("XTENSION", "IMAGE"), ("BITPIX", bitpix), ("NAXIS", 2), ("NAXIS1", k),
+                                ("NAXIS2", n), ("PCOUNT", 0), ("GCOUNT", 1)])
+            if bzero:
+                head["BZERO"] = bzero
+                head["BSCALE"] = 1
+            head["EXTNAME"] = "VALUES"
+            with open(tmp, "ab") as out, open(self._part, "rb") as spool:
+                out.write(head.tostring().encode("ascii"))
+                row_bytes = max(1, k) * self.dtype.itemsize
+                rows = max(1, _PIECE_BYTES // row_bytes)
+                written = 0
+                while chunk := spool.read(rows * row_bytes):
+                    raw = np.frombuffer(chunk, dtype=self.dtype)
+                    if bzero:  # offset storage: subtracting 2^(bits-1) is flipping the top bit
+                        raw = (raw ^ self.dtype.type(bzero)).view(np.dtype(stored).newbyteorder("="))
+                    data = raw.astype(stored).tobytes()
+                    out.write(data)
+                    written += len(data)
+                out.write(b"\0" * (-written % _BLOCK))
+            back = CompactStack(tmp)  # read back before it takes the name: never a malformed output
+            if (back.n_frames, back.n_candidates) != (n, k):
+                raise ValueError(f"VALUES holds ({back.n_frames}, {back.n_candidates}) values, expected ({n}, {k})")
+            if written != n * k * np.dtype(stored).itemsize:
+                raise ValueError(f"the spool held {written} bytes of values, expected {n} x {k} x "
+                                 f"{np.dtype(stored).itemsize}")
+        except Exception as exc:
+            tmp.unlink(missing_ok=True)
+            self._part.unlink(missing_ok=True)
+            raise ValueError(f"{self.path}: not written: writing failed or the stack does not read back ({exc}); "
+                             f"nothing left behind") from exc
         os.replace(tmp, self.path)
         self._part.unlink(missing_ok=True)
         return self.path

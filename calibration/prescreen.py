@@ -174,34 +174,65 @@ class BiasCollector:
         return (self.writer.n_frames if self.writer is not None
                 else sum(stack.n_frames for stack in self._waiting))
 
+    def check(self, stack: FitsStack) -> None:
+        """Raise ``ValueError`` (naming no file: the caller knows which) when ``stack`` does not fit the run."""
+        first = self.writer.screen.shape if self.writer is not None else (
+            self._waiting[0].shape if self._waiting else None)
+        if first is not None and stack.shape != first:
+            raise ValueError(f"frame shape {stack.shape} differs from the run's {first}")
+        dtype = self.writer.dtype if self.writer is not None else (
+            self._waiting[0].dtype if self._waiting else None)
+        if dtype is not None and stack.dtype != dtype:
+            raise ValueError(f"pixel type {stack.dtype} differs from the run's {dtype}")
+
     def add(self, stack: FitsStack) -> None:
-        """Add the next frames of the run (a file's frames, or any stack), in time order."""
+        """Add the next frames of the run (a file's frames, or any stack), in time order.
+
+        On an exception the collector is as before the call: the frames of ``stack`` that were read are
+        forgotten, the frames kept before stay kept (the spool is never discarded here).
+
+        Raises
+        ------
+        ValueError
+            ``stack`` does not fit the run (:meth:`check`).
+        """
+        self.check(stack)
         if self.writer is not None:
-            if stack.shape != self.writer.screen.shape:
-                raise ValueError(f"stack: frame shape {stack.shape} differs from the run's {self.writer.screen.shape}")
             self._keep(stack)
             return
         self._waiting.append(stack)
         if self.n_frames < self.prescreen:
             return
         run = self._waiting[0] if len(self._waiting) == 1 else FitsStack([i for s in self._waiting for i in s.files])
+        try:
+            screen = screen_stack(run.subset(range(self.prescreen)), self._settings, self._memory, self._progress)
+            log.info("prescreen: %d candidates (%.2f %% of pixels) in the first %d frames", screen.index.size,
+                     100 * screen.index.size / max(1, screen.mean_adu.size), self.prescreen)
+            self.writer = CompactStackWriter(self.output, screen, run.dtype, overwrite=self._overwrite)
+            self._keep(run)
+        except BaseException:
+            self.discard()
+            self._waiting.pop()
+            raise
         self._waiting = []
-        screen = screen_stack(run.subset(range(self.prescreen)), self._settings, self._memory, self._progress)
-        log.info("prescreen: %d candidates (%.2f %% of pixels) in the first %d frames", screen.index.size,
-                 100 * screen.index.size / max(1, screen.mean_adu.size), self.prescreen)
-        self.writer = CompactStackWriter(self.output, screen, run.dtype, overwrite=self._overwrite)
-        self._keep(run)
 
     def _keep(self, stack: FitsStack) -> None:
         assert self.writer is not None
         names = _frame_names(stack)
+        before = self.writer.n_frames
         try:
             for i, values in enumerate(stack.iter_values(self.writer.screen.index, progress=self._progress,
                                                          desc="keep candidates")):
                 self.writer.add_values(values, stack.headers[i], names[i])
         except BaseException:
-            self.writer.discard()
+            self.writer.rollback(before)
             raise
+
+    def discard(self) -> None:
+        """Stop: remove the spool (``<output>.part``); nothing is written."""
+        if self.writer is not None:
+            self.writer.discard()
+            self.writer = None
 
     def close(self) -> CompactStack:
         """Write the compact stack and return it read back.
@@ -239,7 +270,11 @@ def collect_stack(stack: FitsStack, prescreen: int, output: str | os.PathLike, s
     """
     _check_prescreen(prescreen, stack.n_frames)
     collector = BiasCollector(output, prescreen, settings, memory_limit_bytes, progress, overwrite)
-    collector.add(stack)
+    try:
+        collector.add(stack)
+    except BaseException:
+        collector.discard()
+        raise
     return collector.close()
 
 

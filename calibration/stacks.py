@@ -118,13 +118,17 @@ def inspect_fits(path: str | os.PathLike, hdu: int | None = None) -> FitsFileInf
     Raises
     ------
     FrameError
-        The file cannot be opened or parsed as FITS, or holds no 2D / 3D image; the message names it.
+        The file cannot be opened or parsed as FITS, holds no 2D / 3D image, or is a compact bias stack
+        (:mod:`rtnstream.calibration.compact`); the message names it.
     """
     path = Path(path)
     try:
         with warnings.catch_warnings(record=True) as caught, \
                 fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
             warnings.simplefilter("always")
+            if "RTNCSTK" in hdul[0].header:
+                raise FrameError(f"{path}: a compact bias stack (rtnstream bias-collect), not bias frames; "
+                                 f"fit it alone: rtnstream fit {path}")
             if hdu is None:
                 index = next((i for i, h in enumerate(hdul) if _image_ndim(h) in (2, 3)), None)
                 if index is None:
