@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
                 collector.check(stack)
                 screened = collector.writer is not None
                 collector.add(stack)  # after the screen, a failure leaves the frames kept before as they were
-            except (ValueError, OSError, RTNStreamError) as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure of one file: skipped, the frames kept stay
                 if screened is False:
                     raise  # the screen itself failed (its files are all kept: nothing is removed before it)
                 _skip(skipped, path, exc)

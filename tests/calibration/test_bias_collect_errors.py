@@ -156,3 +156,28 @@ def test_watch_lists_a_junk_and_a_truncated_file_it_cannot_take(frames, tmp_path
     assert "2 files not taken" in err.err and "2 files skipped" in err.out
     assert source[20].name in err.err and source[30].name in err.err
     assert CompactStack(out).n_frames == 58
+
+
+def test_a_file_that_fails_while_its_values_are_read_leaves_the_kept_frames_as_they_were(frames, tmp_path):
+    """A cube of 10 frames is cut short between its inspection and the read of its values (after the
+    screen): the read fails; the collector keeps exactly the frames before it, and the run goes on."""
+    from rtnstream.calibration.prescreen import BiasCollector
+    from rtnstream.calibration.stacks import inspect_fits
+
+    data, _ = frames
+    paths = write_files(tmp_path / "run", frames, 60)
+    reference = expected_values(paths, tmp_path)
+    cube = tmp_path / "cube.fits"
+    fits.PrimaryHDU(data[60:70]).writeto(cube)
+    collector = BiasCollector(tmp_path / "out.fits", SCREEN)
+    for path in paths[:55]:
+        collector.add(FitsStack([path]))
+    cut = FitsStack([inspect_fits(cube)])
+    with open(cube, "r+b") as f:
+        f.truncate(2880 + 5 * data[0].nbytes)
+    with pytest.raises((OSError, ValueError, TypeError)):  # astropy: TypeError "buffer is too small"
+        collector.add(cut)
+    assert collector.n_frames == 55
+    for path in paths[55:]:
+        collector.add(FitsStack([path]))
+    np.testing.assert_array_equal(collector.close().values(), reference)
