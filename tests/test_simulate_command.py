@@ -11,6 +11,7 @@ from rtnstream.cli import main
     (["--shape", "0", "10"], "--shape"),
     (["--shape", "10", "-2"], "--shape"),
     (["--scene", "stars", "--shape", "15", "40"], "--shape"),  # stars 7.5 px from the border do not fit
+    (["--scene", "varying", "--n-stars", "0", "--shape", "40", "8"], "--shape"),
     (["--frames", "0"], "--frames"),
     (["--scene", "stars", "--n-stars", "-3"], "--n-stars"),
     (["--sky-e", "-5"], "--sky-e"),
