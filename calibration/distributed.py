@@ -22,9 +22,17 @@ from typing import Any
 
 from tqdm import tqdm
 
-__all__ = ["DaskBands", "correct_series", "dask_executor", "parse_scheduler"]
+__all__ = ["DaskBands", "SchedulerError", "correct_series", "dask_executor", "parse_scheduler"]
 
 _LOCAL = re.compile(r"local:(\d+)")
+# a network address dask can dial: a host (a bracketed IPv6 one too) and its port
+_HOST_PORT = re.compile(r"(?:\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):\d{1,5}")
+_INET_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")
+
+
+class SchedulerError(ValueError):
+    """A ``scheduler`` that is malformed, cannot be reached or has no workers (the message starts with
+    ``scheduler``)."""
 
 
 def parse_scheduler(scheduler: str) -> int | str:
@@ -32,19 +40,22 @@ def parse_scheduler(scheduler: str) -> int | str:
 
     Raises
     ------
-    ValueError
-        ``local:`` with a count below 1, or an empty address (the message names ``scheduler``).
+    SchedulerError
+        ``local:`` with a count below 1, or an address without a host and port (the message names
+        ``scheduler``).
     """
     if not isinstance(scheduler, str) or not scheduler.strip():
-        raise ValueError(f"scheduler must be 'local:N' or a dask scheduler address, got {scheduler!r}")
+        raise SchedulerError(f"scheduler must be 'local:N' or a dask scheduler address, got {scheduler!r}")
     match = _LOCAL.fullmatch(scheduler.strip())
     if match:
         n = int(match.group(1))
         if n < 1:
-            raise ValueError(f"scheduler: local:N needs N >= 1 workers, got {scheduler!r}")
+            raise SchedulerError(f"scheduler: local:N needs N >= 1 workers, got {scheduler!r}")
         return n
-    if scheduler.startswith("local"):
-        raise ValueError(f"scheduler must be 'local:N' (N workers) or an address, got {scheduler!r}")
+    scheme, _, rest = scheduler.strip().rpartition("://")
+    if not (_HOST_PORT.fullmatch(rest) if scheme in ("", *_INET_SCHEMES) else scheme.isidentifier() and rest):
+        raise SchedulerError(f"scheduler must be 'local:N' (N workers) or a scheduler address with its port "
+                             f"(e.g. tcp://10.0.0.5:8786), got {scheduler!r}")
     return scheduler.strip()
 
 
@@ -65,7 +76,7 @@ class DaskBands:
         self.executor: Executor = client.get_executor(pure=False)
         self.n_workers = len(client.scheduler_info()["workers"])
         if self.n_workers < 1:
-            raise ValueError(f"scheduler: the cluster at {client.scheduler.address} has no workers")
+            raise SchedulerError(f"scheduler: the cluster at {client.scheduler.address} has no workers")
 
     def share(self, value: Any) -> Any:
         """``value`` placed on every worker once; pass the returned future to tasks instead of ``value``."""
@@ -88,8 +99,10 @@ def dask_executor(scheduler: str, processes: bool = True) -> Iterator[DaskBands]
     ------
     ImportError
         dask.distributed is not installed (the message says which ``pip install`` to run).
-    ValueError
-        A malformed ``scheduler``, or a cluster without workers.
+    SchedulerError
+        A malformed ``scheduler``, a scheduler that does not answer within dask's connect timeout
+        (``distributed.comm.timeouts.connect``, e.g. ``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=5s``), or a
+        cluster without workers.
     """
     target = parse_scheduler(scheduler)
     try:
@@ -103,7 +116,10 @@ def dask_executor(scheduler: str, processes: bool = True) -> Iterator[DaskBands]
                                                        dashboard_address=None))
             client = stack.enter_context(Client(cluster))
         else:
-            client = stack.enter_context(Client(target))
+            try:
+                client = stack.enter_context(Client(target))
+            except OSError as exc:  # refused, unresolvable or timed out (TimeoutError is an OSError)
+                raise SchedulerError(f"scheduler: cannot reach the dask scheduler at {target}: {exc}") from None
         bands = DaskBands(client)
         stack.callback(bands.executor.shutdown, wait=True)
         yield bands

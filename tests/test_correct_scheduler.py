@@ -96,6 +96,6 @@ def test_scheduler_needs_the_cube_file_and_a_good_address(archive, tmp_path, cap
     cube_path, inputs = archive
     with pytest.raises(ValueError, match="cube_path"):
         correct_files(read_cube(cube_path), [inputs], tmp_path / "x", EngineSettings(window=6), scheduler="local:1")
-    with pytest.raises(SystemExit, match="local:N"):
-        main(["correct", "--cube", str(cube_path), str(inputs), "-o", str(tmp_path / "y"), "--window", "6",
-              "--scheduler", "local:0"])
+    assert main(["correct", "--cube", str(cube_path), str(inputs), "-o", str(tmp_path / "y"), "--window", "6",
+                 "--scheduler", "local:0"]) == 2
+    assert "--scheduler: local:N" in capsys.readouterr().err

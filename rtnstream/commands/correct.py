@@ -62,13 +62,13 @@ def run(args: argparse.Namespace) -> int:
                                   alpha=args.alpha, k_var=args.k_var)
     except ValueError as exc:
         raise SystemExit(f"rtnstream correct: error: {exc}") from None
-    if args.scheduler is not None:
-        from rtnstream.calibration.distributed import parse_scheduler
+    from rtnstream.calibration.distributed import SchedulerError, parse_scheduler
 
+    if args.scheduler is not None:
         try:
             parse_scheduler(args.scheduler)
-        except ValueError as exc:
-            raise SystemExit(f"rtnstream correct: error: --{exc}") from None
+        except SchedulerError as exc:
+            return _fail(f"--{exc}")
     cube = read_cube(args.cube)
     try:
         summary = correct_files(cube, args.inputs, args.outdir, settings, backend=args.backend,
@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
                                 max_gap=args.max_gap, origin_keys=tuple(args.origin_keys),
                                 temperature_tolerance_c=args.temp_tolerance, dry_run=args.dry_run,
                                 scheduler=args.scheduler)
+    except SchedulerError as exc:  # unreachable, or no workers
+        return _fail(f"--{exc}")
     except ImportError as exc:  # --scheduler without dask installed
         raise SystemExit(f"rtnstream correct: error: {exc}") from None
     for entry in summary["skipped"] + summary["bad"]:
@@ -90,3 +92,9 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({k: summary[k] for k in ("frames", "corrections", "mode", "backend", "frames_per_s",
                                               "cube_id")}))
     return 0
+
+
+def _fail(message: str) -> int:
+    """Print ``message`` as the command's error; the exit status of bad input (2)."""
+    print(f"rtnstream correct: error: {message}", file=sys.stderr)
+    return 2

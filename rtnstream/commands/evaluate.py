@@ -23,8 +23,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="the same frames already corrected (rtnstream correct); default: corrected here")
     parser.add_argument("--offset-map", help="bias offset map of --corrected (default: calib/ beside them)")
     parser.add_argument("--fwhm", type=float, nargs="+", metavar="PX",
-                        help="PSF FWHM, pixel: the aperture radius (default: fitted on the median frame); "
-                             "with --predict, one Monte Carlo per value")
+                        help="PSF FWHM, pixel: the aperture radius (default: fitted on the median frame), at most "
+                             "the frame's smaller side / 6 (the background annulus reaches 3 FWHM); with "
+                             "--predict, one Monte Carlo per value, each at most 50")
     parser.add_argument("--sources", metavar="CATALOG",
                         help="star catalog (ECSV/CSV/FITS table with x, y in 0-based pixels) instead of finding")
     parser.add_argument("--comparison", type=int, default=20, help="comparison stars (the N brightest; 0: none)")

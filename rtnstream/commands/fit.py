@@ -69,6 +69,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Fit, then write the cube, the report and the plots; returns 0, or 2 on bad input."""
+    from rtnstream.calibration.distributed import SchedulerError, parse_scheduler
     from rtnstream.calibration.fit import FitSettings, fit_bias_stack
     from rtnstream.calibration.fit_report import report_path, write_plots, write_report_json
     from rtnstream.kernels.cube import write_cube
@@ -79,6 +80,11 @@ def run(args: argparse.Namespace) -> int:
         gain_e_per_adu = gain_from_args(args)
     except ValueError as exc:
         return _fail(str(exc))
+    if args.scheduler is not None:
+        try:
+            parse_scheduler(args.scheduler)
+        except SchedulerError as exc:
+            return _fail(f"--{exc}")
     report = report_path(out)
     if not args.overwrite:
         existing = [p for p in (out, report) if p.exists()]
@@ -98,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         )
     except RTNStreamError:  # unreadable or mismatched files: reported by the CLI
         raise
+    except SchedulerError as exc:  # unreachable, or no workers
+        return _fail(f"--{exc}")
     except (ValueError, ImportError) as exc:  # bad option values (the message names the option), no dask
         return _fail(str(exc))
     print(f"rtnstream fit: gain {result.report['gain']['e_per_adu']:.6g} e-/ADU "

@@ -33,20 +33,47 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sensor, scene and noise")
 
 
+def _check(args: argparse.Namespace) -> None:
+    """Refuse bad arguments before anything is written (``SystemExit`` naming the option)."""
+    problems = [
+        (args.shape[0] >= 1 and args.shape[1] >= 1, f"--shape must be two sizes >= 1, got {args.shape[0]} "
+                                                     f"{args.shape[1]}"),
+        (args.frames >= 1, f"--frames must be >= 1, got {args.frames}"),
+        (args.frames_per_file >= 0, f"--frames-per-file must be >= 0 (0: one 3-D stack), got {args.frames_per_file}"),
+        (args.n_stars >= 0, f"--n-stars must be >= 0, got {args.n_stars}"),
+        (np.isfinite(args.sky_e) and args.sky_e >= 0, f"--sky-e must be >= 0 electron/pixel/frame, got {args.sky_e}"),
+        (0 <= args.rtn_fraction <= 1, f"--rtn-fraction must be in [0, 1], got {args.rtn_fraction}"),
+        (0 <= args.two_trap_fraction <= 1 - args.rtn_fraction,
+         f"--two-trap-fraction must be in [0, 1 - --rtn-fraction], got {args.two_trap_fraction!r}"),
+        (np.isfinite(args.gain_e_per_adu) and args.gain_e_per_adu > 0,
+         f"--gain-e-per-adu must be a positive number, got {args.gain_e_per_adu}"),
+        (args.seed >= 0, f"--seed must be >= 0, got {args.seed}"),
+    ]
+    # Scene.make keeps its stars 3 FWHM from the border
+    star_side = int(np.ceil(2 * 3 * Scene.fwhm_px + 1))
+    if args.scene in ("stars", "varying"):
+        problems.append((min(args.shape) >= star_side,
+                         f"--shape must be at least {star_side} {star_side} for the {args.scene!r} scene's stars "
+                         f"(kept 3 FWHM = {3 * Scene.fwhm_px:g} px from the border), got {args.shape[0]} "
+                         f"{args.shape[1]}"))
+    for ok, message in problems:
+        if not ok:
+            raise SystemExit(f"rtnstream simulate: error: {message}")
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.frames < 1:
-        raise SystemExit("rtnstream simulate: error: --frames must be >= 1")
-    outdir = Path(args.outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    _check(args)
     shape = tuple(args.shape)
     two = args.two_trap_fraction
-    if not 0 <= two <= 1 - args.rtn_fraction:
-        raise SystemExit("rtnstream simulate: error: --two-trap-fraction must be in [0, 1 - --rtn-fraction], "
-                         f"got {two!r}")
-    sensor = SensorModel.random(shape, rtn_fraction=args.rtn_fraction + two, gain_e_per_adu=args.gain_e_per_adu,
-                                seed=args.seed)
-    traps = SecondTraps.random(sensor, two, seed=args.seed + 3) if two > 0 else None
-    scene = Scene.make(args.scene, shape, sky_e=args.sky_e, n_stars=args.n_stars, seed=args.seed + 1)
+    try:  # the models check their own arguments too: before anything is written
+        sensor = SensorModel.random(shape, rtn_fraction=args.rtn_fraction + two,
+                                    gain_e_per_adu=args.gain_e_per_adu, seed=args.seed)
+        traps = SecondTraps.random(sensor, two, seed=args.seed + 3) if two > 0 else None
+        scene = Scene.make(args.scene, shape, sky_e=args.sky_e, n_stars=args.n_stars, seed=args.seed + 1)
+    except ValueError as exc:
+        raise SystemExit(f"rtnstream simulate: error: {exc}") from None
+    outdir = Path(args.outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
     per_file = args.frames_per_file or args.frames
     states = np.empty((args.frames, sensor.n_rtn), dtype=np.int8)
     files: list[str] = []

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from rtnstream.evaluate.lightcurves import LightCurves, measure, star_table, summary_by_flux
-from rtnstream.evaluate.photometry import Apertures, estimate_fwhm, find_sources
+from rtnstream.evaluate.photometry import ANNULUS_FWHM, Apertures, estimate_fwhm, find_sources
 from rtnstream.evaluate.prediction import PixelNoise, predict_gains
 from rtnstream.kernels.cube import RTNCube
 from rtnstream.kernels.engine import BackendName, EngineSettings, RTNEngine
@@ -121,6 +121,12 @@ def _evaluate(median_e: np.ndarray, pairs: Callable[[], Iterator[tuple[np.ndarra
         fwhm_px = estimate_fwhm(median_e - np.median(median_e), guess, 3.0)
     elif not np.isfinite(fwhm_px) or fwhm_px <= 0:
         raise ValueError(f"fwhm_px must be a positive number, got {fwhm_px!r}")
+    # a star's background annulus spans 2 * ANNULUS_FWHM[1] FWHM across: it must fit in the frame
+    max_fwhm_px = min(median_e.shape) / (2 * ANNULUS_FWHM[1])
+    if fwhm_px > max_fwhm_px:
+        raise ValueError(f"fwhm_px (--fwhm) must be at most {max_fwhm_px:.4g} px (the {median_e.shape[0]}x"
+                         f"{median_e.shape[1]} frame's smaller side / {2 * ANNULUS_FWHM[1]:g}, the background "
+                         f"annulus' diameter in FWHM), got {fwhm_px:.6g}")
     if positions_xy is None:
         positions_xy = find_sources(median_e, fwhm_px)
         if positions_xy.shape[0] == 0:

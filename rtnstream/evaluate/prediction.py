@@ -252,6 +252,9 @@ def _snr(apertures, lam: np.ndarray, var: np.ndarray, masked: bool) -> np.ndarra
 
 #: RTN pixels of the cube whose corrected variance the Monte Carlo tabulates (drawn at random, seeded)
 POPULATION_PIXELS = 256
+#: Largest PSF FWHM of the Monte Carlo, pixel: its stamps grow as FWHM^2 per trial (50 px: a few MB each;
+#: 1e4 px would need some 150 GiB); a wider PSF is outside what the Monte Carlo is for.
+MAX_FWHM_PX = 50.0
 #: signal nodes of that table, electron/pixel/frame (quadratic spacing up to the threshold table's top)
 _MC_LAMBDA_NODES = 48
 
@@ -297,7 +300,7 @@ def monte_carlo(cube: RTNCube, fwhm_px: float, flux_e: Sequence[float] | np.ndar
     ----------
     cube : RTNCube
     fwhm_px : float
-        PSF FWHM, pixel.
+        PSF FWHM, pixel, in (0, :data:`MAX_FWHM_PX`].
     flux_e : sequence of float, shape (m,)
         Total source flux per frame, electron (> 0).
     rtn_fraction : float in [0, 1], optional
@@ -326,6 +329,8 @@ def monte_carlo(cube: RTNCube, fwhm_px: float, flux_e: Sequence[float] | np.ndar
 
     if not np.isfinite(fwhm_px) or fwhm_px <= 0:
         raise ValueError(f"fwhm_px must be a positive number, got {fwhm_px!r}")
+    if fwhm_px > MAX_FWHM_PX:
+        raise ValueError(f"fwhm_px (--fwhm) must be at most {MAX_FWHM_PX:g} px for the Monte Carlo, got {fwhm_px:.6g}")
     flux = np.asarray(flux_e, dtype=np.float64).reshape(-1)
     if flux.size == 0 or not np.all(np.isfinite(flux) & (flux > 0)):
         raise ValueError("flux_e must be positive numbers")

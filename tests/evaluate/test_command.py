@@ -120,3 +120,17 @@ def test_clear_errors(sim, evaluated, tmp_path, capsys):
                "-o", str(tmp_path / "f"), "--fwhm", "2.6", "--no-progress"])
     assert rc == 2
     assert "--offset-map" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fwhm", ["1e6", "500", "21.5"])
+def test_a_fwhm_wider_than_the_frame_allows_is_refused_naming_the_bound(sim, tmp_path, fwhm):
+    # the 128 x 128 frames hold a background annulus (6 FWHM across) up to FWHM 21.33 px
+    with pytest.raises(SystemExit, match=r"--fwhm\) must be at most 21.33 px .*128x128"):
+        main(["evaluate", "--cube", str(sim["cube"]), str(sim["frames"]), "-o", str(tmp_path), "--fwhm", fwhm,
+              "--no-progress", "--backend", "numpy"])
+
+
+@pytest.mark.parametrize("fwhm", ["1e4", "50.5"])
+def test_predict_refuses_a_fwhm_above_its_maximum(sim, tmp_path, fwhm):
+    with pytest.raises(SystemExit, match=r"--fwhm\) must be at most 50 px"):
+        main(["evaluate", "--predict", "--cube", str(sim["cube"]), "--fwhm", "2.6", fwhm, "--trials", "10"])
