@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from memory_rss import RssSampler, plot_rss  # bench/ is on the path
+from memory_rss import RssSampler, plot_rss, run_sampled  # bench/ is on the path
 
 from rtnstream.calibration.fit_report import report_path
 from rtnstream.commands.fit import parse_size
@@ -69,16 +68,10 @@ def measure_fit(paths: list[Path], n_frames: int, limit: str, out: Path) -> tupl
     cmd = [sys.executable, "-m", "rtnstream", "fit", *map(str, paths[:n_frames]), "-o", str(cube),
            "--gain-e-per-adu", str(GAIN_E_PER_ADU), "--memory-limit", limit, "--no-plots", "--no-progress",
            "--overwrite"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    sampler = RssSampler(proc.pid, interval_s=0.5)
-    sampler.start()
-    _, status, usage = os.wait4(proc.pid, 0)
-    sampler.finish()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"rtnstream fit exited with status {proc.returncode}")
+    peak_mb, sampler = run_sampled("rtnstream fit", cmd, lambda pid: RssSampler(pid, interval_s=0.5),
+                                   stdout=subprocess.DEVNULL)
     report = json.loads(report_path(cube).read_text())
-    return usage.ru_maxrss / 1024, sampler, report
+    return peak_mb, sampler, report
 
 
 def main() -> None:

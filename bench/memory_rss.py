@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 LIMIT_MB = 3 * 1024  # the service's bound (issue 15: 3 GB)
@@ -45,6 +48,28 @@ class RssSampler(threading.Thread):
     def finish(self) -> None:
         self.stop.set()
         self.join()
+
+
+def run_sampled(name: str, cmd: Sequence[str], sampler: Callable[[int], RssSampler], stdout=None
+                ) -> tuple[float, RssSampler]:
+    """Run ``cmd`` (``name`` in errors) to its end while ``sampler(pid)`` samples it.
+
+    Returns its peak RSS (MiB, the kernel's ru_maxrss of the process itself) and the sampler.
+
+    Raises
+    ------
+    RuntimeError
+        The command exited with a non-zero status.
+    """
+    proc = subprocess.Popen(list(cmd), stdout=stdout)
+    sampling = sampler(proc.pid)
+    sampling.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    sampling.finish()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} exited with status {proc.returncode}")
+    return usage.ru_maxrss / 1024, sampling
 
 
 def plot_rss(curves: dict[str, RssSampler], marks: dict[str, float], limit_mb: float, path: Path,

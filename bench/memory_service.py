@@ -21,14 +21,13 @@ it (``memory_demo.png`` for the default).
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from memory_rss import LIMIT_MB, RssSampler, plot_rss, status_kb  # bench/ is on the path
+from memory_rss import LIMIT_MB, RssSampler, plot_rss, run_sampled, status_kb  # bench/ is on the path
 
 
 def _rtnstream(*args: str) -> list[str]:
@@ -136,16 +135,10 @@ def measure_demo(shape: tuple[int, int], frames: int) -> tuple[float, float, Rss
     """Peak RSS (MiB) of ``rtnstream demo --backend numpy`` on ``frames`` frames of ``shape``: that of its
     process (``ru_maxrss``, from ``os.wait4``; exact), that of its processes together (sampled every 0.1 s),
     and the samples."""
-    proc = subprocess.Popen(_rtnstream("demo", "--backend", "numpy", "--shape", str(shape[0]), str(shape[1]),
-                                       "--frames", str(frames), "--fps", "1000"))
-    sampler = TreeRssSampler(proc.pid)
-    sampler.start()
-    _, status, usage = os.wait4(proc.pid, 0)
-    sampler.finish()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"rtnstream demo exited with status {proc.returncode}")
-    return usage.ru_maxrss / 1024, max((mb for _, mb in sampler.samples), default=0.0), sampler
+    cmd = _rtnstream("demo", "--backend", "numpy", "--shape", str(shape[0]), str(shape[1]), "--frames", str(frames),
+                     "--fps", "1000")
+    peak_mb, sampler = run_sampled("rtnstream demo", cmd, TreeRssSampler)
+    return peak_mb, max((mb for _, mb in sampler.samples), default=0.0), sampler
 
 
 def main() -> None:
