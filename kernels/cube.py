@@ -85,7 +85,12 @@ _PLANES: dict[str, tuple[str, str, bool]] = {
 _FLOAT32_ATTRS = ("meanbias_adu", "readnoise_e")
 # the RTN parameters (held for the RTN pixels only), and every attribute's extension name (for messages)
 _RTN_ATTRS = tuple(attr for attr, _unit, rtn_only in _PLANES.values() if rtn_only)
-_NAMES = {**{attr: name for name, (attr, _unit, _rtn) in _PLANES.items()}, "dq": "DQ"}
+# the second trap of two-trap pixels (format 2 only; docs/algorithm.md section 9): attribute -> the value a
+# one-trap pixel has
+_TWO_TRAP_DEFAULTS = {"delta2_e": 0.0, "frac2_c": 1.0, "frac2_lo": 0.0, "frac2_hi": 0.0, "lammax2_e": 0.0}
+_NAMES = {**{attr: name for name, (attr, _unit, _rtn) in _PLANES.items()}, "dq": "DQ",
+          "delta2_e": "DELTA2", "frac2_c": "FRAC2_C", "frac2_lo": "FRAC2_LO", "frac2_hi": "FRAC2_HI",
+          "lammax2_e": "LAMMAX2"}
 _HASH_CHUNK = 1 << 22  # pixels hashed at a time (a 32 MiB float64 temporary)
 _UNIT_ALIASES = {"adu": {"adu"}, "electron": {"electron", "electrons", "e-"}, "": {""}}
 
@@ -105,7 +110,8 @@ _TABLE_COLUMNS: dict[str, tuple[str, str, str]] = {
     "FRAC_HI": ("E", "frac_hi", ""),
     "LAMMAX": ("D", "lammax_e", "electron"),
 }
-_FLOAT32_COLUMNS = tuple(attr for fmt, attr, _unit in _TABLE_COLUMNS.values() if fmt == "E")
+_FLOAT32_COLUMNS = (*(attr for fmt, attr, _unit in _TABLE_COLUMNS.values() if fmt == "E"),
+                    "frac2_c", "frac2_lo", "frac2_hi")
 _COLUMN_PREFIX = "RTN_"
 _COLUMN_ZBITPIX = {"D": -64, "E": -32}
 _COLUMN_TILE = 1 << 16  # rows a tile of a column image
@@ -164,6 +170,14 @@ class RTNPixels:
         here: the precision format 2 stores; a relative 6e-8, and no corrected frame depends on them).
     lammax_e : numpy.ndarray, shape (n,), float64, electron
         Largest expected signal at which positive jumps are resolvable.
+    delta2_e : numpy.ndarray, shape (n,), float64, electron, >= 0
+        Second trap's jump (docs/algorithm.md section 9; trap 1, the larger jump, is ``delta_e``); 0 for a
+        pixel with one trap. Default (None): every pixel has one trap.
+    frac2_c, frac2_lo, frac2_hi : numpy.ndarray, shape (n,), float64 in [0, 1]
+        Second trap's state fractions, at float32 precision like the first's; 1, 0, 0 for one-trap pixels.
+    lammax2_e : numpy.ndarray, shape (n,), float64, electron
+        Largest expected signal at which the smallest positive level ``min(D2, D1 - D2)`` of a two-trap
+        pixel is resolvable; 0 for one-trap pixels.
     """
 
     index: np.ndarray
@@ -174,6 +188,11 @@ class RTNPixels:
     frac_lo: np.ndarray
     frac_hi: np.ndarray
     lammax_e: np.ndarray
+    delta2_e: np.ndarray | None = None
+    frac2_c: np.ndarray | None = None
+    frac2_lo: np.ndarray | None = None
+    frac2_hi: np.ndarray | None = None
+    lammax2_e: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         index = np.asarray(self.index)
@@ -189,11 +208,25 @@ class RTNPixels:
                 raise CubeFormatError(f"cube: {_NAMES[attr]} has {values.shape} values for the "
                                       f"{self.index.size} RTN pixels")
             setattr(self, attr, values)
+        for attr, default in _TWO_TRAP_DEFAULTS.items():
+            value = getattr(self, attr)
+            values = np.full(self.index.shape, default) if value is None else np.asarray(value, dtype=np.float64)
+            if attr in _FLOAT32_COLUMNS:
+                values = values.astype(np.float32).astype(np.float64)
+            if values.shape != self.index.shape:
+                raise CubeFormatError(f"cube: {_NAMES[attr]} has {values.shape} values for the "
+                                      f"{self.index.size} RTN pixels")
+            setattr(self, attr, values)
 
     @property
     def n(self) -> int:
         """Number of RTN pixels."""
         return int(self.index.size)
+
+    @property
+    def two_trap(self) -> np.ndarray:
+        """shape (n,), bool: the pixels with a second trap (``delta2_e > 0``)."""
+        return self.delta2_e > 0
 
 
 class _DensePlane:
