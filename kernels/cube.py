@@ -85,9 +85,8 @@ _PLANES: dict[str, tuple[str, str, bool]] = {
 _FLOAT32_ATTRS = ("meanbias_adu", "readnoise_e")
 # the RTN parameters (held for the RTN pixels only), and every attribute's extension name (for messages)
 _RTN_ATTRS = tuple(attr for attr, _unit, rtn_only in _PLANES.values() if rtn_only)
-# the second trap of two-trap pixels (format 2 only; docs/algorithm.md section 9): attribute -> the value a
-# one-trap pixel has
-_TWO_TRAP_DEFAULTS = {"delta2_e": 0.0, "frac2_c": 1.0, "frac2_lo": 0.0, "frac2_hi": 0.0, "lammax2_e": 0.0}
+# the second trap of two-trap pixels (format 2 only; docs/algorithm.md section 9), all 0 for one-trap pixels
+_TWO_TRAP_ATTRS = ("delta2_e", "frac2_c", "frac2_lo", "frac2_hi", "lammax2_e")
 _NAMES = {**{attr: name for name, (attr, _unit, _rtn) in _PLANES.items()}, "dq": "DQ",
           "delta2_e": "DELTA2", "frac2_c": "FRAC2_C", "frac2_lo": "FRAC2_LO", "frac2_hi": "FRAC2_HI",
           "lammax2_e": "LAMMAX2"}
@@ -171,13 +170,15 @@ class RTNPixels:
     lammax_e : numpy.ndarray, shape (n,), float64, electron
         Largest expected signal at which positive jumps are resolvable.
     delta2_e : numpy.ndarray, shape (n,), float64, electron, >= 0
-        Second trap's jump (docs/algorithm.md section 9; trap 1, the larger jump, is ``delta_e``); 0 for a
-        pixel with one trap. Default (None): every pixel has one trap.
+        Second trap's jump (docs/algorithm.md section 9; trap 1, the larger jump, is ``delta_e``).
     frac2_c, frac2_lo, frac2_hi : numpy.ndarray, shape (n,), float64 in [0, 1]
-        Second trap's state fractions, at float32 precision like the first's; 1, 0, 0 for one-trap pixels.
+        Second trap's state fractions, at float32 precision like the first's.
     lammax2_e : numpy.ndarray, shape (n,), float64, electron
         Largest expected signal at which the smallest positive level ``min(D2, D1 - D2)`` of a two-trap
-        pixel is resolvable; 0 for one-trap pixels.
+        pixel is resolvable.
+
+    The five second-trap arrays are 0 at a pixel with one trap (``delta2_e == 0``); None (the default):
+    every pixel has one trap.
     """
 
     index: np.ndarray
@@ -208,9 +209,12 @@ class RTNPixels:
                 raise CubeFormatError(f"cube: {_NAMES[attr]} has {values.shape} values for the "
                                       f"{self.index.size} RTN pixels")
             setattr(self, attr, values)
-        for attr, default in _TWO_TRAP_DEFAULTS.items():
+        for attr in _TWO_TRAP_ATTRS:
             value = getattr(self, attr)
-            values = np.full(self.index.shape, default) if value is None else np.asarray(value, dtype=np.float64)
+            if value is None:  # zeros from calloc: no memory is touched for a cube of one-trap pixels
+                setattr(self, attr, np.zeros(self.index.shape))
+                continue
+            values = np.asarray(value, dtype=np.float64)
             if attr in _FLOAT32_COLUMNS:
                 values = values.astype(np.float32).astype(np.float64)
             if values.shape != self.index.shape:

@@ -73,9 +73,10 @@ def test_rtn_pixels_are_held_sparsely_and_dense_planes_built_on_request(table):
         assert np.isnan(np.delete(plane.reshape(-1), sensor.rtn_index)).all()
     np.testing.assert_array_equal(cube.rtn.delta_e, sensor.delta_e)
     assert cube.meanbias_adu.dtype == cube.readnoise_e.dtype == np.float32 and cube.dq.dtype == np.uint16
-    # what the cube holds: 10 bytes a pixel of maps plus 64 bytes an RTN pixel, no float64 plane of the sensor
+    # what the cube holds: 10 bytes a pixel of maps plus 104 bytes an RTN pixel (index and 12 float64
+    # parameters, the second trap's included), no float64 plane of the sensor
     held = sum(a.nbytes for a in (cube.meanbias_adu, cube.readnoise_e, cube.dq, *vars(cube.rtn).values()))
-    assert held == 10 * cube.shape[0] * cube.shape[1] + 64 * n
+    assert held == 10 * cube.shape[0] * cube.shape[1] + 104 * n
     with pytest.raises(ValueError, match="attr must be one of"):
         cube.plane("meanbias_adu")
 
