@@ -236,36 +236,40 @@ def correct_files(
     opts = _Options(settings, backend, mode, dq, uncertainty, Path(cube_path).name if cube_path else None,
                     skip_bad)
     total = sum(s.n_frames for s in series)
+    summary.update({"settings": asdict(settings), "mode": mode, "cube_id": cube.cube_id, "cube_path": cube_path,
+                    "n_rtn_pixels": cube.n_rtn, "software_version": __version__})
+    started = time.time()
     t0 = time.perf_counter()
-    results = []
-    with tqdm(total=total, unit="frame", desc="correct",
-              disable=(not progress) if progress is not None else None) as bar:
-        if scheduler is not None:  # one series a task on dask.distributed
-            from rtnstream.calibration.distributed import correct_series
+    results: list[dict[str, Any]] = []
+    try:
+        with tqdm(total=total, unit="frame", desc="correct",
+                  disable=(not progress) if progress is not None else None) as bar:
+            if scheduler is not None:  # one series a task on dask.distributed
+                from rtnstream.calibration.distributed import correct_series
 
-            results = correct_series(scheduler, cube_path, series, checks, opts, outdir, bar, summary["bad"])
-        for s in series if scheduler is None else ():
-            origin, forced = checks[s.number]
-            results.append(_run_series(s, cube_part(cube, origin, s.files[0].shape), origin, forced, opts,
-                                       outdir, bar, summary["bad"]))
+                results = correct_series(scheduler, cube_path, series, checks, opts, outdir, bar, summary["bad"])
+            for s in series if scheduler is None else ():
+                origin, forced = checks[s.number]
+                results.append(_run_series(s, cube_part(cube, origin, s.files[0].shape), origin, forced, opts,
+                                           outdir, bar, summary["bad"]))
+    except Exception as exc:  # a failure mid-run: say in summary.json what was written before it
+        _summarise(summary, results)
+        done = {r["number"] for r in results}
+        summary["complete"] = False
+        summary["error"] = f"{type(exc).__name__}: {exc}"
+        summary["unfinished"] = [{"series": s.number, "written": _written_since(outdir, s, started)}
+                                 for s in series if s.number not in done]
+        (outdir / "summary.json").write_text(json.dumps(summary, indent=2))
+        log.error("correct stopped after %d of %d series (%s); %s lists the outputs written", len(done),
+                  len(series), exc, outdir / "summary.json")
+        raise
     elapsed = time.perf_counter() - t0
-    totals = FrameCounts()
-    for r in results:
-        totals = _add(totals, r["counts"])
+    totals = _summarise(summary, results)
     summary.update({
-        "frames": sum(r["frames"] for r in results),
-        "series": [{**{k: v for k, v in r.items() if k != "files"}, "counts": asdict(r["counts"])} for r in results],
-        "files": [entry for r in results for entry in r["files"]],
-        "corrections": asdict(totals),
-        "settings": asdict(settings),
-        "mode": mode,
+        "complete": True,
         "backend": ", ".join(sorted({r["backend"] for r in results})) or None,
-        "cube_id": cube.cube_id,
-        "cube_path": cube_path,
-        "n_rtn_pixels": cube.n_rtn,
         "elapsed_s": round(elapsed, 3),
         "frames_per_s": round(total / elapsed, 3) if elapsed > 0 else None,
-        "software_version": __version__,
     })
     (outdir / "summary.json").write_text(json.dumps(summary, indent=2))
     log.info("corrected %d frames in %d series: %d low, %d high, %d vetoed", total, len(series), totals.low,
@@ -287,6 +291,26 @@ def _check_length(s: Series, settings: EngineSettings) -> None:
         raise SeriesError(f"series {s.number} ({s.files[0].path.name} .. {s.files[-1].path.name}): window "
                           f"{settings.window} needs a series of at least {settings.window + 1} frames, got "
                           f"{s.n_frames}")
+
+
+def _written_since(outdir: Path, s: Series, started: float) -> list[str]:
+    """The outputs of ``s``'s files in ``outdir`` written since ``started`` (a ``time.time()``)."""
+    paths = (outdir / f.path.name for f in s.files)
+    return [str(p) for p in paths if p.exists() and p.stat().st_mtime >= started]
+
+
+def _summarise(summary: dict[str, Any], results: Sequence[dict[str, Any]]) -> FrameCounts:
+    """Enter the finished series' frames, files and corrections in ``summary``; the corrections' total."""
+    totals = FrameCounts()
+    for r in results:
+        totals = _add(totals, r["counts"])
+    summary.update({
+        "frames": sum(r["frames"] for r in results),
+        "series": [{**{k: v for k, v in r.items() if k != "files"}, "counts": asdict(r["counts"])} for r in results],
+        "files": [entry for r in results for entry in r["files"]],
+        "corrections": asdict(totals),
+    })
+    return totals
 
 
 def _run_series(s: Series, cube: RTNCube, origin: tuple[int, int] | None, forced: dict[Path, tuple[str, ...]],

@@ -91,7 +91,7 @@ def test_cli_output_matches_engine(sensor, frames, cube_path, tmp_path, referenc
             data = dst[0].data
             got.extend(data if data.ndim == 3 else [data])
     np.testing.assert_array_equal(np.stack(got), expected)
-    assert summary["frames"] == N_FRAMES
+    assert summary["frames"] == N_FRAMES and summary["complete"] is True
     assert summary["corrections"]["low"] == total_low > 0
     offset = fits.getdata(outdir / "calib" / "series_001_bias_offset.fits")
     assert offset.shape == SHAPE
@@ -212,3 +212,37 @@ def test_simulate_then_correct_from_the_command_line(tmp_path, capsys):
                  "-o", str(tmp_path / "out"), "--no-progress"]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["frames"] == 15 and summary["corrections"]["low"] > 0
+
+
+@pytest.mark.parametrize("reference", ["spatial", "temporal"])
+def test_failure_mid_run_leaves_a_summary_of_what_was_written(sensor, frames, tmp_path, reference):
+    """A file that passes the scan but whose data cannot be read stops the run: summary.json still lists
+    every output written before it (the finished series' and the stopped series' own), and says why."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(N_FRAMES):  # two series of 12 frames, an hour apart
+        t = k if k < 12 else 3600 + k
+        header = fits.Header([("DATE-OBS", f"2026-12-01T{t // 3600:02d}:{t // 60 % 60:02d}:{t % 60:02d}")])
+        path = folder / f"f{k:02d}.fits"
+        if k != 18:
+            fits.PrimaryHDU(frames[k], header=header).writeto(path)
+            continue
+        # tile-compressed, its compressed bytes zeroed: header and size are fine, decompression fails
+        fits.HDUList([fits.PrimaryHDU(header=header), fits.CompImageHDU(frames[k])]).writeto(path)
+        raw = bytearray(path.read_bytes())
+        raw[len(raw) - 2000:len(raw) - 200] = bytes(1800)
+        path.write_bytes(bytes(raw))
+    out = tmp_path / "out"
+    with pytest.raises(FrameError, match="f18.fits"):
+        correct_files(sensor.true_cube(), [folder], out, EngineSettings(reference=reference), backend="numpy")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is False and "f18.fits" in summary["error"]
+    assert summary["frames"] == 12 and [e["input"] for e in summary["files"]] == \
+        [str(folder / f"f{k:02d}.fits") for k in range(12)]
+    for entry in summary["files"]:  # the finished series' outputs are complete files
+        assert fits.getdata(entry["output"]).shape == SHAPE
+    # the stopped series: the spatial reference had written f12..f17 (one output per frame), the temporal
+    # one nothing yet (frame 12 waits for its window, which reaches past frame 18)
+    expected = [str(out / f"f{k:02d}.fits") for k in range(12, 18)] if reference == "spatial" else []
+    assert summary["unfinished"] == [{"series": 2, "written": expected}]
+    assert summary["cube_id"] == sensor.true_cube().cube_id
