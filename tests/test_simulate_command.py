@@ -36,3 +36,22 @@ def test_good_arguments_still_write_the_files(tmp_path):
                  "--n-stars", "2", "--sky-e", "0", "--frames-per-file", "2"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["cube.fits", "stars_00000.fits", "stars_00001.fits",
                                                       "truth.json", "truth.npz"]
+
+
+def test_frames_carry_their_gain_for_the_fit(tmp_path):
+    """The simulated frames say their conversion gain (EGAIN, e-/ADU), which ``rtnstream fit`` reads when no
+    --gain is given: the value truth.json records."""
+    import json
+
+    from astropy.io import fits
+
+    from rtnstream.calibration.acquisition import header_gain
+
+    out = tmp_path / "sim"
+    assert main(["simulate", "-o", str(out), "--shape", "16", "16", "--frames", "4", "--frames-per-file", "2",
+                 "--gain-e-per-adu", "0.8125"]) == 0
+    truth = json.loads((out / "truth.json").read_text())
+    headers = [fits.getheader(out / name) for name in truth["files"]]
+    gain = header_gain(headers)
+    assert gain.source == "EGAIN" and gain.gain_e_per_adu == truth["gain_e_per_adu"] == 0.8125
+    assert all(h["BUNIT"] == "adu" and h["RTNSEED"] == truth["seed"] for h in headers)

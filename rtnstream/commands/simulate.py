@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from astropy.io import fits
 from tqdm import tqdm
 
 from rtnstream.fitsio import FrameSink
@@ -78,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
     states = np.empty((args.frames, sensor.n_rtn), dtype=np.int8)
     files: list[str] = []
     sink = None
+    header = fits.Header([("EGAIN", sensor.gain_e_per_adu, "[e-/ADU] conversion gain"),
+                          ("BUNIT", "adu"), ("ORIGIN", "rtnstream simulate"),
+                          ("RTNSEED", args.seed, "seed of the simulation (truth.json)")])
     frames = (sensor.frames(args.frames, scene, seed=args.seed + 2) if traps is None
               else two_trap_frames(sensor, traps, args.frames, scene, seed=args.seed + 2))
     states2 = np.empty((args.frames, traps.n_two if traps else 0), dtype=np.int8)
@@ -85,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         if t % per_file == 0:
             n = min(per_file, args.frames - t)
             name = f"{args.scene}.fits" if per_file == args.frames else f"{args.scene}_{t // per_file:05d}.fits"
-            sink = FrameSink(outdir / name, shape, np.uint16, n, stack=per_file > 1)
+            sink = FrameSink(outdir / name, shape, np.uint16, n, header=header, stack=per_file > 1)
             files.append(name)
         sink.write(sim.data)
         states[t] = sim.states
