@@ -6,8 +6,10 @@ a calibration bias stack fitted as ``fit_bias_stack`` does (candidates by the An
 three-level fit and its rules, then :func:`~rtnstream.calibration.two_trap.fit_two_trap_candidates`), and a
 held-out bias stack corrected with the fitted parameters: two-trap pixels by
 :func:`~rtnstream.kernels.two_trap.decide_two_trap`, accepted one-trap pixels by the same function with
-``D2 = 0`` (which is the section 3 decision), everything against the temporal median reference of
-ALGORITHM.md section 2 (W = 10, sliding at the ends).
+``D2 = 0`` (which is the section 3 decision), against the spatial or the temporal reference of ALGORITHM.md
+section 2 (W = 10, sliding at the ends); with the temporal one the fitted two-trap pixels take the rule of
+docs/algorithm.md section 9 ("Temporal reference": :func:`~rtnstream.kernels.two_trap.temporal_lambda_two_trap`
+and the centre rule), or phase 1's window median, and optionally the engine's variability veto.
 """
 
 from __future__ import annotations
