@@ -327,11 +327,15 @@ def evaluate(truth: TwoTrapTruth, fit: dict[str, np.ndarray], held_out: tuple[np
     levels = reference == "temporal" and two_trap_temporal == "levels"
     if reference == "temporal":
         lam = temporal_lambda(values, params.mu_adu, g, window)
-        spread = values[window_rows(n_frames, window)].astype(np.float64).std(axis=1) * g
+        if k_var is not None:  # (n_frames, n) electron
+            spread = values[window_rows(n_frames, window)].astype(np.float64).std(axis=1) * g
         if levels and found.any():
             sub = replace(params, **{f.name: getattr(params, f.name)[found] for f in fields(params)
                                      if f.name != "gain_e_per_adu"})
-            lam[:, found], spread[:, found] = temporal_lambda_two_trap_series(values[:, found], sub, window)
+            lam_two, spread_two = temporal_lambda_two_trap_series(values[:, found], sub, window)
+            lam[:, found] = lam_two
+            if k_var is not None:
+                spread[:, found] = spread_two
     elif reference == "spatial":
         if k_var is not None:
             raise ValueError("k_var (the variability veto) applies to the temporal reference only")
