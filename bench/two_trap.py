@@ -5,7 +5,10 @@ jumps 4-14 sigma and at least 3 sigma from the first) records a calibration bias
 ``fit_bias_stack`` fits (Anderson-Darling candidates, three-level fit and rules) plus the two-trap refit
 (calibration/two_trap.py); a held-out bias stack is then corrected with the fitted parameters
 (kernels/two_trap.py for two-trap pixels, the same rules with D2 = 0 for one-trap pixels) against the
-spatial and the temporal (W = 10) references. Printed per fraction:
+spatial and the temporal (W = 10) references: the temporal one with the two-trap pixels' temporal rule
+(docs/algorithm.md section 9, "Temporal reference"), with phase 1's (the window median's lambda, the plain
+decision), and with the engine's variability veto (k_var = 1.5; the two-trap pixels' spread de-jumped).
+Printed per fraction:
 
 * classification: two-trap pixels found, one-trap pixels taken for two-trap, normal pixels taken for
   two-trap, median relative errors of the fitted jumps and sigma; the refit's time;
@@ -48,6 +51,14 @@ def _passes(value: float, bar: tuple[str, float]) -> bool:
     return {">=": value >= limit, "<": value < limit, "<=": value <= limit}[op]
 
 
+#: (label, evaluate keywords) of each correction scored
+REFERENCES = (("spatial", {"reference": "spatial"}),
+              ("temporal", {"reference": "temporal"}),
+              ("temporal phase 1", {"reference": "temporal", "two_trap_temporal": "median"}),
+              ("temporal + veto", {"reference": "temporal", "k_var": 1.5}),
+              ("temporal phase 1 + veto", {"reference": "temporal", "two_trap_temporal": "median", "k_var": 1.5}))
+
+
 def run_one(shape, fraction: float, n_frames: int, n_held: int, seed: int, table) -> dict:
     truth = two_trap_eval.simulate(shape, 0.05, fraction, seed=seed)
     data, _, _ = two_trap_eval.bias_stack(truth, n_frames, seed=seed + 1)
@@ -56,8 +67,8 @@ def run_one(shape, fraction: float, n_frames: int, n_held: int, seed: int, table
     fit = two_trap_eval.fit_stack(data, truth.sensor.gain_e_per_adu, table)
     fit_s = time.perf_counter() - t0
     out = {"fraction": fraction, "fit_stack_s": fit_s}
-    for ref in ("spatial", "temporal"):
-        out[ref] = two_trap_eval.evaluate(truth, fit, held, table, reference=ref)
+    for label, kwargs in REFERENCES:
+        out[label] = two_trap_eval.evaluate(truth, fit, held, table, **kwargs)
     out["_plot"] = (truth, fit, data)
     return out
 
@@ -73,16 +84,16 @@ def _print(res: dict) -> None:
     print(f"  normal pixels taken for two  {c['normal_taken_for_two']:7d}")
     for key in ("delta1_median_rel_error", "delta2_median_rel_error", "sigma_median_rel_error"):
         print(f"  {key:28s} {100 * c.get(key, float('nan')):7.2f} %")
-    print(f"  {'population / reference':28s} {'RN before':>9s} {'RN after':>9s} {'sigma':>7s} {'after/sig':>9s} "
+    print(f"  {'population / reference':36s} {'RN before':>9s} {'RN after':>9s} {'sigma':>7s} {'after/sig':>9s} "
           f"{'harmful':>8s} {'wrong lvl':>9s} {'caught':>7s}")
-    for ref in ("spatial", "temporal"):
+    for ref, _ in REFERENCES:
         for pop in ("two_trap", "one_trap"):
             f = res[ref][pop]
             flags = ""
             if pop == "two_trap":
                 flags = " ".join("pass" if _passes(f[k], BARS[k]) else f"FAIL({k})"
                                  for k in ("rms_after_over_sigma", "harmful_fraction"))
-            print(f"  {pop + ' / ' + ref:28s} {f['rms_before_e']:9.3f} {f['rms_after_e']:9.3f} {f['sigma_rms_e']:7.3f} "
+            print(f"  {pop + ' / ' + ref:36s} {f['rms_before_e']:9.3f} {f['rms_after_e']:9.3f} {f['sigma_rms_e']:7.3f} "
                   f"{f['rms_after_over_sigma']:9.3f} {100 * f['harmful_fraction']:7.3f}% "
                   f"{100 * f['wrong_level_fraction']:8.3f}% {100 * f['jumps_caught_fraction']:6.1f}%  {flags}")
 
@@ -90,7 +101,7 @@ def _print(res: dict) -> None:
 def _plot(res: dict, path: Path) -> None:
     truth, fit, data = res["_plot"]
     g = truth.sensor.gain_e_per_adu
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 1.3]})
     # a found two-trap pixel: histogram of its calibration values and the fitted levels
     flat = truth.two_trap_flat
     where = {int(f): i for i, f in enumerate(fit["index"])}
@@ -110,10 +121,10 @@ def _plot(res: dict, path: Path) -> None:
                       f"sigma = {fit['sigma_e'][i]:.2f} e-", fontsize=9)
         ax0.legend(fontsize=8)
     labels, before, after, sig = [], [], [], []
-    for ref in ("spatial", "temporal"):
+    for ref in ("spatial", "temporal", "temporal phase 1"):
         for pop in ("two_trap", "one_trap"):
             fg = res[ref][pop]
-            labels.append(f"{pop.replace('_', '-')}\n{ref}")
+            labels.append(f"{pop.replace('_', '-')}\n{ref.replace(' phase', chr(10) + 'phase')}")
             before.append(fg["rms_before_e"])
             after.append(fg["rms_after_e"])
             sig.append(fg["sigma_rms_e"])
