@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         "id": cube.cube_id,
         "shape": list(cube.shape),
         "n_rtn": cube.n_rtn,
+        "n_two_trap": int(np.count_nonzero(cube.rtn.two_trap)),
         "rtn_fraction": cube.n_rtn / (cube.shape[0] * cube.shape[1]),
         "gain_e_per_adu": cube.gain_e_per_adu,
         "median_delta_e": float(np.median(cube.rtn.delta_e)) if cube.n_rtn else None,
