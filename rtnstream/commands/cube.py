@@ -53,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
         if Path(args.output).exists() and not args.overwrite:
             raise SystemExit(f"rtnstream cube convert: error: {args.output} exists (--overwrite replaces it)")
         cube = read_cube(args.input)
-        write_cube(cube, args.output, overwrite=args.overwrite, version=args.format)
+        try:
+            write_cube(cube, args.output, overwrite=args.overwrite, version=args.format)
+        except ValueError as exc:  # format 1 cannot hold a cube's second traps
+            raise SystemExit(f"rtnstream cube convert: error: --format {args.format}: {exc}") from None
         print(f"wrote {args.output} (format {args.format}, {Path(args.output).stat().st_size} bytes, cube "
               f"{cube.cube_id})")
         return 0
