@@ -90,7 +90,9 @@ def report_two_trap(result, sensor: SensorModel, traps: SecondTraps | None) -> N
     """Print the two-trap pixels found against the truth (when the stack has some)."""
     rtn = result.cube.rtn
     two = rtn.index[rtn.two_trap]
-    print(f"two-trap pixels: {two.size} ({result.report['two_trap']['refitted']} candidates refitted)")
+    rep = result.report["two_trap"]
+    print(f"two-trap pixels: {two.size} ({rep['refitted']} candidates refitted, the refit "
+          f"{100 * rep['time_share_of_pass3']:.0f} % of pass 3's band time)")
     if traps is None:
         return
     index2 = sensor.rtn_index[traps.rtn_pos]
@@ -145,7 +147,7 @@ def main() -> None:
         timing = rep["timing_s"]
         print(f"two-trap refit {'on' if refit else 'off'}:")
         for name, seconds in timing.items():
-            print(f"{name:24s} {seconds:8.2f}" + ("" if name.endswith("share") else " s"))
+            print(f"{name:24s} {seconds:8.2f} s")
         print(f"{'total (incl. assembly)':24s} {total:8.1f} s   (target: under 300 s on 2 cores)")
         if refit:
             report_two_trap(result, sensor, traps)

@@ -53,6 +53,7 @@ __all__ = [
     "plan_bands",
     "moments_band",
     "fit_band",
+    "fit_candidates",
     "fill_non_finite",
     "acceptance",
     "predicted_read_noise",
@@ -846,7 +847,9 @@ def _assemble(stack: FitsStack, g: float, settings: FitSettings, table: Threshol
     meta = {"n_bias_frames": stack.n_frames, "alpha": settings.alpha, "software_version": __version__,
             **_header_meta(stack, inputs["camera"])}
     # the cube holds the accepted pixels sparsely (index is ascending, so index[ok] is too)
-    rtn = RTNPixels(index=index[ok], **{k: cols[k][ok] for k in (*_RTN_COLUMNS, *_SECOND_TRAP_COLUMNS)})
+    # (without two-trap pixels the second trap's columns are left to RTNPixels: zeros no page of which is touched)
+    rtn = RTNPixels(index=index[ok], **{k: cols[k][ok] for k in (*_RTN_COLUMNS,
+                                                                 *(_SECOND_TRAP_COLUMNS if two.any() else ()))})
     cube = RTNCube(shape=(ny, nx), rtn=rtn, meanbias_adu=mean, readnoise_e=read_noise, dq=dq, gain_e_per_adu=g,
                    meta=meta)
     flux = np.concatenate([[0.0], np.geomspace(0.1, max(1.0, table.lambda_top_e), 48)])
@@ -937,7 +940,7 @@ def _two_trap_report(fit: dict[str, np.ndarray], settings: FitSettings, n_two: i
     """The report's ``two_trap`` entry; adds the band tasks' seconds of both fits to ``timing``.
 
     ``timing["pass3_two_trap_s"]`` and ``pass3_three_level_s`` are summed over the band tasks (all
-    workers), ``two_trap_share`` the refit's share of the two.
+    workers); ``time_share_of_pass3`` is the refit's share of the two.
     """
     from rtnstream.calibration.two_trap import TWO_TRAP_RULES  # the two-trap module builds on this one
 
@@ -945,13 +948,13 @@ def _two_trap_report(fit: dict[str, np.ndarray], settings: FitSettings, n_two: i
     two_s = float(np.sum(fit.get("two_trap_s", 0.0)))
     timing["pass3_three_level_s"] = one_s
     timing["pass3_two_trap_s"] = two_s
-    timing["two_trap_share"] = two_s / (one_s + two_s) if one_s + two_s > 0 else 0.0
     counts = np.asarray(fit.get("rule_counts", np.zeros((0, len(TWO_TRAP_RULES)))), dtype=np.int64)
     return {
         "enabled": settings.two_trap,
         "refitted": int(np.sum(fit.get("refitted", 0))),
         "pixels": n_two,
         "rejected_by_three_level_rules": n_rescued,
+        "time_share_of_pass3": two_s / (one_s + two_s) if one_s + two_s > 0 else 0.0,
         "failed_by_rule": {rule: int(counts[:, k].sum()) for k, rule in enumerate(TWO_TRAP_RULES)},
     }
 

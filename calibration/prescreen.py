@@ -11,8 +11,8 @@
    compact stack; nothing else is read from the frames after the first N.
 3. **Fit** (:func:`fit_compact`): the candidates' mean and standard deviation from all frames (the same
    integer sums as the full fit), the three-level fit of each candidate on all frames and the two-trap
-   refit (``fit_candidates``), then acceptance, ``lambda_max`` and the cube as in the full fit. Pixels that are not candidates keep
-   the screen's mean bias and read noise (N frames instead of all).
+   refit (``fit_candidates``), then acceptance, ``lambda_max`` and the cube as in the full fit. Pixels that
+   are not candidates keep the screen's mean bias and read noise (N frames instead of all).
 
 With ``N >= ad_frames`` the Anderson-Darling statistic is the full fit's bit for bit (it uses the first
 ``ad_frames`` frames in both); the candidates differ from the full fit's only through the read-noise

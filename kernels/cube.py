@@ -7,10 +7,12 @@ detector identifiers, GAIN in e-/ADU, provenance) and CHECKSUM/DATASUM on every 
   C-order index; RTN_MU adu, RTN_DELTA electron, RTN_SIGMA electron, RTN_LAMMAX electron: float64;
   RTN_FRAC_C, RTN_FRAC_LO, RTN_FRAC_HI: float32), and the maps that have a value at every pixel
   tile-compressed: MEANBIAS (adu, float32, or its exact int32 numerators over NBIAS), READNOISE (electron,
-  float32), DQ (uint16 bit flags), all lossless (GZIP_2); files of the earlier table layout (the columns as
-  one binary table ``RTNPIX``) still read;
-- version 1 (still read, and written on request): image extensions MU, DELTA, SIGMA, FRAC_C, FRAC_LO,
-  FRAC_HI, LAMMAX, each (ny, nx) float64 with NaN where a pixel has no RTN, MEANBIAS, READNOISE and DQ.
+  float32), DQ (uint16 bit flags), all lossless (GZIP_2); in a cube with two-trap pixels (only), the second
+  trap's columns too (RTN_DELTA2, RTN_LAMMAX2: float64; RTN_FRAC2_C, RTN_FRAC2_LO, RTN_FRAC2_HI: float32);
+  files of the earlier table layout (the columns as one binary table ``RTNPIX``) still read;
+- version 1 (still read, and written on request for cubes without two-trap pixels): image extensions MU,
+  DELTA, SIGMA, FRAC_C, FRAC_LO, FRAC_HI, LAMMAX, each (ny, nx) float64 with NaN where a pixel has no RTN,
+  MEANBIAS, READNOISE and DQ.
 
 :class:`RTNCube` holds MEANBIAS, READNOISE and the fractions at float32 precision (no corrected frame
 depends on the fractions), the precision format 2 stores, so a cube converted either way holds the same

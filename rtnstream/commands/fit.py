@@ -113,9 +113,9 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     print(f"rtnstream fit: gain {result.report['gain']['e_per_adu']:.6g} e-/ADU "
           f"({result.report['gain']['detail']})")
-    counts, timing = result.report["counts"], result.report["timing_s"]
+    counts, timing, two = result.report["counts"], result.report["timing_s"], result.report["two_trap"]
     refit = (f"{counts['two_trap']} with two traps (the refit took {timing['pass3_two_trap_s']:.1f} s, "
-             f"{100 * timing['two_trap_share']:.0f} % of pass 3)" if settings.two_trap else "two-trap refit off")
+             f"{100 * two['time_share_of_pass3']:.0f} % of pass 3)" if settings.two_trap else "two-trap refit off")
     print(f"rtnstream fit: {counts['accepted']} RTN pixels of {counts['candidates']} candidates, {refit}")
     write_cube(result.cube, out, overwrite=args.overwrite)
     write_report_json(result, report)

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from rtnstream.calibration.fit import FitSettings, fit_bias_stack
+from rtnstream.calibration.fit import FitSettings, fit_band, fit_bias_stack, fit_candidates
 from rtnstream.calibration.fit_report import report_path
+from rtnstream.calibration.two_trap import refit_band
 from rtnstream.cli import main
 from rtnstream.kernels.cube import DQ_RTN, DQ_TWO_TRAP, read_cube
 from rtnstream.kernels.lut import get_table
@@ -132,8 +133,9 @@ def test_report_gives_the_two_trap_pixels_and_the_refits_time(two_file, one_file
     assert rep["settings"]["two_trap"] is True and rep["two_trap"]["enabled"] is True
     assert n_two <= rep["two_trap"]["refitted"] <= rep["counts"]["candidates"]
     timing = rep["timing_s"]
-    assert timing["pass3_two_trap_s"] > 0 and 0 < timing["two_trap_share"] < 1
-    assert timing["two_trap_share"] == pytest.approx(
+    share = rep["two_trap"]["time_share_of_pass3"]
+    assert timing["pass3_two_trap_s"] > 0 and 0 < share < 1
+    assert share == pytest.approx(
         timing["pass3_two_trap_s"] / (timing["pass3_two_trap_s"] + timing["pass3_three_level_s"]))
     failed = rep["two_trap"]["failed_by_rule"]
     assert failed["fits_one_trap"] == rep["counts"]["candidates"] - rep["two_trap"]["refitted"]
@@ -154,3 +156,39 @@ def test_fit_prints_the_two_trap_pixels(sim, tmp_path, capsys):
 def test_two_trap_setting_must_be_a_bool():
     with pytest.raises(TypeError, match="two_trap"):
         FitSettings(two_trap="no")
+
+
+def test_prescreened_fit_finds_the_same_two_trap_pixels(sim, two_file, tmp_path):
+    """``--prescreen`` (the compact path: candidates from the first 400 frames, as the full fit's candidate
+    test uses) refits the same candidates: the same RTN pixels with the same traps, value for value."""
+    cube = _fit(sim, "pre.fits", "--prescreen", "400")
+    pre, full = read_cube(cube), read_cube(two_file)
+    assert pre.rtn.two_trap.sum() == full.rtn.two_trap.sum() > 0
+    np.testing.assert_array_equal(pre.rtn.index, full.rtn.index)
+    for attr in (*FIRST, *SECOND):
+        np.testing.assert_array_equal(getattr(pre.rtn, attr), getattr(full.rtn, attr), err_msg=attr)
+    np.testing.assert_array_equal(pre.dq.reshape(-1)[pre.rtn.index], full.dq.reshape(-1)[full.rtn.index])
+
+
+def test_refit_in_small_groups_gives_the_same_result(sim):
+    """The refit's memory bound (groups of candidates) does not change its result: groups of one pixel
+    give the default groups' two-trap pixels and counts, and their parameters to the rounding of sums over
+    a group's padded value arrays (as the three-level EM's, whose sums depend on which candidates share a
+    band: fit.py)."""
+    out, t = sim
+    data = fits.getdata(out / "bias.fits")[:, :30]  # (1000, 30, 100): a band of 30 rows
+    mask = np.zeros(data.shape[1:], dtype=bool)
+    mask.reshape(-1)[t["rtn_index"][t["rtn_index"] < mask.size]] = True
+    std = data.std(axis=0, ddof=1)
+    g = float(t["gain_e_per_adu"])
+    one = fit_band(data, mask, std)
+    big = refit_band(data, mask, one, g)
+    small = refit_band(data, mask, one, g, max_bytes=1)
+    assert big["two_trap"].sum() > 5 and big.keys() == small.keys()
+    for key in big:
+        np.testing.assert_allclose(small[key], big[key], rtol=1e-12, atol=0, err_msg=key)
+    for key in ("two_trap", "refitted", "rule_counts"):
+        np.testing.assert_array_equal(small[key], big[key], err_msg=key)
+    both = fit_candidates(data, mask, std, g)
+    np.testing.assert_array_equal(both["two_trap"], big["two_trap"])
+    assert "two_trap" not in fit_candidates(data, mask, std, g, FitSettings(two_trap=False))
