@@ -153,7 +153,7 @@ def main() -> None:
             report_two_trap(result, sensor, traps)
     if len(totals) == 2:
         print(f"two-trap refit: {totals[True]:.1f} s with, {totals[False]:.1f} s without "
-              f"(+{100 * (totals[True] / totals[False] - 1):.0f} %)")
+              f"({100 * (totals[True] / totals[False] - 1):+.0f} %)")
 
     c = result.cube
     sigma = sensor.sigma_e.ravel()[sensor.rtn_index]
