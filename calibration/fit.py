@@ -6,7 +6,10 @@
    (:mod:`rtnstream.calibration._anderson`); a candidate has ``A^2 > 1.092`` and ``RN > median(RN)``.
 3. **Fit** (all N frames, candidates only): the three-level model fitted to all candidates of a band at
    once by EM on their distinct values, standard errors from the observed information
-   (:mod:`rtnstream.calibration._em`), then the acceptance rules and ``lambda_max`` from the threshold table.
+   (:mod:`rtnstream.calibration._em`), then the acceptance rules and ``lambda_max`` from the threshold table;
+   in the same band task (``FitSettings.two_trap``, on by default), the candidates the three-level model
+   rejects or fits badly are refitted with two independent traps and kept as two-trap pixels where BIC and
+   the rules prefer them (:func:`rtnstream.calibration.two_trap.refit_band`; ALGORITHM.md section 9).
 
 Each pass maps a pure tile function (``moments_band``, ``anderson_darling_band``, ``fit_band``) over row
 bands; a band is read by the task that processes it, so the same functions are mapped on a process pool
@@ -37,7 +40,7 @@ from rtnstream.calibration._anderson import A2_CRITICAL_1PC, anderson_darling_ba
 from rtnstream.calibration._em import PARAM_NAMES, compress_values, fit_three_level
 from rtnstream.calibration.acquisition import GainSource, check_frame_kinds, common_camera_record, header_gain
 from rtnstream.calibration.stacks import FitsStack
-from rtnstream.kernels.cube import DQ_ANOMALOUS_MEAN, DQ_ANOMALOUS_STD, DQ_RTN, RTNCube, RTNPixels
+from rtnstream.kernels.cube import DQ_ANOMALOUS_MEAN, DQ_ANOMALOUS_STD, DQ_RTN, DQ_TWO_TRAP, RTNCube, RTNPixels
 from rtnstream.kernels.lut import ThresholdTable, get_table
 
 __all__ = [
@@ -50,6 +53,7 @@ __all__ = [
     "plan_bands",
     "moments_band",
     "fit_band",
+    "fit_candidates",
     "fill_non_finite",
     "acceptance",
     "predicted_read_noise",
@@ -76,6 +80,9 @@ REJECTION_RULES = (
 )
 _FIT_FIELDS = ("mu_adu", "delta_adu", "sigma_adu", "frac_c", "frac_lo", "frac_hi", "converged", "n_iter",
                "n_used")
+# the cube's columns of a fitted pixel (trap 1 of a two-trap pixel), and the second trap's (0 at one-trap pixels)
+_RTN_COLUMNS = ("mu_adu", "delta_e", "sigma_e", "frac_c", "frac_lo", "frac_hi", "lammax_e")
+_SECOND_TRAP_COLUMNS = ("delta2_e", "frac2_c", "frac2_lo", "frac2_hi", "lammax2_e")
 _FIT_WORK_BYTES_PER_VALUE = 64  # compress + EM work arrays per candidate value, bytes
 _MOMENT_WORK_BYTES_PER_VALUE = 24  # int64 shifted values and their squares
 # Largest work group of a tile function: bigger groups only add cache misses (measured, bench/fit.py).
@@ -114,6 +121,9 @@ class FitSettings:
         Most EM iterations.
     tol : float
         EM convergence tolerance (see :func:`rtnstream.calibration._em.fit_three_level`).
+    two_trap : bool
+        Refit the candidates the three-level model rejects or fits badly with two traps
+        (:func:`rtnstream.calibration.two_trap.refit_band`); False: one-trap pixels only.
     """
 
     alpha: float = 0.003
@@ -128,6 +138,7 @@ class FitSettings:
     min_delta_over_sigma: float = 3.0
     max_iter: int = 400
     tol: float = 1e-6
+    two_trap: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 0.5:
@@ -141,6 +152,8 @@ class FitSettings:
             raise ValueError(f"max_frac_c must be in (0, 1], got {self.max_frac_c!r}")
         if self.max_iter < 1 or self.clip_iterations < 0:
             raise ValueError("max_iter must be >= 1 and clip_iterations >= 0")
+        if not isinstance(self.two_trap, bool):
+            raise TypeError(f"two_trap must be a bool, got {self.two_trap!r}")
 
 
 @dataclass(frozen=True)
@@ -179,8 +192,12 @@ class FitResult:
         ``candidate`` and ``accepted`` (bool).
     candidates : dict of str to numpy.ndarray
         One entry per candidate, shape (n_candidates,): ``index`` (flat pixel index), ``mu_adu``,
-        ``delta_e``, ``sigma_e``, ``frac_c``, ``frac_lo``, ``frac_hi``, ``rel_stderr`` (n_candidates, 6),
-        ``accepted`` (bool), ``n_iter``, and one bool array per rule of :data:`REJECTION_RULES`.
+        ``delta_e``, ``sigma_e``, ``frac_c``, ``frac_lo``, ``frac_hi``, ``lammax_e`` (the cube's values:
+        trap 1 of a two-trap pixel), the second trap's ``delta2_e``, ``frac2_c``, ``frac2_lo``, ``frac2_hi``,
+        ``lammax2_e`` (0 unless ``two_trap``), ``rel_stderr`` (n_candidates, 6; the three-level fit's),
+        ``n_iter`` (three-level), one bool array per rule of :data:`REJECTION_RULES` (the three-level
+        rules), ``two_trap`` (bool: a two-trap pixel) and ``accepted`` (bool: in the cube, the three-level
+        rules passed or a two-trap pixel).
     """
 
     cube: RTNCube
@@ -472,9 +489,40 @@ def _anderson_task(stack: FitsStack, y0: int, y1: int, work_bytes: int, settings
                                  max_bytes=work_bytes)
 
 
+def fit_candidates(data: np.ndarray, mask: np.ndarray, std_adu: np.ndarray, gain_e_per_adu: float,
+                   settings: FitSettings = FitSettings(), max_bytes: int = 64 * 1024**2) -> dict[str, np.ndarray]:
+    """Pass 3 on a band: :func:`fit_band`, then (``settings.two_trap``) the two-trap refit of its candidates.
+
+    Parameters
+    ----------
+    data, mask, std_adu, settings, max_bytes
+        As :func:`fit_band`.
+    gain_e_per_adu : float
+        Conversion gain, e-/ADU (the refit applies the acceptance rules in electron).
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        :func:`fit_band`'s fields, with ``settings.two_trap`` those of
+        :func:`rtnstream.calibration.two_trap.refit_band`, and the seconds each took: ``fit_s`` and
+        ``two_trap_s``, shape (1,), float64.
+    """
+    t0 = time.perf_counter()
+    fit = fit_band(data, mask, std_adu, settings, max_bytes)
+    t1 = time.perf_counter()
+    fit["fit_s"] = np.array([t1 - t0])
+    if settings.two_trap:
+        # imported here: the two-trap module builds on this one (FitSettings, acceptance)
+        from rtnstream.calibration.two_trap import refit_band
+
+        fit.update(refit_band(data, mask, fit, gain_e_per_adu, settings, max_bytes))
+        fit["two_trap_s"] = np.array([time.perf_counter() - t1])
+    return fit
+
+
 def _fit_task(stack: FitsStack, y0: int, y1: int, work_bytes: int, settings: FitSettings, mask: np.ndarray,
-              std_adu: np.ndarray) -> dict[str, np.ndarray]:
-    return fit_band(_read_band(stack, y0, y1), mask, std_adu, settings, work_bytes)
+              std_adu: np.ndarray, gain_e_per_adu: float) -> dict[str, np.ndarray]:
+    return fit_candidates(_read_band(stack, y0, y1), mask, std_adu, gain_e_per_adu, settings, work_bytes)
 
 
 def _map_bands(
@@ -710,14 +758,13 @@ def fit_bias_stack(
         fit_bands = [(y0, y1) for y0, y1 in _bands(ny, plan.fit_rows, split) if candidate[y0:y1].any()]
         parts: dict[int, dict[str, np.ndarray]] = {}
         for y0, _y1, res in _map_bands(_fit_task, share(stack), fit_bands,
-                                       lambda a, b: (plan.work_bytes, settings, candidate[a:b], std[a:b]),
+                                       lambda a, b: (plan.work_bytes, settings, candidate[a:b], std[a:b], g),
                                        pool, workers, "pass 3/3 fit", progress):
             parts[y0] = res
         ordered = [parts.pop(y0) for y0, _ in fit_bands]
-        keys = (*_FIT_FIELDS, "rel_stderr")
         fit = _empty_fit()
         if ordered:  # field by field, each band's part let go as it is joined: no second copy of them all
-            for k in keys:
+            for k in list(ordered[0]):
                 fit[k] = np.concatenate([p.pop(k) for p in ordered])
         del ordered
         timing["pass3_fit_s"] = time.perf_counter() - t0
@@ -768,17 +815,27 @@ def _assemble(stack: FitsStack, g: float, settings: FitSettings, table: Threshol
               mean: np.ndarray, std: np.ndarray, a2: np.ndarray, non_normal: np.ndarray, candidate: np.ndarray,
               rn_median: float, fit: dict[str, np.ndarray], timing: dict[str, float], memory_limit_bytes: int,
               workers: int, inputs: dict[str, Any], dq_bad: np.ndarray) -> FitResult:
-    """Acceptance, lambda_max, the cube, and the report."""
+    """Acceptance, lambda_max, the two-trap pixels, the cube, and the report."""
     ny, nx = stack.shape
     index = np.flatnonzero(candidate)  # row-major, the order fit_band returns the candidates in
     rules = acceptance(fit, g, settings, (float(table.sigma_nodes[0]), float(table.sigma_nodes[-1])))
-    ok = rules["accepted"]
+    one_ok = rules["accepted"]
     delta_e = fit["delta_adu"] * g
     sigma_e = fit["sigma_adu"] * g
     lammax = np.full(index.size, np.nan)
     # lambda_max works on (chunk, n_lambda_nodes) arrays (about 4 of them): keep them in the work budget
     chunk = max(1, plan.work_bytes // (4 * 8 * table.lambda_nodes.size))
-    lammax[ok] = table.lambda_max(delta_e[ok], sigma_e[ok], chunk=chunk)
+    lammax[one_ok] = table.lambda_max(delta_e[one_ok], sigma_e[one_ok], chunk=chunk)
+    # the cube's columns of every candidate: the three-level fit, the two-trap refit where it was kept
+    two = fit.get("two_trap", np.zeros(index.size, dtype=bool))
+    ok = one_ok | two
+    cols = {"mu_adu": fit["mu_adu"], "delta_e": delta_e, "sigma_e": sigma_e, "frac_c": fit["frac_c"],
+            "frac_lo": fit["frac_lo"], "frac_hi": fit["frac_hi"], "lammax_e": lammax,
+            **{k: np.zeros(index.size) for k in _SECOND_TRAP_COLUMNS}}
+    if two.any():
+        for k in (*_RTN_COLUMNS, *_SECOND_TRAP_COLUMNS):
+            cols[k] = cols[k].copy()
+            cols[k][two] = fit[f"two_{k}"]
 
     read_noise = _scaled_float32(std, g, plan.work_bytes)  # the cube's READNOISE (float32, as it keeps it)
     accepted = np.zeros(ny * nx, dtype=bool)
@@ -786,17 +843,19 @@ def _assemble(stack: FitsStack, g: float, settings: FitSettings, table: Threshol
     accepted = accepted.reshape(ny, nx)
     dq = dq_bad
     dq.reshape(-1)[index[ok]] |= DQ_RTN
+    dq.reshape(-1)[index[two]] |= DQ_TWO_TRAP
     meta = {"n_bias_frames": stack.n_frames, "alpha": settings.alpha, "software_version": __version__,
             **_header_meta(stack, inputs["camera"])}
     # the cube holds the accepted pixels sparsely (index is ascending, so index[ok] is too)
-    rtn = RTNPixels(index=index[ok], mu_adu=fit["mu_adu"][ok], delta_e=delta_e[ok], sigma_e=sigma_e[ok],
-                    frac_c=fit["frac_c"][ok], frac_lo=fit["frac_lo"][ok], frac_hi=fit["frac_hi"][ok],
-                    lammax_e=lammax[ok])
+    # (without two-trap pixels the second trap's columns are left to RTNPixels: zeros no page of which is touched)
+    rtn = RTNPixels(index=index[ok], **{k: cols[k][ok] for k in (*_RTN_COLUMNS,
+                                                                 *(_SECOND_TRAP_COLUMNS if two.any() else ()))})
     cube = RTNCube(shape=(ny, nx), rtn=rtn, meanbias_adu=mean, readnoise_e=read_noise, dq=dq, gain_e_per_adu=g,
                    meta=meta)
     flux = np.concatenate([[0.0], np.geomspace(0.1, max(1.0, table.lambda_top_e), 48)])
     rn_acc = std.reshape(-1)[rtn.index] * g
-    sig_acc, lm_acc = rtn.sigma_e, rtn.lammax_e
+    # a two-trap pixel is corrected up to the lambda_max of its smallest level (LAMMAX2 <= LAMMAX)
+    sig_acc, lm_acc = rtn.sigma_e, np.where(rtn.two_trap, rtn.lammax2_e, rtn.lammax_e)
     n_fin, sum_sq = _finite_sum_sq(std, plan.work_bytes)
     sum_sq *= g * g
     rest_sq = sum_sq - np.sum(rn_acc**2)  # every accepted pixel is finite
@@ -823,9 +882,11 @@ def _assemble(stack: FitsStack, g: float, settings: FitSettings, table: Threshol
         "accepted": int(accepted.sum()),
         "rejected": int(candidate.sum() - accepted.sum()),
         "rejected_by_rule": {k: int(rules[k].sum()) for k in REJECTION_RULES},
-        "one_sided": int(np.sum(ok & ((fit["frac_lo"] < settings.one_sided_frac)
-                                      | (fit["frac_hi"] < settings.one_sided_frac)))),
+        "one_sided": int(np.sum(ok & ((cols["frac_lo"] < settings.one_sided_frac)
+                                      | (cols["frac_hi"] < settings.one_sided_frac)))),
+        "two_trap": int(two.sum()),
     }
+    two_trap_report = _two_trap_report(fit, settings, int(two.sum()), int(np.sum(two & ~one_ok)), timing)
     report = {
         "software_version": __version__,
         "n_frames": stack.n_frames,
@@ -847,10 +908,12 @@ def _assemble(stack: FitsStack, g: float, settings: FitSettings, table: Threshol
             "candidate_threshold_median": rn_median,
         },
         "accepted_median": {
-            "delta_e": _median(delta_e[ok]), "sigma_e": _median(sigma_e[ok]),
-            "delta_over_sigma": _median(delta_e[ok] / sigma_e[ok]), "frac_c": _median(fit["frac_c"][ok]),
-            "lambda_max_e": _median(lammax[ok]), "em_iterations": _median(fit["n_iter"][ok]),
+            "delta_e": _median(cols["delta_e"][ok]), "sigma_e": _median(cols["sigma_e"][ok]),
+            "delta_over_sigma": _median(cols["delta_e"][ok] / cols["sigma_e"][ok]),
+            "frac_c": _median(cols["frac_c"][ok]), "lambda_max_e": _median(cols["lammax_e"][ok]),
+            "em_iterations": _median(fit["n_iter"][ok]),
         },
+        "two_trap": two_trap_report,
         "flux_curve": {
             "flux_e": flux.tolist(),
             "rms_read_noise_e": rms_eff.tolist(),
@@ -864,14 +927,36 @@ def _assemble(stack: FitsStack, g: float, settings: FitSettings, table: Threshol
     }
     maps = {"mean_adu": mean, "std_adu": std, "read_noise_e": read_noise, "a2": a2, "candidate": candidate,
             "accepted": accepted}
-    cands = {"index": index, "mu_adu": fit["mu_adu"], "delta_e": delta_e, "sigma_e": sigma_e,
-             "frac_c": fit["frac_c"], "frac_lo": fit["frac_lo"], "frac_hi": fit["frac_hi"],
-             "rel_stderr": fit["rel_stderr"], "n_iter": fit["n_iter"], "lammax_e": lammax,
-             **{k: rules[k] for k in (*REJECTION_RULES, "accepted")}}
-    log.info("RTN fit: %d candidates, %d accepted (%.2f %% of pixels); RMS read noise %.3f e- -> %.3f e-",
-             counts["candidates"], counts["accepted"], 100 * report["rtn_fraction"], rms_before,
-             report["read_noise_e"]["rms_after_predicted"])
+    cands = {"index": index, **cols, "rel_stderr": fit["rel_stderr"], "n_iter": fit["n_iter"],
+             **{k: rules[k] for k in REJECTION_RULES}, "two_trap": two, "accepted": ok}
+    log.info("RTN fit: %d candidates, %d accepted (%.2f %% of pixels, %d with two traps); RMS read noise %.3f "
+             "e- -> %.3f e-", counts["candidates"], counts["accepted"], 100 * report["rtn_fraction"],
+             counts["two_trap"], rms_before, report["read_noise_e"]["rms_after_predicted"])
     return FitResult(cube=cube, report=report, maps=maps, candidates=cands)
+
+
+def _two_trap_report(fit: dict[str, np.ndarray], settings: FitSettings, n_two: int, n_rescued: int,
+                     timing: dict[str, float]) -> dict[str, Any]:
+    """The report's ``two_trap`` entry; adds the band tasks' seconds of both fits to ``timing``.
+
+    ``timing["pass3_two_trap_s"]`` and ``pass3_three_level_s`` are summed over the band tasks (all
+    workers); ``time_share_of_pass3`` is the refit's share of the two.
+    """
+    from rtnstream.calibration.two_trap import TWO_TRAP_RULES  # the two-trap module builds on this one
+
+    one_s = float(np.sum(fit.get("fit_s", 0.0)))
+    two_s = float(np.sum(fit.get("two_trap_s", 0.0)))
+    timing["pass3_three_level_s"] = one_s
+    timing["pass3_two_trap_s"] = two_s
+    counts = np.asarray(fit.get("rule_counts", np.zeros((0, len(TWO_TRAP_RULES)))), dtype=np.int64)
+    return {
+        "enabled": settings.two_trap,
+        "refitted": int(np.sum(fit.get("refitted", 0))),
+        "pixels": n_two,
+        "rejected_by_three_level_rules": n_rescued,
+        "time_share_of_pass3": two_s / (one_s + two_s) if one_s + two_s > 0 else 0.0,
+        "failed_by_rule": {rule: int(counts[:, k].sum()) for k, rule in enumerate(TWO_TRAP_RULES)},
+    }
 
 
 def _row_chunks(shape: tuple[int, ...], work_bytes: int) -> Iterator[slice]:

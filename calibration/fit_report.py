@@ -21,7 +21,7 @@ __all__ = ["PLOT_FILES", "report_path", "write_report_json", "write_plots"]
 #: Plot file names and what they show.
 PLOT_FILES = {
     "read_noise_hist.png": "read-noise histogram, measured (with RTN) and predicted after correction",
-    "rtn_map.png": "map of non-normal candidates and accepted RTN pixels",
+    "rtn_map.png": "map of non-normal candidates, accepted RTN pixels and two-trap pixels",
     "delta_over_sigma_hist.png": "Delta / sigma of the accepted pixels",
     "lambda_max_hist.png": "lambda_max of the accepted pixels",
     "flux_curve.png": "predicted SNR gain and effective RMS read noise versus flux",
@@ -92,13 +92,15 @@ def write_plots(result: FitResult, folder: str | os.PathLike) -> dict[str, Path]
     save(fig, "read_noise_hist.png")
 
     category = np.where(accepted, 2, np.where(maps["candidate"], 1, 0)).astype(np.uint8)
+    category.reshape(-1)[rtn.index[rtn.two_trap]] = 3
     shown = _reduce_max(category)
     fig, ax = plt.subplots(figsize=(7, 6.5))
-    cmap = ListedColormap(["#f2f2f2", "#1f77b4", "#d62728"])
-    ax.imshow(shown, cmap=cmap, vmin=0, vmax=2, origin="lower", interpolation="nearest")
+    cmap = ListedColormap(["#f2f2f2", "#1f77b4", "#d62728", "#ff7f0e"])
+    ax.imshow(shown, cmap=cmap, vmin=0, vmax=3, origin="lower", interpolation="nearest")
     c = rep["counts"]
     ax.set(xlabel="x (px, block-reduced)" if shown.shape != category.shape else "x (px)", ylabel="y",
-           title=f"candidates (blue, {c['candidates']}) and accepted RTN pixels (red, {c['accepted']})")
+           title=f"candidates (blue, {c['candidates']}), accepted RTN pixels (red, {c['accepted']}),\n"
+                 f"of them with two traps (orange, {c.get('two_trap', 0)})")
     save(fig, "rtn_map.png")
 
     ratio = rtn.delta_e / rtn.sigma_e

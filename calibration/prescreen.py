@@ -10,9 +10,9 @@
 2. **Keep** (:func:`collect_stack`): the candidates' values in every frame (the first N included), into a
    compact stack; nothing else is read from the frames after the first N.
 3. **Fit** (:func:`fit_compact`): the candidates' mean and standard deviation from all frames (the same
-   integer sums as the full fit), the three-level fit of each candidate on all frames (``fit_band``),
-   then acceptance, ``lambda_max`` and the cube as in the full fit. Pixels that are not candidates keep
-   the screen's mean bias and read noise (N frames instead of all).
+   integer sums as the full fit), the three-level fit of each candidate on all frames and the two-trap
+   refit (``fit_candidates``), then acceptance, ``lambda_max`` and the cube as in the full fit. Pixels that
+   are not candidates keep the screen's mean bias and read noise (N frames instead of all).
 
 With ``N >= ad_frames`` the Anderson-Darling statistic is the full fit's bit for bit (it uses the first
 ``ad_frames`` frames in both); the candidates differ from the full fit's only through the read-noise
@@ -39,7 +39,6 @@ from rtnstream.calibration.acquisition import GainSource, check_frame_kinds, com
 from rtnstream.calibration.compact import SCREEN_SETTINGS, CompactStack, CompactStackWriter, Screen, is_compact_stack
 from rtnstream.calibration.fit import (
     _BAND_BYTES_MAX,
-    _FIT_FIELDS,
     MIN_FRAMES,
     BandPlan,
     FitResult,
@@ -50,7 +49,7 @@ from rtnstream.calibration.fit import (
     _frame_names,
     _non_finite_report,
     fill_non_finite,
-    fit_band,
+    fit_candidates,
     moments_band,
 )
 from rtnstream.calibration.stacks import FitsStack
@@ -389,9 +388,8 @@ def fit_compact(
         m, s, v, b = moments_band(values, work_bytes)
         mean.flat[index[c0:c1]], std.flat[index[c0:c1]], n_valid.flat[index[c0:c1]] = m[0], s[0], v[0]
         bad_per_frame[screen.n_frames:] += b[screen.n_frames:]
-        parts.append(fit_band(values, np.ones((1, c1 - c0), dtype=bool), s, settings, work_bytes))
-    keys = (*_FIT_FIELDS, "rel_stderr")
-    fit = {key: np.concatenate([p[key] for p in parts]) for key in keys} if parts else _empty_fit()
+        parts.append(fit_candidates(values, np.ones((1, c1 - c0), dtype=bool), s, g, settings, work_bytes))
+    fit = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if parts else _empty_fit()
     timing = {"pass3_fit_s": time.perf_counter() - t0}
     candidate = np.zeros(screen.mean_adu.size, dtype=bool)
     candidate[index] = True

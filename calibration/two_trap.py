@@ -28,9 +28,9 @@ import numpy as np
 from scipy.special import ndtr
 
 from rtnstream.calibration._em import OUTLIER_SIGMA, compress_values, observed_covariance
-from rtnstream.calibration.fit import FitSettings
+from rtnstream.calibration.fit import _RTN_COLUMNS, _SECOND_TRAP_COLUMNS, FitSettings, acceptance
 from rtnstream.kernels.cube import DQ_RTN, DQ_TWO_TRAP
-from rtnstream.kernels.lut import ThresholdTable
+from rtnstream.kernels.lut import ThresholdTable, get_table
 
 __all__ = [
     "TWO_TRAP_PARAM_NAMES",
@@ -39,6 +39,8 @@ __all__ = [
     "fit_two_trap",
     "log_likelihood",
     "fit_two_trap_candidates",
+    "refit_band",
+    "CUBE_FIELDS",
 ]
 
 #: Order of the parameters in :attr:`TwoTrapFit.stderr`.
@@ -582,4 +584,75 @@ def _empty_result(n: int) -> dict[str, np.ndarray]:
     out["rel_stderr"] = np.full((n, len(TWO_TRAP_PARAM_NAMES)), np.inf)
     out["n_iter"] = np.zeros(n, dtype=np.int32)
     out["dq"] = np.zeros(n, dtype=np.uint16)
+    return out
+
+
+#: The fields of a two-trap pixel that :func:`refit_band` returns (as ``two_<field>``): the cube's columns.
+CUBE_FIELDS = (*_RTN_COLUMNS, *_SECOND_TRAP_COLUMNS)
+# EM work arrays of the refit per candidate value: about 10 arrays of the 9 components, float64
+_REFIT_WORK_BYTES_PER_VALUE = 10 * 9 * 8
+_REFIT_GROUP_BYTES = 64 * 1024**2
+
+
+def refit_band(data: np.ndarray, mask: np.ndarray, one: dict[str, np.ndarray], gain_e_per_adu: float,
+               settings: FitSettings | None = None, max_bytes: int = 64 * 1024**2) -> dict[str, np.ndarray]:
+    """The two-trap refit of a band's candidates after their three-level fit (what ``fit_bias_stack`` runs).
+
+    The candidates the three-level rules accept and whose values it explains (:func:`fits_badly`) are kept;
+    the others are refitted by :func:`fit_two_trap_candidates`, in groups that keep the EM's work arrays
+    within ``max_bytes``.
+
+    Parameters
+    ----------
+    data : numpy.ndarray, shape (n_frames, n_rows, n_cols), adu
+        The band, as :func:`~rtnstream.calibration.fit.fit_band` fitted it.
+    mask : numpy.ndarray, shape (n_rows, n_cols), bool
+        The candidates.
+    one : dict of str to numpy.ndarray, each shape (n_masked,)
+        :func:`~rtnstream.calibration.fit.fit_band`'s output for this band and mask.
+    gain_e_per_adu : float
+        Conversion gain, e-/ADU.
+    settings : FitSettings, optional
+        Acceptance thresholds and EM controls (``alpha`` selects the threshold table; default
+        FitSettings()).
+    max_bytes : int
+        Working memory of the refit.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        ``two_trap``: shape (n_masked,), bool, in the row-major order of ``mask``; ``two_<field>`` for each
+        field of :data:`CUBE_FIELDS`: shape (n_two,), the two-trap pixels' cube columns in the same order
+        (units of :func:`fit_two_trap_candidates`); ``refitted``: shape (1,), int64, candidates refitted;
+        ``rule_counts``: shape (1, len(TWO_TRAP_RULES)), int64, candidates failing each rule (for
+        ``fits_one_trap``: not refitted).
+    """
+    settings = settings or FitSettings()
+    table = get_table(settings.alpha)
+    g = float(gain_e_per_adu)
+    sigma_range = (float(table.sigma_nodes[0]), float(table.sigma_nodes[-1]))
+    accepted = acceptance(one, g, settings, sigma_range)["accepted"]
+    rows, cols = np.nonzero(mask)
+    if accepted.shape != rows.shape:
+        raise ValueError(f"one: {accepted.size} three-level fits for the {rows.size} pixels of mask")
+    group = max(1, min(int(max_bytes), _REFIT_GROUP_BYTES) // (_REFIT_WORK_BYTES_PER_VALUE * data.shape[0]))
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("two_trap", *(f"two_{f}" for f in CUBE_FIELDS))}
+    refitted, rule_counts = 0, np.zeros(len(TWO_TRAP_RULES), dtype=np.int64)
+    keys = ("mu_adu", "delta_adu", "sigma_adu", "frac_lo", "frac_hi")
+    for p0 in range(0, rows.size, group):
+        sl = slice(p0, p0 + group)
+        values = data[:, rows[sl], cols[sl]].T
+        res = fit_two_trap_candidates(values, {k: one[k][sl] for k in keys}, g, table, settings,
+                                      one_accepted=accepted[sl])
+        two = res["two_trap"]
+        parts["two_trap"].append(two)
+        for f in CUBE_FIELDS:
+            parts[f"two_{f}"].append(res[f][two])
+        screened = ~res["fits_one_trap"]
+        refitted += int(screened.sum())
+        rule_counts += [int(np.count_nonzero(res[r])) for r in TWO_TRAP_RULES]
+    out = {k: (np.concatenate(v) if v else np.zeros(0, dtype=bool if k == "two_trap" else np.float64))
+           for k, v in parts.items()}
+    out["refitted"] = np.array([refitted], dtype=np.int64)
+    out["rule_counts"] = rule_counts[None, :]
     return out

@@ -7,10 +7,12 @@ detector identifiers, GAIN in e-/ADU, provenance) and CHECKSUM/DATASUM on every 
   C-order index; RTN_MU adu, RTN_DELTA electron, RTN_SIGMA electron, RTN_LAMMAX electron: float64;
   RTN_FRAC_C, RTN_FRAC_LO, RTN_FRAC_HI: float32), and the maps that have a value at every pixel
   tile-compressed: MEANBIAS (adu, float32, or its exact int32 numerators over NBIAS), READNOISE (electron,
-  float32), DQ (uint16 bit flags), all lossless (GZIP_2); files of the earlier table layout (the columns as
-  one binary table ``RTNPIX``) still read;
-- version 1 (still read, and written on request): image extensions MU, DELTA, SIGMA, FRAC_C, FRAC_LO,
-  FRAC_HI, LAMMAX, each (ny, nx) float64 with NaN where a pixel has no RTN, MEANBIAS, READNOISE and DQ.
+  float32), DQ (uint16 bit flags), all lossless (GZIP_2); in a cube with two-trap pixels (only), the second
+  trap's columns too (RTN_DELTA2, RTN_LAMMAX2: float64; RTN_FRAC2_C, RTN_FRAC2_LO, RTN_FRAC2_HI: float32);
+  files of the earlier table layout (the columns as one binary table ``RTNPIX``) still read;
+- version 1 (still read, and written on request for cubes without two-trap pixels): image extensions MU,
+  DELTA, SIGMA, FRAC_C, FRAC_LO, FRAC_HI, LAMMAX, each (ny, nx) float64 with NaN where a pixel has no RTN,
+  MEANBIAS, READNOISE and DQ.
 
 :class:`RTNCube` holds MEANBIAS, READNOISE and the fractions at float32 precision (no corrected frame
 depends on the fractions), the precision format 2 stores, so a cube converted either way holds the same
@@ -109,8 +111,20 @@ _TABLE_COLUMNS: dict[str, tuple[str, str, str]] = {
     "FRAC_HI": ("E", "frac_hi", ""),
     "LAMMAX": ("D", "lammax_e", "electron"),
 }
-_FLOAT32_COLUMNS = (*(attr for fmt, attr, _unit in _TABLE_COLUMNS.values() if fmt == "E"),
-                    "frac2_c", "frac2_lo", "frac2_hi")
+# format 2's second-trap columns (docs/algorithm.md section 9), written (after RTN_LAMMAX) only by a cube that has
+# a two-trap pixel: a cube without one keeps the files (and the id) it had before them
+_TWO_TRAP_COLUMNS: dict[str, tuple[str, str, str]] = {
+    "DELTA2": ("D", "delta2_e", "electron"),
+    "FRAC2_C": ("E", "frac2_c", ""),
+    "FRAC2_LO": ("E", "frac2_lo", ""),
+    "FRAC2_HI": ("E", "frac2_hi", ""),
+    "LAMMAX2": ("D", "lammax2_e", "electron"),
+}
+_FLOAT32_COLUMNS = tuple(attr for fmt, attr, _unit in (*_TABLE_COLUMNS.values(), *_TWO_TRAP_COLUMNS.values())
+                         if fmt == "E")
+# each trap's three fractions of a two-trap pixel sum to 1 within this: three float32 roundings (2^-25 each at
+# most, for values <= 1) and margin
+_TWO_TRAP_FRAC_SUM_TOL = 1e-6
 _COLUMN_PREFIX = "RTN_"
 _COLUMN_ZBITPIX = {"D": -64, "E": -32}
 _COLUMN_TILE = 1 << 16  # rows a tile of a column image
@@ -374,7 +388,9 @@ class RTNCube:
 
         SHA-256 over the gain (float64), the shape (int64), the flat indices of the RTN pixels (int64), the
         RTN parameters there (float64, in the order MU, DELTA, SIGMA, FRAC_C, FRAC_LO, FRAC_HI, LAMMAX; the
-        fractions hold float32 values, :class:`RTNPixels`), then MEANBIAS and READNOISE as float64 planes,
+        fractions hold float32 values, :class:`RTNPixels`), in a cube with a two-trap pixel only the second
+        trap's columns next (DELTA2, FRAC2_C, FRAC2_LO, FRAC2_HI, LAMMAX2, float64: a cube without one has
+        the id it had before them), then MEANBIAS and READNOISE as float64 planes,
         and DQ (uint16): the values at non-RTN pixels of the dense RTN planes (NaN, unused) are not part of
         it. A cube and the file it is written to (either version) hold the same values and have the same id.
         """
@@ -382,7 +398,8 @@ class RTNCube:
         h.update(np.float64(self.gain_e_per_adu).tobytes())
         h.update(np.asarray(self.shape, dtype=np.int64).tobytes())
         h.update(self.rtn.index.astype(np.int64, copy=False).tobytes())
-        for attr in _RTN_ATTRS:
+        two_trap = self.rtn.two_trap.any()
+        for attr in (*_RTN_ATTRS, *(_TWO_TRAP_ATTRS if two_trap else ())):
             h.update(np.ascontiguousarray(getattr(self.rtn, attr), dtype=np.float64).tobytes())
         for attr in _FLOAT32_ATTRS:  # hashed as float64 (the definition), a few Mpx at a time
             flat = getattr(self, attr).reshape(-1)
@@ -447,6 +464,7 @@ def _validate(cube: RTNCube, source: str) -> None:
     bad = int(np.count_nonzero(cube.readnoise_e < 0))
     if bad:
         raise CubeFormatError(f"{source}: READNOISE is negative at {bad} pixels")
+    _validate_second_trap(cube, source)
     for name, (lo, hi, unit) in _RANGES.items():
         rtn_only = _PLANES[name][2]
         out = values[name][(values[name] < lo) | (values[name] > hi)]
@@ -454,6 +472,49 @@ def _validate(cube: RTNCube, source: str) -> None:
             scope = "RTN pixels" if rtn_only else "pixels"
             raise CubeFormatError(f"{source}: {name} must be in [{lo:g}, {hi:g}] {unit}; {out.size} {scope} are "
                                   f"not (e.g. {out[0]:g})")
+
+
+def _validate_second_trap(cube: RTNCube, source: str) -> None:
+    """The second trap's columns (docs/formats.md): finite; ``0 <= DELTA2 <= DELTA``; at a two-trap pixel
+    (``DELTA2 > 0``) fractions in [0, 1], each trap's three summing to 1 within float32 rounding, LAMMAX2 in
+    the LAMMAX range; at a one-trap pixel all five 0; the DQ two-trap bit exactly at the two-trap pixels."""
+    rtn = cube.rtn
+    for attr in _TWO_TRAP_ATTRS:
+        bad = rtn.n - int(np.count_nonzero(np.isfinite(getattr(rtn, attr))))
+        if bad:
+            raise CubeFormatError(f"{source}: {_NAMES[attr]} is NaN or infinite at {bad} RTN pixels")
+    bad = int(np.count_nonzero(~((rtn.delta2_e >= 0) & (rtn.delta2_e <= rtn.delta_e))))
+    if bad:
+        raise CubeFormatError(f"{source}: DELTA2 must be in [0, DELTA] at RTN pixels (trap 1 has the larger "
+                              f"jump); {bad} pixels are not")
+    two = rtn.two_trap
+    lo, hi, unit = _RANGES["LAMMAX"]
+    checks = (*((attr, "in [0, 1]", lambda a: (a >= 0) & (a <= 1)) for attr in ("frac2_c", "frac2_lo", "frac2_hi")),
+              ("lammax2_e", f"in [{lo:g}, {hi:g}] {unit}", lambda a: (a >= lo) & (a <= hi)))
+    for attr, rule, ok in checks:
+        bad = int(np.count_nonzero(~ok(getattr(rtn, attr)[two])))
+        if bad:
+            raise CubeFormatError(f"{source}: {_NAMES[attr]} must be {rule} at two-trap pixels; {bad} pixels "
+                                  "are not")
+        bad = int(np.count_nonzero(getattr(rtn, attr)[~two]))
+        if bad:
+            raise CubeFormatError(f"{source}: {_NAMES[attr]} must be 0 at one-trap pixels (DELTA2 = 0); {bad} "
+                                  "pixels are not")
+    for names, attrs in ((("FRAC_C", "FRAC_LO", "FRAC_HI"), ("frac_c", "frac_lo", "frac_hi")),
+                         (("FRAC2_C", "FRAC2_LO", "FRAC2_HI"), ("frac2_c", "frac2_lo", "frac2_hi"))):
+        total = sum(getattr(rtn, attr)[two] for attr in attrs)
+        bad = int(np.count_nonzero(np.abs(total - 1.0) > _TWO_TRAP_FRAC_SUM_TOL))
+        if bad:
+            raise CubeFormatError(f"{source}: {' + '.join(names)} differs from 1 by more than float32 rounding "
+                                  f"({_TWO_TRAP_FRAC_SUM_TOL:g}) at {bad} two-trap pixels")
+    flat = cube.dq.reshape(-1)
+    flagged = np.concatenate([start + np.flatnonzero(flat[start:start + _HASH_CHUNK] & DQ_TWO_TRAP)
+                              for start in range(0, flat.size, _HASH_CHUNK)])
+    expected = rtn.index[two]
+    if not np.array_equal(flagged, expected):
+        differ = np.setxor1d(flagged, expected).size
+        raise CubeFormatError(f"{source}: DQ must have the two-trap bit (DQ_2TRAP = {DQ_TWO_TRAP}) exactly at the "
+                              f"RTN pixels with DELTA2 > 0; {differ} pixels differ")
 
 
 def write_cube(cube: RTNCube, path: str | os.PathLike, overwrite: bool = False,
@@ -479,7 +540,8 @@ def write_cube(cube: RTNCube, path: str | os.PathLike, overwrite: bool = False,
     Raises
     ------
     ValueError
-        ``version`` is not a known format version.
+        ``version`` is not a known format version, or is 1 for a cube with two-trap pixels (format 1 has
+        no planes for a second trap).
     """
     from astropy.io import fits
 
@@ -487,6 +549,10 @@ def write_cube(cube: RTNCube, path: str | os.PathLike, overwrite: bool = False,
 
     if isinstance(version, bool) or version not in CUBE_FORMATS:
         raise ValueError(f"version must be one of {CUBE_FORMATS}, got {version!r}")
+    n_two = int(np.count_nonzero(cube.rtn.two_trap))
+    if version == 1 and n_two:
+        raise ValueError(f"version 1 has no planes for a second trap, and the cube has {n_two} two-trap pixels: "
+                         "write it as version 2")
     path = Path(path)
     primary = fits.PrimaryHDU()
     hdr = primary.header
@@ -494,6 +560,8 @@ def write_cube(cube: RTNCube, path: str | os.PathLike, overwrite: bool = False,
     hdr["GAIN"] = (float(cube.gain_e_per_adu), "[e-/ADU] conversion gain")
     hdr["CUBEID"] = (cube.cube_id, "content hash of the planes")
     hdr["NRTN"] = (cube.n_rtn, "number of RTN pixels")
+    if n_two:  # only then: a cube without two-trap pixels keeps its bytes
+        hdr["N2TRAP"] = (n_two, "number of two-trap RTN pixels")
     meta = dict(cube.meta)
     meta.setdefault("software_version", __version__)
     for key, name in _META_KEYS.items():
@@ -530,7 +598,8 @@ def _v2_hdus(cube: RTNCube) -> list[fits.CompImageHDU]:
     n = max(cube.n_rtn, 1)
     hdus = [_compressed(f"{_COLUMN_PREFIX}INDEX", cube.rtn.index.astype(
         np.int32 if size <= np.iinfo(np.int32).max else np.int64), "", (min(_COLUMN_TILE, n),))]
-    for name, (fmt, attr, unit) in _TABLE_COLUMNS.items():
+    columns = {**_TABLE_COLUMNS, **(_TWO_TRAP_COLUMNS if cube.rtn.two_trap.any() else {})}
+    for name, (fmt, attr, unit) in columns.items():
         values = getattr(cube.rtn, attr).astype(np.float32 if fmt == "E" else np.float64)
         hdus.append(_compressed(f"{_COLUMN_PREFIX}{name}", values, unit, (min(_COLUMN_TILE, n),)))
     tile = (min(_TILE_ROWS, cube.shape[0]), cube.shape[1])
@@ -741,6 +810,10 @@ def _v2_hdus_checked(where: str, hdul: fits.HDUList) -> tuple[fits.BinTableHDU |
     columns = [f"{_COLUMN_PREFIX}{c}" for c in ("INDEX", *_TABLE_COLUMNS)]
     table_layout = _TABLE in names
     required = [*_MAPS] if table_layout else [*columns, *_MAPS]
+    second = [f"{_COLUMN_PREFIX}{c}" for c in _TWO_TRAP_COLUMNS]
+    if not table_layout and any(n in names for n in second):  # the second trap's columns: all five or none
+        required += second
+        columns += second
     missing = [n for n in required if n not in names]
     if missing:
         raise CubeFormatError(f"{where}: missing extension(s) {', '.join(missing)}")
@@ -758,8 +831,9 @@ def _v2_hdus_checked(where: str, hdul: fits.HDUList) -> tuple[fits.BinTableHDU |
         rows = _table_checked(where, names[_TABLE])
     else:
         rows = None
+        formats = {**_TABLE_COLUMNS, **_TWO_TRAP_COLUMNS}
         for name in columns:
-            fmt = _TABLE_COLUMNS.get(name.removeprefix(_COLUMN_PREFIX), ("J",))[0]
+            fmt = formats.get(name.removeprefix(_COLUMN_PREFIX), ("J",))[0]
             allowed = (32, 64) if fmt == "J" else (_COLUMN_ZBITPIX[fmt],)
             (length,) = _compressed_dims(where, name, names[name], 1, allowed)
             if rows is None:
@@ -835,7 +909,8 @@ def _v2_parts(where: str, table: fits.BinTableHDU | None, compressed: dict[str, 
     from astropy.io import fits
     images = {name: fits.CompImageHDU(bintable=hdu) for name, hdu in compressed.items()}
     units = {**{n: u for n, (_a, u, _r) in _PLANES.items()}, "DQ": "", f"{_COLUMN_PREFIX}INDEX": "",
-             **{f"{_COLUMN_PREFIX}{n}": u for n, (_f, _a, u) in _TABLE_COLUMNS.items()}}
+             **{f"{_COLUMN_PREFIX}{n}": u for n, (_f, _a, u) in (*_TABLE_COLUMNS.items(),
+                                                                   *_TWO_TRAP_COLUMNS.items())}}
     for name, image in images.items():
         found = str(image.header.get("BUNIT", ""))
         if name not in ("DQ", f"{_COLUMN_PREFIX}INDEX") and not _unit_ok(found, units[name]):
@@ -858,7 +933,8 @@ def _v2_parts(where: str, table: fits.BinTableHDU | None, compressed: dict[str, 
         where_index = f"{_COLUMN_PREFIX}INDEX"
         index = data[where_index].astype(np.int64, copy=False)
         columns = {attr: data[f"{_COLUMN_PREFIX}{name}"].astype(np.float64, copy=False)
-                   for name, (_fmt, attr, _unit) in _TABLE_COLUMNS.items()}
+                   for name, (_fmt, attr, _unit) in (*_TABLE_COLUMNS.items(), *_TWO_TRAP_COLUMNS.items())
+                   if f"{_COLUMN_PREFIX}{name}" in data}  # no second-trap columns: a cube of one-trap pixels
     else:
         where_index = f"{_TABLE} INDEX"
         rows = table.data

@@ -139,6 +139,7 @@ def cube_part(cube: RTNCube, origin: tuple[int, int] | None, shape: tuple[int, i
     # row-major order on the sensor is row-major order in the subframe: the index stays ascending
     part = RTNPixels(index=(y[inside] - y0) * nx + (x[inside] - x0),
                      **{attr: getattr(rtn, attr)[inside] for attr in ("mu_adu", "delta_e", "sigma_e", "frac_c",
-                                                                      "frac_lo", "frac_hi", "lammax_e")})
+                                                                      "frac_lo", "frac_hi", "lammax_e", "delta2_e",
+                                                                      "frac2_c", "frac2_lo", "frac2_hi", "lammax2_e")})
     return RTNCube(shape=(ny, nx), rtn=part, meanbias_adu=cube.meanbias_adu[cut], readnoise_e=cube.readnoise_e[cut],
                    dq=cube.dq[cut], gain_e_per_adu=cube.gain_e_per_adu, meta=dict(cube.meta))

@@ -29,6 +29,7 @@ from rtnstream.products import (
     DQF_VETOED,
 )
 from tests._acquisition import STYLES, with_camera, write_night
+from tests.kernels._two_trap_cube import with_second_traps
 
 pytestmark = pytest.mark.filterwarnings("ignore::astropy.wcs.FITSFixedWarning")  # DATE-OBS -> MJD-OBS note
 
@@ -44,9 +45,10 @@ def sensor() -> SensorModel:
 
 @pytest.fixture(scope="module")
 def cube(sensor):
-    cube = with_camera(sensor.true_cube())
-    # one RTN pixel and one plain pixel flagged by the fit: their bits must reach the frames
-    cube.dq.reshape(-1)[sensor.rtn_index[0]] |= DQ_TWO_TRAP
+    # one RTN pixel with two traps (DQ_TWO_TRAP) and one plain pixel flagged by the fit: their bits must reach
+    # the frames
+    cube = with_camera(with_second_traps(sensor.true_cube(), every=sensor.n_rtn))
+    assert cube.dq.reshape(-1)[sensor.rtn_index[0]] & DQ_TWO_TRAP
     cube.dq[0, 1] |= 4  # anomalous mean
     return cube
 

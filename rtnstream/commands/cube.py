@@ -53,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
         if Path(args.output).exists() and not args.overwrite:
             raise SystemExit(f"rtnstream cube convert: error: {args.output} exists (--overwrite replaces it)")
         cube = read_cube(args.input)
-        write_cube(cube, args.output, overwrite=args.overwrite, version=args.format)
+        try:
+            write_cube(cube, args.output, overwrite=args.overwrite, version=args.format)
+        except ValueError as exc:  # format 1 cannot hold a cube's second traps
+            raise SystemExit(f"rtnstream cube convert: error: --format {args.format}: {exc}") from None
         print(f"wrote {args.output} (format {args.format}, {Path(args.output).stat().st_size} bytes, cube "
               f"{cube.cube_id})")
         return 0
@@ -63,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         "id": cube.cube_id,
         "shape": list(cube.shape),
         "n_rtn": cube.n_rtn,
+        "n_two_trap": int(np.count_nonzero(cube.rtn.two_trap)),
         "rtn_fraction": cube.n_rtn / (cube.shape[0] * cube.shape[1]),
         "gain_e_per_adu": cube.gain_e_per_adu,
         "median_delta_e": float(np.median(cube.rtn.delta_e)) if cube.n_rtn else None,

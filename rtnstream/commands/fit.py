@@ -61,6 +61,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="memory of the fit: the whole-sensor maps (48 bytes a pixel, 2.9 GB for a 61 Mpx "
                              "sensor), then the bands and work arrays of all workers, e.g. 512M, 4G")
     parser.add_argument("--alpha", type=float, default=0.003, help="jump-test significance")
+    parser.add_argument("--no-two-trap", action="store_true",
+                        help="no two-trap refit: fit every pixel with one trap (default: candidates the three-level "
+                             "model rejects or fits badly are refitted with two independent traps)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cube and report")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--allow-imagetyp", action="append", default=[], metavar="KIND",
@@ -95,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"--output: cannot create folder {out.parent}: {exc}")
     try:
-        settings = FitSettings(alpha=args.alpha)
+        settings = FitSettings(alpha=args.alpha, two_trap=not args.no_two_trap)
         result = fit_bias_stack(
             args.bias, gain_e_per_adu, n_frames=args.frames, settings=settings,
             memory_limit_bytes=args.memory_limit, workers=args.workers, scheduler=args.scheduler,
@@ -110,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     print(f"rtnstream fit: gain {result.report['gain']['e_per_adu']:.6g} e-/ADU "
           f"({result.report['gain']['detail']})")
+    counts, timing, two = result.report["counts"], result.report["timing_s"], result.report["two_trap"]
+    refit = (f"{counts['two_trap']} with two traps (the refit took {timing['pass3_two_trap_s']:.1f} s, "
+             f"{100 * two['time_share_of_pass3']:.0f} % of pass 3)" if settings.two_trap else "two-trap refit off")
+    print(f"rtnstream fit: {counts['accepted']} RTN pixels of {counts['candidates']} candidates, {refit}")
     write_cube(result.cube, out, overwrite=args.overwrite)
     write_report_json(result, report)
     log.info("wrote %s (%d RTN pixels) and %s", out, result.cube.n_rtn, report)
