@@ -48,6 +48,7 @@ from rtnstream.kernels.numpy_backend import (
     scatter,
 )
 from rtnstream.kernels.pixels import PixelParams
+from rtnstream.kernels.two_trap import N_LEVELS
 
 __all__ = ["INSTALL_HINT", "KernelBackend", "CupyBackend", "StageTimer", "Ticket", "gpu_available"]
 
@@ -110,6 +111,25 @@ def _check_window_slots(slot: int, window_slots: Sequence[int], n_slots: int) ->
         raise ValueError(f"window_slots must be distinct slots in [0, {n_slots}) other than slot {slot}, "
                          f"got {window.tolist()}")
     return window.astype(np.int32)
+
+
+def _two_trap_arrays(params: PixelParams) -> dict[str, tuple[np.ndarray, Any]]:
+    """The kernels' two-trap arguments (``_cuda._TWO_TRAP_PARAMS``) as (host array, dtype).
+
+    ``tt_slot`` (n,) holds each RTN pixel's position among the two-trap pixels (-1: one trap); without
+    two-trap pixels the kernels read none of these, and each is one element.
+    """
+    n_two = params.n_two_trap
+    if n_two == 0:
+        return {name: (np.zeros(1), dtype) for name, dtype in (
+            ("tt_slot", np.int32), ("delta2_e", np.float64), ("delta2_adu_int", np.int64),
+            ("delta2_adu_float", np.float64), ("tt_sigma_e", np.float64), ("tt_log_prior", np.float64))}
+    two = params.two_trap
+    slot = np.full(params.n, -1, dtype=np.int32)
+    slot[params.two_trap_pos] = np.arange(n_two, dtype=np.int32)
+    return {"tt_slot": (slot, np.int32), "delta2_e": (two.delta2_e, np.float64),
+            "delta2_adu_int": (two.delta2_adu_int, np.int64), "delta2_adu_float": (two.delta2_adu_float, np.float64),
+            "tt_sigma_e": (two.sigma_e, np.float64), "tt_log_prior": (two.log_prior, np.float64)}
 
 
 @dataclass(eq=False)
@@ -175,7 +195,7 @@ class KernelBackend:
         self._busy = [False] * self.N_BUFFERS
         self._turn = 0
         ny, nx = params.shape
-        self._scalars = {"n": params.n, "gain": params.gain_e_per_adu, "k_var": self.k_var,
+        self._scalars = {"n": params.n, "n_two": params.n_two_trap, "gain": params.gain_e_per_adu, "k_var": self.k_var,
                          "n_lambda": table.lambda_nodes.size, "n_sigma": table.sigma_nodes.size,
                          "window": window, "ny": ny, "nx": nx, "size": spatial_size}
         host = {
@@ -186,6 +206,7 @@ class KernelBackend:
             "lambda_nodes": (table.lambda_nodes, np.float64), "q_lo": (table.q_lo, np.float64),
             "q_hi": (table.q_hi, np.float64),
         }
+        host.update(_two_trap_arrays(params))
         if n_slots:
             host["rn2_e2"] = (params.rn2_e2, np.float64)
             host["window_slots"] = (np.zeros(window), np.int32)
@@ -199,6 +220,7 @@ class KernelBackend:
         self._dev["counts"] = self._zeros((self.N_BUFFERS, _cuda.N_COUNTS), np.uint32)
         for name in _COUNTER_NAMES:  # uint32: 2^32 frames per series is out of reach
             self._dev[name] = self._zeros((params.n,), np.uint32)
+        self._dev["n_level"] = self._zeros((max(params.n_two_trap, 1), N_LEVELS), np.uint32)
 
     # ---- what an executor provides -------------------------------------------------------------------
 
@@ -260,7 +282,10 @@ class KernelBackend:
     @property
     def counters(self) -> PixelCounters:
         """Per-RTN-pixel counts of the current series (a host copy), each of shape (n,), int64."""
-        return PixelCounters(*(a.astype(np.int64) for a in self._download(_COUNTER_NAMES, self.params.n)))
+        counters = [a.astype(np.int64) for a in self._download(_COUNTER_NAMES, self.params.n)]
+        n_two = self.params.n_two_trap
+        n_level = self._download(("n_level",), n_two * N_LEVELS)[0].astype(np.int64).reshape(n_two, N_LEVELS)
+        return PixelCounters(*counters, n_level=n_level)
 
     def reset(self, dtype: Any) -> None:
         """Start a series of frames of ``dtype``: empty ring, zero per-pixel counters.
@@ -281,7 +306,7 @@ class KernelBackend:
             self._dev["ring"] = self._zeros((self.n_slots, n), dtype)
         else:
             self._dev["frame"] = self._zeros(self.params.shape, dtype)
-        for name in _COUNTER_NAMES:
+        for name in (*_COUNTER_NAMES, "n_level"):
             self._clear(self._dev[name])
         self._busy = [False] * self.N_BUFFERS
         self._dtype = dtype

@@ -6,7 +6,8 @@
 // ThresholdTable.lookup, strict inequalities), so integer output is bit-identical to the NumPy backend.
 // Rules that keep it so (docs/cuda.md): compile with --fmad=false (no fused multiply-add contraction),
 // double precision throughout, no transcendental function (sqrt only, which IEEE rounds exactly), no
-// headers (NVRTC compiles this file as is; the host build force-includes cuda_host_shim.h).
+// system headers (the host build force-includes cuda_host_shim.h); the one include, rtn_two_trap.cuh (the
+// two-trap decision), is inlined by rtnstream.kernels._cuda.source_text for NVRTC, which has no include path.
 //
 // Two kernels, one template body each, exposed as extern "C" wrappers named by frame dtype
 // (rtn_temporal_u16, rtn_spatial_f32, ...), whose parameter lists are described once on the Python side
@@ -18,6 +19,11 @@
 // Both write the corrected pixels compacted (flat index, new value; order not deterministic, indices unique)
 // for the host to scatter into its copy of the frame, the per-frame counts by decision code, and add to the
 // per-pixel counters n_lo, n_hi, n_veto, n_frames.
+//
+// Two-trap pixels (docs/algorithm.md section 9; tt_slot[k] >= 0, their position among the n_two two-trap
+// pixels) are decided by rtn_two_trap_decide at the same lambda (and the same veto) and corrected by their
+// level's offset; n_lo / n_hi count them by its direction, n_level[8 * slot + level - 1] per level. With
+// n_two == 0 (a cube of one-trap pixels) tt_slot is not read.
 //
 // Launch: 1-D grid, blockDim a multiple of 32. The grid-stride loop keeps every lane of a warp in the same
 // iteration (warp-uniform trip count), as the warp-aggregated atomics below require. The host shim runs the
@@ -192,6 +198,48 @@ __device__ int rtn_decide(const RtnPixels& p, const RtnTable& t, rtn_i64 k, doub
     return state;
 }
 
+#include "rtn_two_trap.cuh"
+
+// The two-trap pixels' parameters (PixelParams.two_trap), all of shape (n_two,) unless said.
+struct RtnTwoTrap {
+    rtn_i64 n_two;                   // 0: no two-trap pixel, tt_slot is not read
+    const int* tt_slot;              // (n,): position among the two-trap pixels, -1 for a one-trap pixel
+    const double* delta2_e;          // trap 2 (trap 1 is the pixel's delta_e)
+    const rtn_i64* delta2_adu_int;
+    const double* delta2_adu_float;
+    const double* tt_sigma_e;
+    const double* tt_log_prior;      // (n_two, 8)
+};
+
+// two_trap.decide_two_trap for RTN pixel k, two-trap slot `slot`: its level code; *state gets the STATE_*
+// code of numpy_backend.two_trap_states (LOW: the level's offset i D1 + j D2 is negative, corrected upward).
+__device__ int rtn_two_trap_level(const RtnPixels& p, const RtnTwoTrap& w, const RtnTable& t, rtn_i64 k, int slot,
+                                  double x, double lam, double g, int* state) {
+    const double s = (x - p.mu_adu[k]) * g;
+    const RtnQuantiles q = rtn_lookup(t, lam, p.sigma_j[k], p.sigma_w[k]);
+    const double d1 = p.delta_e[k];
+    const double d2 = w.delta2_e[slot];
+    const int level = rtn_two_trap_decide(s, lam, q.lo, q.hi, q.in_table && p.sigma_ok[k], d1, d2,
+                                          w.tt_sigma_e[slot], w.tt_log_prior + (rtn_i64)RTN_TT_LEVELS * slot);
+    if (level >= 1 && level <= RTN_TT_LEVELS) {
+        const double off = (double)rtn_tt_i(level - 1) * d1 + (double)rtn_tt_j(level - 1) * d2;
+        *state = off < 0.0 ? RTN_STATE_LOW : RTN_STATE_HIGH;
+    } else {
+        *state = level == RTN_TT_OUT_OF_TABLE ? RTN_STATE_OUT_OF_TABLE : RTN_STATE_NONE;
+    }
+    return level;
+}
+
+// two_trap.apply_two_trap for one pixel at level `level` (1..8).
+template <typename T>
+__device__ T rtn_two_trap_corrected(T x, int level, rtn_i64 d1_int, rtn_i64 d2_int, double d1_float, double d2_float) {
+    if constexpr (RtnRange<T>::integer) {
+        return (T)rtn_two_trap_corrected_int((rtn_i64)x, level, d1_int, d2_int, RtnRange<T>::lo, RtnRange<T>::hi);
+    } else {
+        return rtn_from_double<T>(rtn_two_trap_corrected_float(rtn_to_double<T>(x), level, d1_float, d2_float));
+    }
+}
+
 // numpy_backend.apply_corrections for one pixel: integer frames saturate, float frames add in float64.
 template <typename T>
 __device__ T rtn_corrected(T x, bool low, rtn_i64 d_int, double d_float) {
@@ -212,11 +260,14 @@ struct RtnOutputs {
     unsigned* n_hi;
     unsigned* n_veto;
     unsigned* n_frames;
+    unsigned* n_level;       // (n_two, 8): the two-trap pixels' corrections per level over the series
 };
 
-// Count, correct and record pixel k (every lane of the warp calls this; lanes past n with valid = false).
+// Count, correct and record pixel k (every lane of the warp calls this; lanes past n with valid = false);
+// tt >= 0: a two-trap pixel (its slot), corrected by level `level`.
 template <typename T>
-__device__ void rtn_finish(const RtnPixels& p, const RtnOutputs& o, rtn_i64 k, bool valid, int state, T x) {
+__device__ void rtn_finish(const RtnPixels& p, const RtnTwoTrap& w, const RtnOutputs& o, rtn_i64 k, bool valid,
+                           int state, T x, int tt, int level) {
     const int code = valid ? state : -1;
     const unsigned peers = __match_any_sync(RTN_FULL_MASK, code);
     if (code > RTN_STATE_NONE && rtn_lane() == (unsigned)(__ffs(peers) - 1)) {
@@ -233,8 +284,11 @@ __device__ void rtn_finish(const RtnPixels& p, const RtnOutputs& o, rtn_i64 k, b
     if (changed) {
         const unsigned pos = base + (unsigned)__popc(movers & ((1u << rtn_lane()) - 1u));
         o.changed_index[pos] = p.index[k];
-        static_cast<T*>(o.changed_value)[pos] = rtn_corrected<T>(x, code == RTN_STATE_LOW, p.delta_adu_int[k],
-                                                                  p.delta_adu_float[k]);
+        static_cast<T*>(o.changed_value)[pos] =
+            tt >= 0 ? rtn_two_trap_corrected<T>(x, level, p.delta_adu_int[k], w.delta2_adu_int[tt],
+                                                p.delta_adu_float[k], w.delta2_adu_float[tt])
+                    : rtn_corrected<T>(x, code == RTN_STATE_LOW, p.delta_adu_int[k], p.delta_adu_float[k]);
+        if (tt >= 0) o.n_level[(rtn_i64)RTN_TT_LEVELS * tt + level - 1] += 1u;
     }
     if (valid) {
         o.n_lo[k] += code == RTN_STATE_LOW ? 1u : 0u;
@@ -251,12 +305,14 @@ __device__ void rtn_finish(const RtnPixels& p, const RtnOutputs& o, rtn_i64 k, b
 template <typename T, int W>
 __device__ void rtn_temporal_body(const T* ring, const int* window_slots, int window_run, int slot, rtn_i64 n,
                                   double g, double k_var, const double* rn2_e2, const RtnPixels& p,
-                                  const RtnTable& t, const RtnOutputs& o) {
+                                  const RtnTwoTrap& w, const RtnTable& t, const RtnOutputs& o) {
     const rtn_i64 stride = (rtn_i64)blockDim.x * gridDim.x;
     for (rtn_i64 first = (rtn_i64)blockIdx.x * blockDim.x; first < n; first += stride) {
         const rtn_i64 k = first + threadIdx.x;
         const bool valid = k < n;
         int state = RTN_STATE_NONE;
+        int tt = -1;  // two-trap slot of pixel k (-1: one trap)
+        int level = RTN_TT_NONE;
         T x = 0;
         if (valid) {
             const int window = W > 0 ? W : window_run;
@@ -280,9 +336,12 @@ RTN_UNROLL
             const double lam = rtn_clamp_lambda((rtn_window_median<W>(v, window) - p.mu_adu[k]) * g);
             x = ring[(rtn_i64)slot * n + k];
             state = rtn_decide(p, t, k, rtn_to_double<T>(x), lam, g);
+            if (w.n_two > 0 && (tt = w.tt_slot[k]) >= 0) {
+                level = rtn_two_trap_level(p, w, t, k, tt, rtn_to_double<T>(x), lam, g, &state);
+            }
             if (spread_e > k_var * sqrt(lam + rn2_e2[k])) state = RTN_STATE_VETO;
         }
-        rtn_finish<T>(p, o, k, valid, state, x);
+        rtn_finish<T>(p, w, o, k, valid, state, x, tt, level);
     }
 }
 
@@ -292,14 +351,16 @@ RTN_UNROLL
 // only those inside the frame (pixels.neighbour_indices).
 template <typename T>
 __device__ void rtn_spatial_body(const T* frame, const double* meanbias_adu, int ny, int nx, int size,
-                                 rtn_i64 n, double g, const RtnPixels& p, const RtnTable& t,
-                                 const RtnOutputs& o) {
+                                 rtn_i64 n, double g, const RtnPixels& p, const RtnTwoTrap& w,
+                                 const RtnTable& t, const RtnOutputs& o) {
     const rtn_i64 stride = (rtn_i64)blockDim.x * gridDim.x;
     const int half = size / 2;
     for (rtn_i64 first = (rtn_i64)blockIdx.x * blockDim.x; first < n; first += stride) {
         const rtn_i64 k = first + threadIdx.x;
         const bool valid = k < n;
         int state = RTN_STATE_NONE;
+        int tt = -1;  // two-trap slot of pixel k (-1: one trap)
+        int level = RTN_TT_NONE;
         T x = 0;
         if (valid) {
             const rtn_i64 centre = p.index[k];
@@ -320,8 +381,11 @@ __device__ void rtn_spatial_body(const T* frame, const double* meanbias_adu, int
             const double lam = rtn_clamp_lambda(rtn_neighbour_median(v, c) * g);
             x = frame[centre];
             state = rtn_decide(p, t, k, rtn_to_double<T>(x), lam, g);
+            if (w.n_two > 0 && (tt = w.tt_slot[k]) >= 0) {
+                level = rtn_two_trap_level(p, w, t, k, tt, rtn_to_double<T>(x), lam, g, &state);
+            }
         }
-        rtn_finish<T>(p, o, k, valid, state, x);
+        rtn_finish<T>(p, w, o, k, valid, state, x, tt, level);
     }
 }
 
@@ -331,28 +395,32 @@ __device__ void rtn_spatial_body(const T* frame, const double* meanbias_adu, int
     const rtn_i64 *index, const double *mu_adu, const double *delta_e, const rtn_i64 *delta_adu_int,         \
         const double *delta_adu_float, const int *sigma_j, const double *sigma_w,                            \
         const unsigned char *sigma_ok
+#define RTN_TWO_TRAP_PARAMS                                                                                  \
+    rtn_i64 n_two, const int *tt_slot, const double *delta2_e, const rtn_i64 *delta2_adu_int,               \
+        const double *delta2_adu_float, const double *tt_sigma_e, const double *tt_log_prior
 #define RTN_TABLE_PARAMS \
     const double *lambda_nodes, int n_lambda, const double *q_lo, const double *q_hi, int n_sigma
 #define RTN_OUTPUT_PARAMS                                                                                    \
     rtn_i64 *changed_index, void *changed_value, unsigned *counts, unsigned *n_lo, unsigned *n_hi,           \
-        unsigned *n_veto, unsigned *n_frames
+        unsigned *n_veto, unsigned *n_frames, unsigned *n_level
 #define RTN_STRUCTS                                                                                          \
     const RtnPixels p = {index, mu_adu, delta_e, delta_adu_int, delta_adu_float, sigma_j, sigma_w, sigma_ok}; \
+    const RtnTwoTrap w = {n_two, tt_slot, delta2_e, delta2_adu_int, delta2_adu_float, tt_sigma_e, tt_log_prior}; \
     const RtnTable t = {lambda_nodes, n_lambda, q_lo, q_hi, n_sigma};                                        \
-    const RtnOutputs o = {changed_index, changed_value, counts, n_lo, n_hi, n_veto, n_frames};
+    const RtnOutputs o = {changed_index, changed_value, counts, n_lo, n_hi, n_veto, n_frames, n_level};
 
 #define RTN_WRAPPERS(SUFFIX, T)                                                                              \
     extern "C" __global__ void rtn_temporal_##SUFFIX(                                                        \
         const T *ring, const int *window_slots, int window, int slot, rtn_i64 n, double gain, double k_var,  \
-        const double *rn2_e2, RTN_PIXEL_PARAMS, RTN_TABLE_PARAMS, RTN_OUTPUT_PARAMS) {                       \
+        const double *rn2_e2, RTN_PIXEL_PARAMS, RTN_TWO_TRAP_PARAMS, RTN_TABLE_PARAMS, RTN_OUTPUT_PARAMS) {  \
         RTN_STRUCTS                                                                                          \
-        rtn_temporal_body<T, RTN_WINDOW>(ring, window_slots, window, slot, n, gain, k_var, rn2_e2, p, t, o);             \
+        rtn_temporal_body<T, RTN_WINDOW>(ring, window_slots, window, slot, n, gain, k_var, rn2_e2, p, w, t, o); \
     }                                                                                                        \
     extern "C" __global__ void rtn_spatial_##SUFFIX(                                                         \
         const T *frame, const double *meanbias_adu, int ny, int nx, int size, rtn_i64 n, double gain,        \
-        RTN_PIXEL_PARAMS, RTN_TABLE_PARAMS, RTN_OUTPUT_PARAMS) {                                             \
+        RTN_PIXEL_PARAMS, RTN_TWO_TRAP_PARAMS, RTN_TABLE_PARAMS, RTN_OUTPUT_PARAMS) {                        \
         RTN_STRUCTS                                                                                          \
-        rtn_spatial_body<T>(frame, meanbias_adu, ny, nx, size, n, gain, p, t, o);                            \
+        rtn_spatial_body<T>(frame, meanbias_adu, ny, nx, size, n, gain, p, w, t, o);                         \
     }
 
 RTN_WRAPPERS(u8, unsigned char)
