@@ -4,7 +4,8 @@ Each step is written as the fixed sequence of float64 operations the CUDA kernel
 window order, median as ``(a + b) * 0.5`` of the two middle values, no fused multiply-add), so integer
 output is bit-identical across backends. The decision (ALGORITHM.md sections 2-3) lives in
 :func:`decide`; the temporal and spatial references in :meth:`NumpyBackend.correct_temporal` and
-:meth:`NumpyBackend.correct_spatial`.
+:meth:`NumpyBackend.correct_spatial`. Two-trap pixels (docs/algorithm.md section 9) are then re-decided by
+:func:`~rtnstream.kernels.two_trap.decide_two_trap` at the same lambda and corrected by their level.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "PixelCounters",
     "NumpyBackend",
     "decide",
+    "two_trap_states",
     "apply_corrections",
     "gather",
     "scatter",

@@ -217,6 +217,19 @@ def test_blocks_and_threads_do_not_matter(reference):
     assert_same_run(expected, run_engine(engine, st.data), f"blocks of 7, {reference}")
 
 
+@pytest.mark.parametrize("reference", REFERENCES)
+def test_in_place_corrects_the_same(reference):
+    """in_place=True: the pushed arrays, corrected, hold the frames of a run that copies."""
+    st = _stack(shape=(40, 50), n_frames=25, two_trap_fraction=0.05)
+    settings = EngineSettings(reference=reference, window=10)
+    expected = run_engine(RTNEngine(st.cube, settings), st.data)
+    pushed = st.data.copy()
+    got = run_engine(RTNEngine(st.cube, settings, in_place=True), pushed)
+    assert_same_run(expected, got, f"in place, {reference}")
+    assert all(f.data.base is pushed for f in got[0])
+    assert np.array_equal(pushed, np.stack([f.data for f in expected[0]]))
+
+
 def test_pixel_params_of_two_trap_pixels(table):
     """PixelParams: the two-trap subset from the cube, trap 1 the RTN columns (the same bits the kernels read
     from the RTN pixels' arrays), trap 2 the second-trap columns, log priors from each trap's fractions; a
