@@ -484,9 +484,9 @@ class NumpyBackend:
         vetoed = state[local] == STATE_VETO
         level[vetoed] = tt.TT_NONE
         state[local] = np.where(vetoed, STATE_VETO, two_trap_states(level, block.level_low))
-        rows = slice(block.first, block.first + local.size)
-        self._levels[rows] = level
-        self.counters.n_level[rows] += tt.level_counts(level)
+        self._levels[block.first:block.first + local.size] = level
+        moved = np.flatnonzero((level >= 1) & (level <= tt.N_LEVELS))  # one level per pixel: no repeats
+        self.counters.n_level[block.first + moved, level[moved].astype(np.int64) - 1] += 1
 
     def _count(self, state: np.ndarray, sl: slice) -> np.ndarray:
         """Add a block's decisions to the per-pixel counters (blocks are disjoint: safe across threads)."""
