@@ -12,7 +12,7 @@ ALGORITHM.md section 2 (W = 10, sliding at the ends).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -21,9 +21,17 @@ from rtnstream.calibration.fit import FitSettings, acceptance, fit_band
 from rtnstream.calibration.two_trap import fit_two_trap_candidates
 from rtnstream.kernels.lut import ThresholdTable
 from rtnstream.kernels.simulate import SecondTraps, SensorModel, two_trap_frames
-from rtnstream.kernels.two_trap import LEVEL_I, LEVEL_J, TwoTrapParams, apply_two_trap, decide_two_trap
+from rtnstream.kernels.two_trap import (
+    LEVEL_I,
+    LEVEL_J,
+    TwoTrapParams,
+    apply_two_trap,
+    decide_two_trap,
+    temporal_lambda_two_trap,
+)
 
-__all__ = ["TwoTrapTruth", "simulate", "bias_stack", "fit_stack", "temporal_lambda", "spatial_lambda", "evaluate"]
+__all__ = ["TwoTrapTruth", "simulate", "bias_stack", "fit_stack", "temporal_lambda", "window_rows",
+           "temporal_lambda_two_trap_series", "spatial_lambda", "evaluate"]
 
 
 @dataclass
@@ -87,7 +95,8 @@ def fit_stack(data: np.ndarray, gain_e_per_adu: float, table: ThresholdTable, se
     dict of str to numpy.ndarray
         ``index`` (flat indices of the candidates, int64), ``one`` (the three-level fit dict),
         ``one_accepted`` (bool), and the :func:`fit_two_trap_candidates` fields, per candidate; and
-        ``meanbias_adu`` (ny, nx), the mean of the stack.
+        ``meanbias_adu`` (ny, nx), the mean of the stack, and ``rn_e`` (ny, nx), its standard deviation in
+        electron (the cube's RN).
     """
     settings = settings or FitSettings()
     n, ny, nx = data.shape
@@ -102,7 +111,8 @@ def fit_stack(data: np.ndarray, gain_e_per_adu: float, table: ThresholdTable, se
     index = np.flatnonzero(candidate).astype(np.int64)
     values = data.reshape(n, -1)[:, index].T
     two = fit_two_trap_candidates(values, one, g, table, settings, one_accepted=rules["accepted"])
-    return {"index": index, "one": one, "one_accepted": rules["accepted"], "meanbias_adu": data.mean(axis=0), **two}
+    return {"index": index, "one": one, "one_accepted": rules["accepted"], "meanbias_adu": data.mean(axis=0),
+            "rn_e": rn, **two}
 
 
 def temporal_lambda(values_adu: np.ndarray, mu_adu: np.ndarray, gain_e_per_adu: float, window: int = 10
@@ -121,18 +131,58 @@ def temporal_lambda(values_adu: np.ndarray, mu_adu: np.ndarray, gain_e_per_adu: 
     -------
     numpy.ndarray, shape (n_frames, n), float64, electron, >= 0
     """
-    n_frames = values_adu.shape[0]
+    rows = window_rows(values_adu.shape[0], window)
+    vals = np.sort(values_adu[rows].astype(np.float64), axis=1)  # (n_frames, W, n)
+    ref = (vals[:, window // 2 - 1] + vals[:, window // 2]) * 0.5
+    return np.maximum((ref - mu_adu[None, :]) * gain_e_per_adu, 0.0)
+
+
+def window_rows(n_frames: int, window: int) -> np.ndarray:
+    """Frames of each frame's temporal window (ALGORITHM.md section 2, sliding at the ends).
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_frames, window), int64
+        Row t: frames ``start .. start + window`` without t, ``start = clip(t - window / 2, 0, n_frames - 1 -
+        window)``.
+
+    Raises
+    ------
+    ValueError
+        ``window`` odd or below 4, or ``n_frames < window + 1``.
+    """
     if window < 4 or window % 2 or n_frames < window + 1:
         raise ValueError(f"window must be even and >= 4 with n_frames >= window + 1, got window={window}, "
                          f"n_frames={n_frames}")
     t = np.arange(n_frames)
     start = np.clip(t - window // 2, 0, n_frames - 1 - window)
     rows = start[:, None] + np.arange(window + 1)[None, :]
-    keep = rows != t[:, None]  # frames start .. start + W without t
-    rows = rows[keep].reshape(n_frames, window)
-    vals = np.sort(values_adu[rows].astype(np.float64), axis=1)  # (n_frames, W, n)
-    ref = (vals[:, window // 2 - 1] + vals[:, window // 2]) * 0.5
-    return np.maximum((ref - mu_adu[None, :]) * gain_e_per_adu, 0.0)
+    keep = rows != t[:, None]
+    return rows[keep].reshape(n_frames, window)
+
+
+def temporal_lambda_two_trap_series(values_adu: np.ndarray, params: TwoTrapParams, window: int = 10
+                                    ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`~rtnstream.kernels.two_trap.temporal_lambda_two_trap` on every frame's window of a series.
+
+    Parameters
+    ----------
+    values_adu : numpy.ndarray, shape (n_frames, n), adu
+        A series of two-trap pixels (``n_frames >= window + 1``).
+    params : TwoTrapParams
+        Their parameters (n pixels).
+    window : int, even, >= 4
+
+    Returns
+    -------
+    lam_e, spread_e : numpy.ndarray, shape (n_frames, n), float64, electron
+    """
+    rows = window_rows(values_adu.shape[0], window)
+    lam = np.empty(values_adu.shape)
+    spread = np.empty(values_adu.shape)
+    for t in range(rows.shape[0]):
+        lam[t], spread[t] = temporal_lambda_two_trap(values_adu[rows[t]], params)
+    return lam, spread
 
 
 def spatial_lambda(data_adu: np.ndarray, index: np.ndarray, meanbias_adu: np.ndarray, gain_e_per_adu: float,
@@ -169,13 +219,13 @@ def spatial_lambda(data_adu: np.ndarray, index: np.ndarray, meanbias_adu: np.nda
     return np.maximum(ref * gain_e_per_adu, 0.0)
 
 
-def _correct(values: np.ndarray, lam: np.ndarray, params: TwoTrapParams, table: ThresholdTable
-             ) -> tuple[np.ndarray, np.ndarray]:
+def _correct(values: np.ndarray, lam: np.ndarray, params: TwoTrapParams, table: ThresholdTable,
+             beat_centre: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Corrected values and level codes, frame by frame, shape (n_frames, n) each."""
     out = np.empty_like(values)
     states = np.empty(values.shape, dtype=np.uint8)
     for t in range(values.shape[0]):
-        states[t] = decide_two_trap(values[t].astype(np.float64), lam[t], params, table)
+        states[t] = decide_two_trap(values[t].astype(np.float64), lam[t], params, table, beat_centre)
         out[t] = apply_two_trap(values[t], states[t], params)
     return out, states
 
@@ -210,11 +260,19 @@ def _pixel_figures(raw: np.ndarray, corrected: np.ndarray, states: np.ndarray, t
 
 
 def evaluate(truth: TwoTrapTruth, fit: dict[str, np.ndarray], held_out: tuple[np.ndarray, ...],
-             table: ThresholdTable, reference: str = "spatial", window: int = 10) -> dict[str, dict]:
+             table: ThresholdTable, reference: str = "spatial", window: int = 10, two_trap_temporal: str = "levels",
+             k_var: float | None = None) -> dict[str, dict]:
     """Score a fit on the truth and on the correction of a held-out stack (:func:`bias_stack`'s output).
 
     ``reference`` is ``'spatial'`` (5 x 5 neighbours minus the fit's mean bias map ``fit['meanbias_adu']``)
-    or ``'temporal'`` (median of ``window`` frames).
+    or ``'temporal'`` (median of ``window`` frames). With the temporal reference, ``two_trap_temporal``
+    chooses the fitted two-trap pixels' rule: ``'levels'`` (docs/algorithm.md section 9: lambda from
+    :func:`~rtnstream.kernels.two_trap.temporal_lambda_two_trap`, levels that must beat the centre) or
+    ``'median'`` (phase 1: the window median's lambda and the plain decision, as one-trap pixels).
+    ``k_var`` (temporal only; None: none) applies the engine's variability veto: a pixel-frame whose window
+    spread exceeds ``k_var sqrt(lambda + RN^2)`` (``RN`` from ``fit['rn_e']``) is left; the spread of the
+    window values (one-trap pixels, and two-trap pixels under ``'median'``) or of the de-jumped values
+    (two-trap pixels under ``'levels'``).
 
     Returns
     -------
@@ -262,15 +320,29 @@ def evaluate(truth: TwoTrapTruth, fit: dict[str, np.ndarray], held_out: tuple[np
                                        frac_lo=safe[:, 4], frac_hi=safe[:, 5], frac2_lo=safe[:, 6],
                                        frac2_hi=safe[:, 7])
     values = data.reshape(n_frames, -1)[:, flat_all]
+    if two_trap_temporal not in ("levels", "median"):
+        raise ValueError(f"two_trap_temporal must be 'levels' or 'median', got {two_trap_temporal!r}")
+    levels = reference == "temporal" and two_trap_temporal == "levels"
     if reference == "temporal":
         lam = temporal_lambda(values, params.mu_adu, g, window)
+        spread = values[window_rows(n_frames, window)].astype(np.float64).std(axis=1) * g
+        if levels and found.any():
+            sub = replace(params, **{f.name: getattr(params, f.name)[found] for f in fields(params)
+                                     if f.name != "gain_e_per_adu"})
+            lam[:, found], spread[:, found] = temporal_lambda_two_trap_series(values[:, found], sub, window)
     elif reference == "spatial":
+        if k_var is not None:
+            raise ValueError("k_var (the variability veto) applies to the temporal reference only")
         lam = spatial_lambda(data, flat_all, fit["meanbias_adu"], g)
     else:
         raise ValueError(f"reference must be 'spatial' or 'temporal', got {reference!r}")
-    corrected, states = _correct(values, lam, params, table)
-    corrected[:, ~corrected_pixel] = values[:, ~corrected_pixel]
-    states[:, ~corrected_pixel] = 0
+    corrected, states = _correct(values, lam, params, table, beat_centre=levels)
+    left = np.broadcast_to(~corrected_pixel[None, :], values.shape)
+    if k_var is not None:
+        rn_e = fit["rn_e"].ravel()[flat_all]
+        left = left | (spread > k_var * np.sqrt(lam + rn_e[None, :] ** 2))
+    corrected = np.where(left, values, corrected)
+    states[left] = 0
 
     # the true offset of every pixel-frame: first trap, plus the second where there is one
     true_off = states1 * sensor.delta_e[None, :]

@@ -19,6 +19,16 @@ corrections are those of :func:`rtnstream.kernels.numpy_backend.decide`. Every q
 operation sequence as in the CUDA header (products by i, j in {-1, 0, 1} are exact, the log priors are
 computed once on the host, no other transcendental function), so integer output is bit-identical across
 backends.
+
+Temporal reference (ours, docs/algorithm.md section 9, "Temporal reference"). The median of a window of W
+frames of a two-trap pixel is pulled off the central level by its frequent side states, so
+:func:`temporal_lambda_two_trap` replaces ``max(0, (median - mu) g)``: among the hypotheses "the median sits
+at level h" (h = centre or one of the eight levels, ``lambda_h = max(0, (median - mu) g - L_h)``) it takes
+the one under which the window values are most likely (each value at its most probable level, a normal of
+variance ``sigma^2 + lambda_h``), and it returns the standard deviation of the window values moved to the
+centre by those levels for the variability veto. With ``beat_centre`` (the temporal rule)
+:func:`decide_two_trap` also requires a two-trap level to score above the centre hypothesis itself,
+``log P1(0) P2(0) - z0^2 / 2``; pixels with ``D2 = 0`` keep section 3's decision.
 """
 
 from __future__ import annotations
@@ -38,6 +48,8 @@ __all__ = [
     "TwoTrapParams",
     "level_offsets_e",
     "decide_two_trap",
+    "log_by_roots",
+    "temporal_lambda_two_trap",
     "correction_adu",
     "apply_two_trap",
     "level_counts",
@@ -81,6 +93,8 @@ class TwoTrapParams:
         ``log(P1(i) P2(j))`` of each level (``-inf`` where a state never occurs).
     sigma_j, sigma_w, sigma_ok : numpy.ndarray, shape (n,)
         Sigma coordinates in the threshold table (:meth:`ThresholdTable.sigma_coords`).
+    log_prior_centre : numpy.ndarray, shape (n,), float64
+        ``log(P1(0) P2(0))``, the central level's (``-inf`` where it never occurs).
     """
 
     gain_e_per_adu: float
@@ -96,6 +110,7 @@ class TwoTrapParams:
     sigma_j: np.ndarray
     sigma_w: np.ndarray
     sigma_ok: np.ndarray
+    log_prior_centre: np.ndarray
 
     @property
     def n(self) -> int:
@@ -147,11 +162,12 @@ class TwoTrapParams:
             raise ValueError("frac_lo + frac_hi and frac2_lo + frac2_hi must each be <= 1")
         with np.errstate(divide="ignore"):
             log_prior = np.log(np.maximum(p1[:, LEVEL_I + 1], 0.0) * np.maximum(p2[:, LEVEL_J + 1], 0.0))
+            log_prior_centre = np.log(np.maximum(p1[:, 1], 0.0) * np.maximum(p2[:, 1], 0.0))
         j, w, ok = table.sigma_coords(sigma)
         return cls(gain_e_per_adu=g, mu_adu=mu.copy(), delta1_e=d1.copy(), delta2_e=d2.copy(),
                    delta1_adu_int=np.rint(d1 / g).astype(np.int64), delta2_adu_int=np.rint(d2 / g).astype(np.int64),
                    delta1_adu_float=d1 / g, delta2_adu_float=d2 / g, sigma_e=sigma.copy(), log_prior=log_prior,
-                   sigma_j=j, sigma_w=w, sigma_ok=ok)
+                   sigma_j=j, sigma_w=w, sigma_ok=ok, log_prior_centre=log_prior_centre)
 
 
 def level_offsets_e(delta1_e: np.ndarray, delta2_e: np.ndarray) -> np.ndarray:
@@ -169,8 +185,8 @@ def level_offsets_e(delta1_e: np.ndarray, delta2_e: np.ndarray) -> np.ndarray:
     return LEVEL_I * delta1_e[:, None] + LEVEL_J * delta2_e[:, None]
 
 
-def decide_two_trap(x_adu: np.ndarray, lam_e: np.ndarray, params: TwoTrapParams, table: ThresholdTable
-                    ) -> np.ndarray:
+def decide_two_trap(x_adu: np.ndarray, lam_e: np.ndarray, params: TwoTrapParams, table: ThresholdTable,
+                    beat_centre: bool = False) -> np.ndarray:
     """Level of every two-trap pixel's signal (module docstring: the rules).
 
     Parameters
@@ -181,6 +197,10 @@ def decide_two_trap(x_adu: np.ndarray, lam_e: np.ndarray, params: TwoTrapParams,
         Expected photo-electrons from the reference.
     params : TwoTrapParams
     table : ThresholdTable
+    beat_centre : bool
+        The temporal reference's rule: a level of a pixel with ``D2 > 0`` is a candidate only when its score
+        is above the centre's, ``log P1(0) P2(0) - z0^2 / 2`` with ``z0 = (s - lambda) / sqrt(sigma^2 +
+        lambda)`` (pixels with ``D2 = 0`` are decided as without it).
 
     Returns
     -------
@@ -204,13 +224,132 @@ def decide_two_trap(x_adu: np.ndarray, lam_e: np.ndarray, params: TwoTrapParams,
     candidate &= np.where(offs < 0, (lam[:, None] - q_lo[:, None]) < -offs,
                           np.where(offs > 0, (q_hi[:, None] - lam[:, None]) < offs, False))
     width = np.sqrt(params.sigma_e * params.sigma_e + lam)
-    z = ((s - lam)[:, None] - offs) / width[:, None]
+    signal = s - lam
+    z = (signal[:, None] - offs) / width[:, None]
     score = params.log_prior - 0.5 * (z * z)
+    if beat_centre:
+        z0 = signal / width
+        centre = params.log_prior_centre - 0.5 * (z0 * z0)
+        candidate &= (score > centre[:, None]) | (params.delta2_e == 0.0)[:, None]
     best = np.max(np.where(candidate, score, -np.inf), axis=1)
     chosen = candidate & (score == best[:, None])  # the first of these, in level order
     state = np.where(candidate.any(axis=1), np.argmax(chosen, axis=1) + 1, TT_NONE).astype(np.uint8)
     state[~(in_table & params.sigma_ok)] = TT_OUT_OF_TABLE
     return state
+
+
+def log_by_roots(x: np.ndarray) -> np.ndarray:
+    """Natural logarithm by square roots and a rational series: what the CUDA header can compute bit for bit.
+
+    ``r = x^(1/64)`` by six square roots, ``y = (r - 1) / (r + 1)``, ``ln x = 128 (y + y^3/3 + y^5/5 + y^7/7)``
+    (Horner form). Within 1e-12 relative of ``numpy.log`` for x in [1e-3, 1e5] (``|y| < 0.11``, the first
+    omitted term ``128 y^9 / 9`` below 4e-8 absolute at the ends, far less inside).
+
+    Parameters
+    ----------
+    x : numpy.ndarray, float64, > 0
+
+    Returns
+    -------
+    numpy.ndarray, float64, same shape
+    """
+    r = np.asarray(x, dtype=np.float64)
+    for _ in range(6):
+        r = np.sqrt(r)
+    y = (r - 1.0) / (r + 1.0)
+    y2 = y * y
+    return 128.0 * (y * (1.0 + y2 * (1.0 / 3.0 + y2 * (1.0 / 5.0 + y2 * (1.0 / 7.0)))))
+
+
+def _best_levels(r_e: np.ndarray, lam_e: np.ndarray, var_e2: np.ndarray, offs9: np.ndarray, lp9: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Each window value's most probable level (centre first, strict > in level order) under ``lam_e``.
+
+    ``r_e`` (W, n): ``(v - mu) g``; ``lam_e``, ``var_e2`` (n,); ``offs9``, ``lp9`` (n, 9): the centre and the
+    eight levels' offsets (electron) and log priors. Returns the best score and that level's offset, (W, n).
+    """
+    res = r_e - lam_e
+    d = res - offs9[:, 0]
+    best = lp9[:, 0] - 0.5 * ((d * d) / var_e2)
+    off = np.broadcast_to(offs9[:, 0], res.shape).copy()
+    for k in range(1, N_LEVELS + 1):
+        d = res - offs9[:, k]
+        sc = lp9[:, k] - 0.5 * ((d * d) / var_e2)
+        better = sc > best
+        best = np.where(better, sc, best)
+        off = np.where(better, offs9[:, k], off)
+    return best, off
+
+
+def temporal_lambda_two_trap(window_adu: np.ndarray, params: TwoTrapParams) -> tuple[np.ndarray, np.ndarray]:
+    """Expected photo-electrons of two-trap pixels from a temporal window, and the window's de-jumped spread.
+
+    The window median ``m = (median - mu) g`` may sit at any of the nine levels ``L_h`` (the centre
+    ``L_0 = 0`` first, then the eight levels in :data:`LEVEL_I` order). For each hypothesis h,
+    ``lambda_h = max(0, m - L_h)`` and ``var_h = sigma^2 + lambda_h``; every window value ``r = (v - mu) g``
+    gets its most probable level, the largest ``log P_k - ((r - lambda_h) - L_k)^2 / (2 var_h)``, and the
+    hypothesis scores the sum of those over the window minus ``(W / 2) ln var_h`` (:func:`log_by_roots`).
+    The largest score wins (the first in order on ties); its ``lambda_h`` is returned, with the standard
+    deviation (ddof = 0) of the window values moved to the centre by their levels under it,
+    ``u = (v - mu) g - L_k``, for the variability veto (``spread > k_var sqrt(lambda + RN^2)``; the raw
+    window's spread counts the trap's own jumps as variability). Sums run in window order.
+
+    Parameters
+    ----------
+    window_adu : numpy.ndarray, shape (W, n), adu, finite
+        The reference window's values (W >= 2 frames, the frame being corrected excluded).
+    params : TwoTrapParams
+
+    Returns
+    -------
+    lam_e : numpy.ndarray, shape (n,), float64, electron, >= 0
+    spread_e : numpy.ndarray, shape (n,), float64, electron
+
+    Raises
+    ------
+    ValueError
+        ``window_adu`` not of shape (W, n) with W >= 2.
+    """
+    v = np.asarray(window_adu, dtype=np.float64)
+    if v.ndim != 2 or v.shape[1] != params.n or v.shape[0] < 2:
+        raise ValueError(f"window_adu must have shape (W, {params.n}) with W >= 2, got {v.shape}")
+    w = v.shape[0]
+    ordered = np.sort(v, axis=0)
+    median = (ordered[(w - 1) // 2] + ordered[w // 2]) * 0.5
+    g = params.gain_e_per_adu
+    m = (median - params.mu_adu) * g
+    r = (v - params.mu_adu) * g
+    offs9 = np.concatenate([np.zeros((params.n, 1)), level_offsets_e(params.delta1_e, params.delta2_e)], axis=1)
+    lp9 = np.concatenate([params.log_prior_centre[:, None], params.log_prior], axis=1)
+    s2 = params.sigma_e * params.sigma_e
+    half_w = 0.5 * w
+    lam = best = None
+    for h in range(N_LEVELS + 1):
+        shifted = m - offs9[:, h]
+        lam_h = np.where(shifted > 0.0, shifted, 0.0)
+        var = s2 + lam_h
+        per_value, _ = _best_levels(r, lam_h, var, offs9, lp9)
+        total = per_value[0].copy()
+        for t in range(1, w):
+            total += per_value[t]
+        score = total - half_w * log_by_roots(var)
+        if h == 0:
+            lam, best = lam_h, score
+        else:
+            better = score > best
+            lam, best = np.where(better, lam_h, lam), np.where(better, score, best)
+    _, off = _best_levels(r, lam, s2 + lam, offs9, lp9)
+    u = r - off
+    mean = u[0].copy()
+    for t in range(1, w):
+        mean += u[t]
+    mean /= w
+    d = u - mean
+    acc = d[0] * d[0]
+    for t in range(1, w):
+        acc += d[t] * d[t]
+    acc /= w
+    return lam, np.sqrt(acc)
 
 
 def _level_states(state: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
