@@ -148,7 +148,8 @@ class KernelSpec:
 _PIXEL_PARAMS = (("index", "i64*"), ("mu_adu", "f64*"), ("delta_e", "f64*"), ("delta_adu_int", "i64*"),
                  ("delta_adu_float", "f64*"), ("sigma_j", "i32*"), ("sigma_w", "f64*"), ("sigma_ok", "u8*"))
 _TWO_TRAP_PARAMS = (("n_two", "i64"), ("tt_slot", "i32*"), ("delta2_e", "f64*"), ("delta2_adu_int", "i64*"),
-                    ("delta2_adu_float", "f64*"), ("tt_sigma_e", "f64*"), ("tt_log_prior", "f64*"))
+                    ("delta2_adu_float", "f64*"), ("tt_sigma_e", "f64*"), ("tt_log_prior", "f64*"),
+                    ("tt_log_prior_centre", "f64*"))
 _TABLE_PARAMS = (("lambda_nodes", "f64*"), ("n_lambda", "i32"), ("q_lo", "f64*"), ("q_hi", "f64*"),
                  ("n_sigma", "i32"))
 _OUTPUT_PARAMS = (("changed_index", "i64*"), ("changed_value", "T*"), ("counts", "u32*"), ("n_lo", "u32*"),

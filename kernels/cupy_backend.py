@@ -123,13 +123,15 @@ def _two_trap_arrays(params: PixelParams) -> dict[str, tuple[np.ndarray, Any]]:
     if n_two == 0:
         return {name: (np.zeros(1), dtype) for name, dtype in (
             ("tt_slot", np.int32), ("delta2_e", np.float64), ("delta2_adu_int", np.int64),
-            ("delta2_adu_float", np.float64), ("tt_sigma_e", np.float64), ("tt_log_prior", np.float64))}
+            ("delta2_adu_float", np.float64), ("tt_sigma_e", np.float64), ("tt_log_prior", np.float64),
+            ("tt_log_prior_centre", np.float64))}
     two = params.two_trap
     slot = np.full(params.n, -1, dtype=np.int32)
     slot[params.two_trap_pos] = np.arange(n_two, dtype=np.int32)
     return {"tt_slot": (slot, np.int32), "delta2_e": (two.delta2_e, np.float64),
             "delta2_adu_int": (two.delta2_adu_int, np.int64), "delta2_adu_float": (two.delta2_adu_float, np.float64),
-            "tt_sigma_e": (two.sigma_e, np.float64), "tt_log_prior": (two.log_prior, np.float64)}
+            "tt_sigma_e": (two.sigma_e, np.float64), "tt_log_prior": (two.log_prior, np.float64),
+            "tt_log_prior_centre": (two.log_prior_centre, np.float64)}
 
 
 @dataclass(eq=False)

@@ -5,7 +5,9 @@ window order, median as ``(a + b) * 0.5`` of the two middle values, no fused mul
 output is bit-identical across backends. The decision (ALGORITHM.md sections 2-3) lives in
 :func:`decide`; the temporal and spatial references in :meth:`NumpyBackend.correct_temporal` and
 :meth:`NumpyBackend.correct_spatial`. Two-trap pixels (docs/algorithm.md section 9) are then re-decided by
-:func:`~rtnstream.kernels.two_trap.decide_two_trap` at the same lambda and corrected by their level.
+:func:`~rtnstream.kernels.two_trap.decide_two_trap` and corrected by their level: at the neighbour median's
+lambda (spatial), or at :func:`~rtnstream.kernels.two_trap.temporal_lambda_two_trap`'s with its de-jumped
+spread for the veto and the centre rule (temporal references).
 """
 
 from __future__ import annotations
@@ -426,7 +428,7 @@ class NumpyBackend:
         veto = spread_e > bound
         state = decide(x[sl].astype(np.float64), lam, p, self.table, sl)
         np.copyto(state, STATE_VETO, where=veto)
-        self._decide_two_trap(x, lam, state, sl)
+        self._decide_two_trap(x, lam, state, sl, rows)
         return self._count(state, sl)
 
     def _median_network(self, w: int) -> list[tuple[int, int, bool, bool]]:
@@ -463,25 +465,43 @@ class NumpyBackend:
         self._decide_two_trap(x, lam, state, sl)
         return self._count(state, sl)
 
-    def _two_trap_lambda(self, lam_e: np.ndarray, local: np.ndarray) -> np.ndarray:
-        """The lambda (electron) the two-trap pixels at block positions ``local`` are decided with: the
-        reference's, as for one-trap pixels (window median or neighbour median). The one place to change."""
-        return lam_e[local]
+    def _two_trap_reference(self, lam_e: np.ndarray, block: _TwoTrapBlock, sl: slice, rows: list[int] | None
+                            ) -> tuple[np.ndarray, np.ndarray]:
+        """Lambda (electron) and variability veto of the block's two-trap pixels (docs/algorithm.md s. 9).
 
-    def _decide_two_trap(self, x: np.ndarray, lam_e: np.ndarray, state: np.ndarray, sl: slice) -> None:
+        Spatial reference (``rows`` None): the neighbour median's lambda, no veto. Temporal references
+        (``rows``: the W window slots in time order): :func:`~rtnstream.kernels.two_trap.temporal_lambda_two_trap`
+        on their window values, and the veto ``spread > k_var sqrt(lambda + RN^2)`` on its de-jumped
+        spread; where the window median's lambda is NaN (a NaN in the window, or +inf and -inf at its
+        middle) it stays NaN (out of table, as for one-trap pixels) and nothing is vetoed.
+        """
+        lam = lam_e[block.local]
+        if rows is None:
+            return lam, np.zeros(lam.size, dtype=bool)
+        window = self._ring[np.ix_(rows, sl.start + block.local)]
+        lam_tt, spread_e = tt.temporal_lambda_two_trap(window, block.params)
+        lam = np.where(np.isnan(lam), lam, lam_tt)
+        bound = np.add(lam, self.params.rn2_e2[sl][block.local])
+        np.sqrt(bound, out=bound)
+        bound *= self.k_var
+        return lam, spread_e > bound
+
+    def _decide_two_trap(self, x: np.ndarray, lam_e: np.ndarray, state: np.ndarray, sl: slice,
+                         rows: list[int] | None = None) -> None:
         """Re-decide the block's two-trap pixels by their combined levels (docs/algorithm.md section 9).
 
-        ``state`` (the block's one-trap decisions, vetoes applied) gets their STATE_* codes; their level
-        codes go to this frame's levels and the per-level counters (a vetoed pixel stays vetoed and
-        uncorrected). Blocks are disjoint: safe across threads.
+        ``lam_e`` is the block's lambda, ``rows`` the window slots (temporal references) or None (spatial);
+        ``state`` (the block's one-trap decisions) gets the two-trap pixels' STATE_* codes; their level
+        codes go to this frame's levels and the per-level counters (a vetoed pixel is left uncorrected).
+        Blocks are disjoint: safe across threads.
         """
         block = self._two_trap_blocks[sl.start // self._block_size]
         if block is None:
             return
         local = block.local
-        level = tt.decide_two_trap(x[sl][local].astype(np.float64), self._two_trap_lambda(lam_e, local),
-                                   block.params, self.table)
-        vetoed = state[local] == STATE_VETO
+        lam, vetoed = self._two_trap_reference(lam_e, block, sl, rows)
+        level = tt.decide_two_trap(x[sl][local].astype(np.float64), lam, block.params, self.table,
+                                   beat_centre=rows is not None)
         level[vetoed] = tt.TT_NONE
         state[local] = np.where(vetoed, STATE_VETO, two_trap_states(level, block.level_low))
         self._levels[block.first:block.first + local.size] = level

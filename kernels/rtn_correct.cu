@@ -21,7 +21,8 @@
 // per-pixel counters n_lo, n_hi, n_veto, n_frames.
 //
 // Two-trap pixels (docs/algorithm.md section 9; tt_slot[k] >= 0, their position among the n_two two-trap
-// pixels) are decided by rtn_two_trap_decide at the same lambda (and the same veto) and corrected by their
+// pixels) are decided by rtn_two_trap_decide at the neighbour median's lambda (spatial), or by the
+// temporal rule (rtn_two_trap_temporal: lambda, veto and centre rule of its own), and corrected by their
 // level's offset; n_lo / n_hi count them by its direction, n_level[8 * slot + level - 1] per level. With
 // n_two == 0 (a cube of one-trap pixels) tt_slot is not read.
 //
@@ -209,18 +210,24 @@ struct RtnTwoTrap {
     const double* delta2_adu_float;
     const double* tt_sigma_e;
     const double* tt_log_prior;      // (n_two, 8)
+    const double* tt_log_prior_centre;
 };
 
-// two_trap.decide_two_trap for RTN pixel k, two-trap slot `slot`: its level code; *state gets the STATE_*
-// code of numpy_backend.two_trap_states (LOW: the level's offset i D1 + j D2 is negative, corrected upward).
+// two_trap.decide_two_trap for RTN pixel k, two-trap slot `slot` (beat_centre: the temporal references'
+// centre rule): its level code; *state gets the STATE_* code of numpy_backend.two_trap_states (LOW: the
+// level's offset i D1 + j D2 is negative, corrected upward).
 __device__ int rtn_two_trap_level(const RtnPixels& p, const RtnTwoTrap& w, const RtnTable& t, rtn_i64 k, int slot,
-                                  double x, double lam, double g, int* state) {
+                                  double x, double lam, double g, bool beat_centre, int* state) {
     const double s = (x - p.mu_adu[k]) * g;
     const RtnQuantiles q = rtn_lookup(t, lam, p.sigma_j[k], p.sigma_w[k]);
     const double d1 = p.delta_e[k];
     const double d2 = w.delta2_e[slot];
-    const int level = rtn_two_trap_decide(s, lam, q.lo, q.hi, q.in_table && p.sigma_ok[k], d1, d2,
-                                          w.tt_sigma_e[slot], w.tt_log_prior + (rtn_i64)RTN_TT_LEVELS * slot);
+    const bool in_table = q.in_table && p.sigma_ok[k];
+    const double* log_prior = w.tt_log_prior + (rtn_i64)RTN_TT_LEVELS * slot;
+    const double sigma = w.tt_sigma_e[slot];
+    const int level = beat_centre ? rtn_two_trap_decide_temporal(s, lam, q.lo, q.hi, in_table, d1, d2, sigma, log_prior,
+                                                                 w.tt_log_prior_centre[slot])
+                                  : rtn_two_trap_decide(s, lam, q.lo, q.hi, in_table, d1, d2, sigma, log_prior);
     if (level >= 1 && level <= RTN_TT_LEVELS) {
         const double off = (double)rtn_tt_i(level - 1) * d1 + (double)rtn_tt_j(level - 1) * d2;
         *state = off < 0.0 ? RTN_STATE_LOW : RTN_STATE_HIGH;
@@ -228,6 +235,33 @@ __device__ int rtn_two_trap_level(const RtnPixels& p, const RtnTwoTrap& w, const
         *state = level == RTN_TT_OUT_OF_TABLE ? RTN_STATE_OUT_OF_TABLE : RTN_STATE_NONE;
     }
     return level;
+}
+
+// The temporal references' two-trap rule (NumpyBackend._two_trap_reference): lambda and de-jumped spread
+// by rtn_two_trap_temporal_lambda from the W window values (reloaded in window order: the median's sort has
+// reordered v) and `median` (adu, the window median's), the veto on that spread, then the decision with the
+// centre rule at that lambda. A NaN lambda `lam` (the window median's) stays NaN, and nothing is vetoed.
+// Returns the level code (RTN_TT_NONE where vetoed); *state gets the STATE_* code.
+template <typename T, int W>
+__device__ int rtn_two_trap_temporal(const T* ring, const int* window_slots, int window, rtn_i64 n, rtn_i64 k,
+                                     int slot, double median, double lam, double g, double k_var, double rn2_e2,
+                                     const RtnPixels& p, const RtnTwoTrap& w, const RtnTable& t, double x,
+                                     int* state) {
+    double lam2 = lam;
+    bool veto = false;
+    if (lam == lam) {
+        double u[W > 0 ? W : RTN_MAX_VALUES];
+        for (int r = 0; r < window; ++r) u[r] = rtn_to_double<T>(ring[(rtn_i64)window_slots[r] * n + k]);
+        double spread_e = 0.0;
+        lam2 = rtn_two_trap_temporal_lambda(u, window, median, p.mu_adu[k], g, p.delta_e[k], w.delta2_e[slot],
+                                            w.tt_sigma_e[slot], w.tt_log_prior + (rtn_i64)RTN_TT_LEVELS * slot,
+                                            w.tt_log_prior_centre[slot], &spread_e);
+        veto = spread_e > k_var * sqrt(lam2 + rn2_e2);
+    }
+    const int level = rtn_two_trap_level(p, w, t, k, slot, x, lam2, g, true, state);
+    if (!veto) return level;
+    *state = RTN_STATE_VETO;
+    return RTN_TT_NONE;
 }
 
 // two_trap.apply_two_trap for one pixel at level `level` (1..8).
@@ -333,13 +367,15 @@ RTN_UNROLL
                 acc = acc + dev * dev;
             }
             const double spread_e = sqrt(acc / (double)window) * g;
-            const double lam = rtn_clamp_lambda((rtn_window_median<W>(v, window) - p.mu_adu[k]) * g);
+            const double median = rtn_window_median<W>(v, window);
+            const double lam = rtn_clamp_lambda((median - p.mu_adu[k]) * g);
             x = ring[(rtn_i64)slot * n + k];
             state = rtn_decide(p, t, k, rtn_to_double<T>(x), lam, g);
-            if (w.n_two > 0 && (tt = w.tt_slot[k]) >= 0) {
-                level = rtn_two_trap_level(p, w, t, k, tt, rtn_to_double<T>(x), lam, g, &state);
-            }
             if (spread_e > k_var * sqrt(lam + rn2_e2[k])) state = RTN_STATE_VETO;
+            if (w.n_two > 0 && (tt = w.tt_slot[k]) >= 0) {  // the two-trap rule replaces state and veto
+                level = rtn_two_trap_temporal<T, W>(ring, window_slots, window, n, k, tt, median, lam, g, k_var,
+                                                    rn2_e2[k], p, w, t, rtn_to_double<T>(x), &state);
+            }
         }
         rtn_finish<T>(p, w, o, k, valid, state, x, tt, level);
     }
@@ -382,7 +418,7 @@ __device__ void rtn_spatial_body(const T* frame, const double* meanbias_adu, int
             x = frame[centre];
             state = rtn_decide(p, t, k, rtn_to_double<T>(x), lam, g);
             if (w.n_two > 0 && (tt = w.tt_slot[k]) >= 0) {
-                level = rtn_two_trap_level(p, w, t, k, tt, rtn_to_double<T>(x), lam, g, &state);
+                level = rtn_two_trap_level(p, w, t, k, tt, rtn_to_double<T>(x), lam, g, false, &state);
             }
         }
         rtn_finish<T>(p, w, o, k, valid, state, x, tt, level);
@@ -397,7 +433,8 @@ __device__ void rtn_spatial_body(const T* frame, const double* meanbias_adu, int
         const unsigned char *sigma_ok
 #define RTN_TWO_TRAP_PARAMS                                                                                  \
     rtn_i64 n_two, const int *tt_slot, const double *delta2_e, const rtn_i64 *delta2_adu_int,               \
-        const double *delta2_adu_float, const double *tt_sigma_e, const double *tt_log_prior
+        const double *delta2_adu_float, const double *tt_sigma_e, const double *tt_log_prior,                \
+        const double *tt_log_prior_centre
 #define RTN_TABLE_PARAMS \
     const double *lambda_nodes, int n_lambda, const double *q_lo, const double *q_hi, int n_sigma
 #define RTN_OUTPUT_PARAMS                                                                                    \
@@ -405,7 +442,8 @@ __device__ void rtn_spatial_body(const T* frame, const double* meanbias_adu, int
         unsigned *n_veto, unsigned *n_frames, unsigned *n_level
 #define RTN_STRUCTS                                                                                          \
     const RtnPixels p = {index, mu_adu, delta_e, delta_adu_int, delta_adu_float, sigma_j, sigma_w, sigma_ok}; \
-    const RtnTwoTrap w = {n_two, tt_slot, delta2_e, delta2_adu_int, delta2_adu_float, tt_sigma_e, tt_log_prior}; \
+    const RtnTwoTrap w = {n_two,           tt_slot,    delta2_e,     delta2_adu_int,                        \
+                          delta2_adu_float, tt_sigma_e, tt_log_prior, tt_log_prior_centre};                   \
     const RtnTable t = {lambda_nodes, n_lambda, q_lo, q_hi, n_sigma};                                        \
     const RtnOutputs o = {changed_index, changed_value, counts, n_lo, n_hi, n_veto, n_frames, n_level};
 

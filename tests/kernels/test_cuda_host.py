@@ -125,21 +125,27 @@ def test_two_trap_pixels_match(kernels, dtype, scene, bias):
     assert trap2_alone > 0 and combined > 0 and per_level[[1, 6]].sum() > 0, per_level
 
 
+@pytest.mark.parametrize("two_trap_fraction", [0.0, 0.03])
 @pytest.mark.parametrize("reference", ["temporal", "causal", "spatial"])
-def test_nan_pixels_match(kernels, reference):
-    """Float frames with NaN pixels: NaN propagates through the references as in NumPy (no correction)."""
-    series = simulated_series("float32", "flat", 500.0, n_frames=15, seed=4, specials=(np.nan, np.nan))
+def test_nan_pixels_match(kernels, reference, two_trap_fraction):
+    """Float frames with NaN pixels: NaN propagates through the references as in NumPy (no correction);
+    with two-trap pixels too (a NaN window median's lambda stays NaN under their temporal rule)."""
+    series = simulated_series("float32", "flat", 500.0, n_frames=15, seed=4, specials=(np.nan, np.nan),
+                              two_trap_fraction=two_trap_fraction)
     settings = EngineSettings(reference=reference, window=6)
     expected, got = _both(kernels, series.cube, settings, series.frames)
     assert_same_run(expected, got, f"{series.label} {reference}")
 
 
+@pytest.mark.parametrize("two_trap_fraction", [0.0, 0.05])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_nan_and_infinite_windows_match_at_window_10(kernels, dtype):
+def test_nan_and_infinite_windows_match_at_window_10(kernels, dtype, two_trap_fraction):
     """W = 10 (the pruned selection network on the NumPy side, the full sort in the kernel): windows with
-    NaN, +inf and -inf pixels, mixed, give the same decisions, counts and corrected frames."""
+    NaN, +inf and -inf pixels, mixed, give the same decisions, counts and corrected frames (one-trap
+    cubes, and cubes where half the RTN pixels have two traps)."""
     specials = (np.nan, np.inf, -np.inf, np.nan, np.inf, np.nan, -np.inf, np.nan)
-    series = simulated_series(dtype, "flat", 500.0, n_frames=23, seed=6, specials=specials)
+    series = simulated_series(dtype, "flat", 500.0, n_frames=23, seed=6, specials=specials,
+                              two_trap_fraction=two_trap_fraction)
     assert np.isnan(series.frames).any() and np.isinf(series.frames).any()
     for reference in ("temporal", "causal"):
         settings = EngineSettings(reference=reference, window=10)

@@ -27,6 +27,7 @@ from rtnstream.kernels.two_trap import (
     decide_two_trap,
     level_counts,
     level_offsets_e,
+    temporal_lambda_two_trap,
     two_trap_offset_map,
 )
 from tests.kernels._cuda_host import assert_same_run, run_engine
@@ -129,8 +130,10 @@ def test_one_trap_pixels_as_without_second_traps(reference):
     assert want_maps["n_level"].shape == (0, 8) and maps["n_level"].shape == (80, 8)
 
 
-def _window_lambda(st: Stack, t: int, reference: str, params) -> np.ndarray:
-    """The lambda of the two-trap pixels in frame t, computed here with np.median (ALGORITHM.md section 2)."""
+def _reference(st: Stack, t: int, reference: str, params, k_var: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
+    """Lambda and veto of the two-trap pixels in frame t, computed here: spatial, the neighbour median
+    (np.median, ALGORITHM.md section 2), no veto; temporal, the rule of two_trap.temporal_lambda_two_trap
+    on the window (docs/algorithm.md section 9) and the veto on its de-jumped spread."""
     g = params.gain_e_per_adu
     if reference == "spatial":
         ny, nx = st.sensor.shape
@@ -141,19 +144,20 @@ def _window_lambda(st: Stack, t: int, reference: str, params) -> np.ndarray:
             box = frame[max(y - 2, 0):y + 3, max(x - 2, 0):x + 3].copy()
             box[y - max(y - 2, 0), x - max(x - 2, 0)] = np.nan
             lam.append(np.median(box[~np.isnan(box)]))
-        return np.maximum(np.array(lam) * g, 0.0)
+        return np.maximum(np.array(lam) * g, 0.0), np.zeros(len(lam), bool)
     start = window_start(t, st.data.shape[0], 10, reference)
     rows = [k for k in range(start, start + 11) if k != t]
     values = st.data[rows].reshape(10, -1)[:, st.flat2].astype(np.float64)
-    return np.maximum((np.median(values, axis=0) - params.two_trap.mu_adu) * g, 0.0)
+    lam, spread_e = temporal_lambda_two_trap(values, params.two_trap)
+    return lam, spread_e > k_var * np.sqrt(lam + params.rn2_e2[params.two_trap_pos])
 
 
 @pytest.mark.parametrize("reference", REFERENCES)
 def test_two_trap_pixels_follow_the_specification(reference):
-    """The engine's two-trap pixels are kernels/two_trap.py's decision at the reference's lambda (computed
-    here independently) and its correction; vetoed frames (temporal) are left as they are. The per-level
-    counts, the counters n_lo / n_hi (by the level's direction), the per-frame states and the bias offset
-    map follow from those decisions."""
+    """The engine's two-trap pixels are kernels/two_trap.py's decision at the reference's lambda and veto
+    (computed here from the frames; temporal references: its temporal rule, centre rule included) and its
+    correction; vetoed pixel-frames are left as they are. The per-level counts, the counters n_lo / n_hi
+    (by the level's direction), the per-frame states and the bias offset map follow from those decisions."""
     st = _stack(shape=(60, 80), n_frames=40, two_trap_fraction=0.02)
     engine, got, out, maps = _run(st.cube, st.data, reference, track_states=True)
     p = engine.params
@@ -164,10 +168,10 @@ def test_two_trap_pixels_follow_the_specification(reference):
     low = level_offsets_e(two.delta1_e, two.delta2_e) < 0
     for t in range(n):
         x = st.data[t].reshape(-1)[st.flat2]
-        level = decide_two_trap(x.astype(np.float64), _window_lambda(st, t, reference, p), two, get_table(0.003))
+        lam, vetoed = _reference(st, t, reference, p)
+        level = decide_two_trap(x.astype(np.float64), lam, two, get_table(0.003), beat_centre=reference != "spatial")
         states = out[t].states[pos]
-        vetoed = states == STATE_VETO
-        assert reference != "spatial" or not vetoed.any()
+        np.testing.assert_array_equal(states == STATE_VETO, vetoed)
         level[vetoed] = TT_NONE
         np.testing.assert_array_equal(got[t].reshape(-1)[st.flat2], apply_two_trap(x, level, two))
         jumped = (level >= 1) & (level <= 8)
