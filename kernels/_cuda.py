@@ -204,14 +204,18 @@ def source_text(filename: str) -> str:
     return "".join(out)
 
 
-def nvrtc_options(window: int = 0) -> tuple[str, ...]:
-    """NVRTC options of the kernels: :data:`NVRTC_OPTIONS` and the temporal window fixed at compile time.
+def nvrtc_options(window: int = 0, two_trap: bool = True) -> tuple[str, ...]:
+    """NVRTC options of the kernels: :data:`NVRTC_OPTIONS`, the temporal window fixed at compile time and
+    whether two-trap pixels are compiled in.
 
     Parameters
     ----------
     window : int
         Temporal window W (even, in [4, MAX_VALUES]) compiled in (``-DRTN_WINDOW=W``: the window's values
         stay in registers); 0 leaves W a run-time argument (the spatial kernels do not use it).
+    two_trap : bool
+        ``-DRTN_TWO_TRAP=1``: the kernels correct two-trap pixels; 0: their code is compiled out, for cubes
+        without any (the kernels keep the registers, hence the occupancy, of one-trap pixels alone).
 
     Raises
     ------
@@ -220,15 +224,15 @@ def nvrtc_options(window: int = 0) -> tuple[str, ...]:
     """
     if window != 0 and not (4 <= window <= MAX_VALUES and window % 2 == 0):
         raise ValueError(f"window must be 0 or even in [4, {MAX_VALUES}], got {window!r}")
-    return (*NVRTC_OPTIONS, f"-DRTN_WINDOW={int(window)}")
+    return (*NVRTC_OPTIONS, f"-DRTN_WINDOW={int(window)}", f"-DRTN_TWO_TRAP={int(bool(two_trap))}")
 
 
-_modules: dict[tuple[int, str, int], Any] = {}
+_modules: dict[tuple[int, str, int, bool], Any] = {}
 _lock = threading.Lock()
 
 
-def load_module(filename: str, window: int = 0, kernel_names: tuple[str, ...] = ()):
-    """Compile ``kernels/<filename>`` for the current CUDA device (once per device, file and window).
+def load_module(filename: str, window: int = 0, kernel_names: tuple[str, ...] = (), two_trap: bool = True):
+    """Compile ``kernels/<filename>`` for the current CUDA device (once per device, file, window and variant).
 
     Parameters
     ----------
@@ -238,6 +242,8 @@ def load_module(filename: str, window: int = 0, kernel_names: tuple[str, ...] = 
         See :func:`nvrtc_options`.
     kernel_names : tuple of str
         Kernels looked up at once, so that compilation happens here and not at the first launch.
+    two_trap : bool
+        See :func:`nvrtc_options`.
 
     Returns
     -------
@@ -247,11 +253,11 @@ def load_module(filename: str, window: int = 0, kernel_names: tuple[str, ...] = 
     """
     import cupy
 
-    key = (cupy.cuda.runtime.getDevice(), filename, int(window))
+    key = (cupy.cuda.runtime.getDevice(), filename, int(window), bool(two_trap))
     with _lock:
         module = _modules.get(key)
         if module is None:
-            module = cupy.RawModule(code=source_text(filename), options=nvrtc_options(window))
+            module = cupy.RawModule(code=source_text(filename), options=nvrtc_options(window, two_trap))
             module.compile()
             _modules[key] = module
     for name in kernel_names:

@@ -512,7 +512,8 @@ class CupyBackend(KernelBackend):
                 super().__init__(params, table, k_var, spatial_size, n_slots)
             spec = _cuda.TEMPORAL if n_slots else _cuda.SPATIAL
             names = tuple(spec.kernel_name(dtype) for dtype in _cuda.DTYPE_SUFFIX)
-            module = _cuda.load_module(_cuda.CUDA_SOURCES[0], self.window, names)
+            # without two-trap pixels, the build without their code (registers as for one-trap pixels)
+            module = _cuda.load_module(_cuda.CUDA_SOURCES[0], self.window, names, two_trap=params.n_two_trap > 0)
             self._kernels = {name: module.get_function(name) for name in names}
             self._stream.synchronize()
             # Host staging: ring stores alternate between two pinned buffers (the host gathers frame t+1

@@ -46,6 +46,9 @@
 #ifndef RTN_WINDOW
 #define RTN_WINDOW 0  // temporal window W fixed at compile time (-DRTN_WINDOW=10); 0: taken at run time
 #endif
+#ifndef RTN_TWO_TRAP
+#define RTN_TWO_TRAP 1  // two-trap pixels handled; -DRTN_TWO_TRAP=0 compiles their code out (a cube without any:
+#endif                  // the kernels then need the registers, hence the occupancy, of one-trap pixels alone)
 
 typedef long long rtn_i64;
 
@@ -372,7 +375,7 @@ RTN_UNROLL
             x = ring[(rtn_i64)slot * n + k];
             state = rtn_decide(p, t, k, rtn_to_double<T>(x), lam, g);
             if (spread_e > k_var * sqrt(lam + rn2_e2[k])) state = RTN_STATE_VETO;
-            if (w.n_two > 0 && (tt = w.tt_slot[k]) >= 0) {  // the two-trap rule replaces state and veto
+            if (RTN_TWO_TRAP && w.n_two > 0 && (tt = w.tt_slot[k]) >= 0) {  // the two-trap rule: state and veto
                 level = rtn_two_trap_temporal<T, W>(ring, window_slots, window, n, k, tt, median, lam, g, k_var,
                                                     rn2_e2[k], p, w, t, rtn_to_double<T>(x), &state);
             }
@@ -417,7 +420,7 @@ __device__ void rtn_spatial_body(const T* frame, const double* meanbias_adu, int
             const double lam = rtn_clamp_lambda(rtn_neighbour_median(v, c) * g);
             x = frame[centre];
             state = rtn_decide(p, t, k, rtn_to_double<T>(x), lam, g);
-            if (w.n_two > 0 && (tt = w.tt_slot[k]) >= 0) {
+            if (RTN_TWO_TRAP && w.n_two > 0 && (tt = w.tt_slot[k]) >= 0) {
                 level = rtn_two_trap_level(p, w, t, k, tt, rtn_to_double<T>(x), lam, g, false, &state);
             }
         }

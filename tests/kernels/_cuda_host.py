@@ -61,18 +61,22 @@ def find_cxx() -> str | None:
     return None
 
 
-def build_host_library(cxx: str, out_dir: Path, source: str = _cuda.CUDA_SOURCES[0], window: int = 0) -> Path:
+def build_host_library(cxx: str, out_dir: Path, source: str = _cuda.CUDA_SOURCES[0], window: int = 0,
+                       two_trap: bool = True) -> Path:
     """Compile ``kernels/<source>`` for the host into a shared library in ``out_dir``.
 
-    ``window`` > 0 fixes the temporal window at compile time (``-DRTN_WINDOW``), as the CuPy backend does.
+    ``window`` > 0 fixes the temporal window at compile time (``-DRTN_WINDOW``), as the CuPy backend does;
+    ``two_trap=False`` compiles the two-trap code out (``-DRTN_TWO_TRAP=0``, the CuPy backend's build for
+    cubes without two-trap pixels).
 
     Raises
     ------
     RuntimeError
         The compiler failed (its messages included).
     """
-    lib = out_dir / f"{Path(source).stem}_w{window}_host.so"
-    cmd = [cxx, *HOST_FLAGS, f"-DRTN_WINDOW={window}", "-include", str(SHIM), "-x", "c++",
+    lib = out_dir / f"{Path(source).stem}_w{window}_tt{int(two_trap)}_host.so"
+    cmd = [cxx, *HOST_FLAGS, f"-DRTN_WINDOW={window}", f"-DRTN_TWO_TRAP={int(two_trap)}", "-include", str(SHIM),
+           "-x", "c++",
            str(_cuda.SOURCE_DIR / source), "-o", str(lib)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
