@@ -24,7 +24,8 @@
 // pixels) are decided by rtn_two_trap_decide at the neighbour median's lambda (spatial), or by the
 // temporal rule (rtn_two_trap_temporal: lambda, veto and centre rule of its own), and corrected by their
 // level's offset; n_lo / n_hi count them by its direction, n_level[8 * slot + level - 1] per level. With
-// n_two == 0 (a cube of one-trap pixels) tt_slot is not read.
+// n_two == 0 (a cube of one-trap pixels) tt_slot is not read, and the CuPy backend compiles that case with
+// -DRTN_TWO_TRAP=0, without their code (whose registers would lower every pixel's occupancy).
 //
 // Launch: 1-D grid, blockDim a multiple of 32. The grid-stride loop keeps every lane of a warp in the same
 // iteration (warp-uniform trip count), as the warp-aggregated atomics below require. The host shim runs the
@@ -445,8 +446,8 @@ __device__ void rtn_spatial_body(const T* frame, const double* meanbias_adu, int
         unsigned *n_veto, unsigned *n_frames, unsigned *n_level
 #define RTN_STRUCTS                                                                                          \
     const RtnPixels p = {index, mu_adu, delta_e, delta_adu_int, delta_adu_float, sigma_j, sigma_w, sigma_ok}; \
-    const RtnTwoTrap w = {n_two,           tt_slot,    delta2_e,     delta2_adu_int,                        \
-                          delta2_adu_float, tt_sigma_e, tt_log_prior, tt_log_prior_centre};                   \
+    const RtnTwoTrap w = {n_two, tt_slot, delta2_e, delta2_adu_int, delta2_adu_float, tt_sigma_e,           \
+                          tt_log_prior, tt_log_prior_centre};                                                \
     const RtnTable t = {lambda_nodes, n_lambda, q_lo, q_hi, n_sigma};                                        \
     const RtnOutputs o = {changed_index, changed_value, counts, n_lo, n_hi, n_veto, n_frames, n_level};
 
