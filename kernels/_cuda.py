@@ -38,6 +38,10 @@ __all__ = [
     "KernelSpec",
     "TEMPORAL",
     "SPATIAL",
+    "TEMPORAL_TWO_TRAP",
+    "SPATIAL_TWO_TRAP",
+    "KERNELS",
+    "TWO_TRAP_KERNEL",
     "dtype_suffix",
     "source_text",
     "load_module",
@@ -165,6 +169,13 @@ SPATIAL = KernelSpec("rtn_spatial", (
     ("gain", "f64"),
 ) + _PIXEL_PARAMS + _TWO_TRAP_PARAMS + _TABLE_PARAMS + _OUTPUT_PARAMS)
 
+# The two-trap pixels' kernels (one thread each, tt_pos: their positions among the RTN pixels), launched
+# after the main kernel of the reference when the cube has two-trap pixels.
+TEMPORAL_TWO_TRAP = KernelSpec("rtn_temporal_two_trap", TEMPORAL.params + (("tt_pos", "i64*"),))
+SPATIAL_TWO_TRAP = KernelSpec("rtn_spatial_two_trap", SPATIAL.params + (("tt_pos", "i64*"),))
+KERNELS = (TEMPORAL, SPATIAL, TEMPORAL_TWO_TRAP, SPATIAL_TWO_TRAP)
+TWO_TRAP_KERNEL = {TEMPORAL.name: TEMPORAL_TWO_TRAP, SPATIAL.name: SPATIAL_TWO_TRAP}
+
 
 _INCLUDE = re.compile(r'^#include "([^"]+)"[ \t]*$')
 
@@ -204,18 +215,14 @@ def source_text(filename: str) -> str:
     return "".join(out)
 
 
-def nvrtc_options(window: int = 0, two_trap: bool = True) -> tuple[str, ...]:
-    """NVRTC options of the kernels: :data:`NVRTC_OPTIONS`, the temporal window fixed at compile time and
-    whether two-trap pixels are compiled in.
+def nvrtc_options(window: int = 0) -> tuple[str, ...]:
+    """NVRTC options of the kernels: :data:`NVRTC_OPTIONS` and the temporal window fixed at compile time.
 
     Parameters
     ----------
     window : int
         Temporal window W (even, in [4, MAX_VALUES]) compiled in (``-DRTN_WINDOW=W``: the window's values
         stay in registers); 0 leaves W a run-time argument (the spatial kernels do not use it).
-    two_trap : bool
-        ``-DRTN_TWO_TRAP=1``: the kernels correct two-trap pixels; 0: their code is compiled out, for cubes
-        without any (the kernels keep the registers, hence the occupancy, of one-trap pixels alone).
 
     Raises
     ------
@@ -224,15 +231,15 @@ def nvrtc_options(window: int = 0, two_trap: bool = True) -> tuple[str, ...]:
     """
     if window != 0 and not (4 <= window <= MAX_VALUES and window % 2 == 0):
         raise ValueError(f"window must be 0 or even in [4, {MAX_VALUES}], got {window!r}")
-    return (*NVRTC_OPTIONS, f"-DRTN_WINDOW={int(window)}", f"-DRTN_TWO_TRAP={int(bool(two_trap))}")
+    return (*NVRTC_OPTIONS, f"-DRTN_WINDOW={int(window)}")
 
 
-_modules: dict[tuple[int, str, int, bool], Any] = {}
+_modules: dict[tuple[int, str, int], Any] = {}
 _lock = threading.Lock()
 
 
-def load_module(filename: str, window: int = 0, kernel_names: tuple[str, ...] = (), two_trap: bool = True):
-    """Compile ``kernels/<filename>`` for the current CUDA device (once per device, file, window and variant).
+def load_module(filename: str, window: int = 0, kernel_names: tuple[str, ...] = ()):
+    """Compile ``kernels/<filename>`` for the current CUDA device (once per device, file and window).
 
     Parameters
     ----------
@@ -242,8 +249,6 @@ def load_module(filename: str, window: int = 0, kernel_names: tuple[str, ...] = 
         See :func:`nvrtc_options`.
     kernel_names : tuple of str
         Kernels looked up at once, so that compilation happens here and not at the first launch.
-    two_trap : bool
-        See :func:`nvrtc_options`.
 
     Returns
     -------
@@ -253,11 +258,11 @@ def load_module(filename: str, window: int = 0, kernel_names: tuple[str, ...] = 
     """
     import cupy
 
-    key = (cupy.cuda.runtime.getDevice(), filename, int(window), bool(two_trap))
+    key = (cupy.cuda.runtime.getDevice(), filename, int(window))
     with _lock:
         module = _modules.get(key)
         if module is None:
-            module = cupy.RawModule(code=source_text(filename), options=nvrtc_options(window, two_trap))
+            module = cupy.RawModule(code=source_text(filename), options=nvrtc_options(window))
             module.compile()
             _modules[key] = module
     for name in kernel_names:

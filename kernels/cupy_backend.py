@@ -116,19 +116,21 @@ def _check_window_slots(slot: int, window_slots: Sequence[int], n_slots: int) ->
 def _two_trap_arrays(params: PixelParams) -> dict[str, tuple[np.ndarray, Any]]:
     """The kernels' two-trap arguments (``_cuda._TWO_TRAP_PARAMS``) as (host array, dtype).
 
-    ``tt_slot`` (n,) holds each RTN pixel's position among the two-trap pixels (-1: one trap); without
-    two-trap pixels the kernels read none of these, and each is one element.
+    ``tt_slot`` (n,) holds each RTN pixel's position among the two-trap pixels (-1: one trap), ``tt_pos``
+    (n_two,) their positions among the RTN pixels; without two-trap pixels the kernels read none of these,
+    and each is one element.
     """
     n_two = params.n_two_trap
     if n_two == 0:
         return {name: (np.zeros(1), dtype) for name, dtype in (
-            ("tt_slot", np.int32), ("delta2_e", np.float64), ("delta2_adu_int", np.int64),
+            ("tt_slot", np.int32), ("tt_pos", np.int64), ("delta2_e", np.float64), ("delta2_adu_int", np.int64),
             ("delta2_adu_float", np.float64), ("tt_sigma_e", np.float64), ("tt_log_prior", np.float64),
             ("tt_log_prior_centre", np.float64))}
     two = params.two_trap
     slot = np.full(params.n, -1, dtype=np.int32)
     slot[params.two_trap_pos] = np.arange(n_two, dtype=np.int32)
-    return {"tt_slot": (slot, np.int32), "delta2_e": (two.delta2_e, np.float64),
+    return {"tt_slot": (slot, np.int32), "tt_pos": (params.two_trap_pos, np.int64),
+            "delta2_e": (two.delta2_e, np.float64),
             "delta2_adu_int": (two.delta2_adu_int, np.int64), "delta2_adu_float": (two.delta2_adu_float, np.float64),
             "tt_sigma_e": (two.sigma_e, np.float64), "tt_log_prior": (two.log_prior, np.float64),
             "tt_log_prior_centre": (two.log_prior_centre, np.float64)}
@@ -251,8 +253,9 @@ class KernelBackend:
         """Zero the device array ``array`` (a buffer or a row of one; in order with the launches)."""
         raise NotImplementedError
 
-    def _launch(self, kernel_name: str, args: tuple) -> None:
-        """Launch ``kernel_name`` over the RTN pixels (may return before done)."""
+    def _launch(self, kernel_name: str, args: tuple, n_threads: int) -> None:
+        """Launch ``kernel_name`` with ``n_threads`` threads (the RTN pixels, or the two-trap pixels; may
+        return before done)."""
         raise NotImplementedError
 
     def _queue_counts(self, buf: int) -> None:
@@ -299,8 +302,8 @@ class KernelBackend:
         ValueError
             ``dtype`` is not one of the supported frame dtypes.
         """
-        spec = _cuda.TEMPORAL if self.n_slots else _cuda.SPATIAL
-        self._prepare(spec.kernel_name(dtype))
+        for spec in self._specs():
+            self._prepare(spec.kernel_name(dtype))
         dtype = np.dtype(dtype)
         n = self.params.n
         self._dev["changed_value"] = self._zeros((self.N_BUFFERS, n), dtype)
@@ -385,6 +388,12 @@ class KernelBackend:
 
     # ---- shared steps ----------------------------------------------------------------------------------
 
+    def _specs(self) -> tuple[_cuda.KernelSpec, ...]:
+        """The kernels this backend launches: its reference's, and its two-trap kernel if it has two-trap
+        pixels."""
+        spec = _cuda.TEMPORAL if self.n_slots else _cuda.SPATIAL
+        return (spec, _cuda.TWO_TRAP_KERNEL[spec.name]) if self.params.n_two_trap else (spec,)
+
     def _check_frame(self, frame: np.ndarray) -> None:
         if self._dtype is None:
             raise RuntimeError("call reset(dtype) before passing frames")
@@ -401,7 +410,11 @@ class KernelBackend:
         outputs = {name: self._dev[name][buf] for name in ("changed_index", "changed_value", "counts")}
         args = spec.arguments({**self._dev, **self._scalars, **scalars, **outputs}, self._dtype)
         self._clear(outputs["counts"])
-        self._launch(spec.kernel_name(self._dtype), args)
+        self._launch(spec.kernel_name(self._dtype), args, self.params.n)
+        if self.params.n_two_trap:  # then the two-trap pixels, which the kernel above left alone
+            two = _cuda.TWO_TRAP_KERNEL[spec.name]
+            self._launch(two.kernel_name(self._dtype), two.arguments(
+                {**self._dev, **self._scalars, **scalars, **outputs}, self._dtype), self.params.n_two_trap)
         self._queue_counts(buf)
         self._busy[buf] = True
         self._turn = (buf + 1) % self.N_BUFFERS
@@ -510,10 +523,8 @@ class CupyBackend(KernelBackend):
             self.timer: StageTimer | None = None
             with self._stream:
                 super().__init__(params, table, k_var, spatial_size, n_slots)
-            spec = _cuda.TEMPORAL if n_slots else _cuda.SPATIAL
-            names = tuple(spec.kernel_name(dtype) for dtype in _cuda.DTYPE_SUFFIX)
-            # without two-trap pixels, the build without their code (registers as for one-trap pixels)
-            module = _cuda.load_module(_cuda.CUDA_SOURCES[0], self.window, names, two_trap=params.n_two_trap > 0)
+            names = tuple(spec.kernel_name(dtype) for spec in self._specs() for dtype in _cuda.DTYPE_SUFFIX)
+            module = _cuda.load_module(_cuda.CUDA_SOURCES[0], self.window, names)
             self._kernels = {name: module.get_function(name) for name in names}
             self._stream.synchronize()
             # Host staging: ring stores alternate between two pinned buffers (the host gathers frame t+1
@@ -596,8 +607,8 @@ class CupyBackend(KernelBackend):
         if array.nbytes:
             self._cupy.cuda.runtime.memsetAsync(array.data.ptr, 0, array.nbytes, self._stream.ptr)
 
-    def _launch(self, kernel_name: str, args: tuple) -> None:
-        blocks = -(-self.params.n // BLOCK_THREADS)
+    def _launch(self, kernel_name: str, args: tuple, n_threads: int) -> None:
+        blocks = -(-n_threads // BLOCK_THREADS)
         with self._device_stage("kernel"), self._stream:
             self._kernels[kernel_name]((blocks,), (BLOCK_THREADS,), args)
 

@@ -9,23 +9,25 @@
 // system headers (the host build force-includes cuda_host_shim.h); the one include, rtn_two_trap.cuh (the
 // two-trap decision), is inlined by rtnstream.kernels._cuda.source_text for NVRTC, which has no include path.
 //
-// Two kernels, one template body each, exposed as extern "C" wrappers named by frame dtype
+// Four kernels, one template body each, exposed as extern "C" wrappers named by frame dtype
 // (rtn_temporal_u16, rtn_spatial_f32, ...), whose parameter lists are described once on the Python side
-// (rtnstream.kernels._cuda.TEMPORAL / SPATIAL):
+// (rtnstream.kernels._cuda.TEMPORAL / SPATIAL / TEMPORAL_TWO_TRAP / SPATIAL_TWO_TRAP):
 //   rtn_temporal_<dt>  ring buffer of gathered RTN pixels -> temporal median reference, variability veto,
 //                      decision, saturating correction, counters (one launch per frame, both temporal modes)
 //   rtn_spatial_<dt>   whole frame on the device -> median of the bias-subtracted k x k neighbours without
 //                      the centre, decision, correction, counters (one launch per frame)
-// Both write the corrected pixels compacted (flat index, new value; order not deterministic, indices unique)
+//   rtn_temporal_two_trap_<dt>, rtn_spatial_two_trap_<dt>  the same for the two-trap pixels only (one thread
+//                      each, launched after the kernel above when the cube has any; that one skips them)
+// All write the corrected pixels compacted (flat index, new value; order not deterministic, indices unique)
 // for the host to scatter into its copy of the frame, the per-frame counts by decision code, and add to the
 // per-pixel counters n_lo, n_hi, n_veto, n_frames.
 //
 // Two-trap pixels (docs/algorithm.md section 9; tt_slot[k] >= 0, their position among the n_two two-trap
-// pixels) are decided by rtn_two_trap_decide at the neighbour median's lambda (spatial), or by the
-// temporal rule (rtn_two_trap_temporal: lambda, veto and centre rule of its own), and corrected by their
-// level's offset; n_lo / n_hi count them by its direction, n_level[8 * slot + level - 1] per level. With
-// n_two == 0 (a cube of one-trap pixels) tt_slot is not read, and the CuPy backend compiles that case with
-// -DRTN_TWO_TRAP=0, without their code (whose registers would lower every pixel's occupancy).
+// pixels, tt_pos the reverse) are decided by rtn_two_trap_decide at the neighbour median's lambda (spatial),
+// or by the temporal rule (rtn_two_trap_temporal: lambda, veto and centre rule of its own), and corrected by
+// their level's offset; n_lo / n_hi count them by its direction, n_level[8 * slot + level - 1] per level.
+// Their own kernels keep their code (and its registers: the main kernels' occupancy) out of the main
+// kernels, and their warps full of them. With n_two == 0 (a cube of one-trap pixels) tt_slot is not read.
 //
 // Launch: 1-D grid, blockDim a multiple of 32. The grid-stride loop keeps every lane of a warp in the same
 // iteration (warp-uniform trip count), as the warp-aggregated atomics below require. The host shim runs the
@@ -47,9 +49,6 @@
 #ifndef RTN_WINDOW
 #define RTN_WINDOW 0  // temporal window W fixed at compile time (-DRTN_WINDOW=10); 0: taken at run time
 #endif
-#ifndef RTN_TWO_TRAP
-#define RTN_TWO_TRAP 1  // two-trap pixels handled; -DRTN_TWO_TRAP=0 compiles their code out (a cube without any:
-#endif                  // the kernels then need the registers, hence the occupancy, of one-trap pixels alone)
 
 typedef long long rtn_i64;
 
@@ -301,11 +300,12 @@ struct RtnOutputs {
     unsigned* n_level;       // (n_two, 8): the two-trap pixels' corrections per level over the series
 };
 
-// Count, correct and record pixel k (every lane of the warp calls this; lanes past n with valid = false);
-// tt >= 0: a two-trap pixel (its slot), corrected by level `level`.
+// Count, correct and record pixel k (every lane of the warp calls this; lanes past the end, and in the main
+// kernels two-trap pixels, with valid = false): `corrected` is its new value where state is LOW or HIGH,
+// `level_count` (two-trap pixels) the per-level counter to raise then, or nullptr.
 template <typename T>
-__device__ void rtn_finish(const RtnPixels& p, const RtnTwoTrap& w, const RtnOutputs& o, rtn_i64 k, bool valid,
-                           int state, T x, int tt, int level) {
+__device__ void rtn_finish(const RtnPixels& p, const RtnOutputs& o, rtn_i64 k, bool valid, int state, T corrected,
+                           unsigned* level_count) {
     const int code = valid ? state : -1;
     const unsigned peers = __match_any_sync(RTN_FULL_MASK, code);
     if (code > RTN_STATE_NONE && rtn_lane() == (unsigned)(__ffs(peers) - 1)) {
@@ -322,11 +322,8 @@ __device__ void rtn_finish(const RtnPixels& p, const RtnTwoTrap& w, const RtnOut
     if (changed) {
         const unsigned pos = base + (unsigned)__popc(movers & ((1u << rtn_lane()) - 1u));
         o.changed_index[pos] = p.index[k];
-        static_cast<T*>(o.changed_value)[pos] =
-            tt >= 0 ? rtn_two_trap_corrected<T>(x, level, p.delta_adu_int[k], w.delta2_adu_int[tt],
-                                                p.delta_adu_float[k], w.delta2_adu_float[tt])
-                    : rtn_corrected<T>(x, code == RTN_STATE_LOW, p.delta_adu_int[k], p.delta_adu_float[k]);
-        if (tt >= 0) o.n_level[(rtn_i64)RTN_TT_LEVELS * tt + level - 1] += 1u;
+        static_cast<T*>(o.changed_value)[pos] = corrected;
+        if (level_count != nullptr) *level_count += 1u;
     }
     if (valid) {
         o.n_lo[k] += code == RTN_STATE_LOW ? 1u : 0u;
@@ -336,59 +333,128 @@ __device__ void rtn_finish(const RtnPixels& p, const RtnTwoTrap& w, const RtnOut
     }
 }
 
+// The one-trap correction of pixel k in state `state` (x itself unless LOW or HIGH).
+template <typename T>
+__device__ __forceinline__ T rtn_one_trap_value(const RtnPixels& p, rtn_i64 k, int state, T x) {
+    const bool changed = state == RTN_STATE_LOW || state == RTN_STATE_HIGH;
+    return changed ? rtn_corrected<T>(x, state == RTN_STATE_LOW, p.delta_adu_int[k], p.delta_adu_float[k]) : x;
+}
+
+// Pixel k is left to the two-trap kernels (tt_slot[k] >= 0; not read without two-trap pixels).
+__device__ __forceinline__ bool rtn_is_two_trap(const RtnTwoTrap& w, rtn_i64 k) {
+    return w.n_two > 0 && w.tt_slot[k] >= 0;
+}
+
 // ---- temporal reference (centred and causal) ------------------------------------------------------------
 
 // ring: (n_slots, n) RTN pixel values of the last frames; window_slots: the W reference slots in time order.
 // W > 0: the window fixed at compile time (the host passes window == W); W == 0: ``window`` at run time.
+
+// Pixel k's temporal reference: lambda (electron) of the window median, *median (adu) and *spread_e (the
+// window's standard deviation, electron, for the veto); v (W values) is left sorted.
+template <typename T, int W>
+__device__ __forceinline__ double rtn_temporal_reference(const T* ring, const int* window_slots, int window, rtn_i64 n,
+                                                         rtn_i64 k, double g, double mu, double* v, double* median,
+                                                         double* spread_e) {
+    v[0] = rtn_to_double<T>(ring[(rtn_i64)window_slots[0] * n + k]);
+    double acc = v[0];
+RTN_UNROLL
+    for (int r = 1; r < window; ++r) {
+        v[r] = rtn_to_double<T>(ring[(rtn_i64)window_slots[r] * n + k]);
+        acc = acc + v[r];
+    }
+    const double mean = acc / (double)window;
+    double dev = v[0] - mean;
+    acc = dev * dev;
+RTN_UNROLL
+    for (int r = 1; r < window; ++r) {
+        dev = v[r] - mean;
+        acc = acc + dev * dev;
+    }
+    *spread_e = sqrt(acc / (double)window) * g;
+    *median = rtn_window_median<W>(v, window);
+    return rtn_clamp_lambda((*median - mu) * g);
+}
+
 template <typename T, int W>
 __device__ void rtn_temporal_body(const T* ring, const int* window_slots, int window_run, int slot, rtn_i64 n,
                                   double g, double k_var, const double* rn2_e2, const RtnPixels& p,
                                   const RtnTwoTrap& w, const RtnTable& t, const RtnOutputs& o) {
     const rtn_i64 stride = (rtn_i64)blockDim.x * gridDim.x;
+    const int window = W > 0 ? W : window_run;
     for (rtn_i64 first = (rtn_i64)blockIdx.x * blockDim.x; first < n; first += stride) {
         const rtn_i64 k = first + threadIdx.x;
-        const bool valid = k < n;
+        const bool valid = k < n && !rtn_is_two_trap(w, k);
         int state = RTN_STATE_NONE;
-        int tt = -1;  // two-trap slot of pixel k (-1: one trap)
-        int level = RTN_TT_NONE;
         T x = 0;
         if (valid) {
-            const int window = W > 0 ? W : window_run;
             double v[W > 0 ? W : RTN_MAX_VALUES];
-            v[0] = rtn_to_double<T>(ring[(rtn_i64)window_slots[0] * n + k]);
-            double acc = v[0];
-RTN_UNROLL
-            for (int r = 1; r < window; ++r) {
-                v[r] = rtn_to_double<T>(ring[(rtn_i64)window_slots[r] * n + k]);
-                acc = acc + v[r];
-            }
-            const double mean = acc / (double)window;
-            double dev = v[0] - mean;
-            acc = dev * dev;
-RTN_UNROLL
-            for (int r = 1; r < window; ++r) {
-                dev = v[r] - mean;
-                acc = acc + dev * dev;
-            }
-            const double spread_e = sqrt(acc / (double)window) * g;
-            const double median = rtn_window_median<W>(v, window);
-            const double lam = rtn_clamp_lambda((median - p.mu_adu[k]) * g);
+            double median, spread_e;
+            const double lam = rtn_temporal_reference<T, W>(ring, window_slots, window, n, k, g, p.mu_adu[k], v,
+                                                            &median, &spread_e);
             x = ring[(rtn_i64)slot * n + k];
             state = rtn_decide(p, t, k, rtn_to_double<T>(x), lam, g);
             if (spread_e > k_var * sqrt(lam + rn2_e2[k])) state = RTN_STATE_VETO;
-            if (RTN_TWO_TRAP && w.n_two > 0 && (tt = w.tt_slot[k]) >= 0) {  // the two-trap rule: state and veto
-                level = rtn_two_trap_temporal<T, W>(ring, window_slots, window, n, k, tt, median, lam, g, k_var,
-                                                    rn2_e2[k], p, w, t, rtn_to_double<T>(x), &state);
-            }
         }
-        rtn_finish<T>(p, w, o, k, valid, state, x, tt, level);
+        rtn_finish<T>(p, o, k, valid, state, rtn_one_trap_value<T>(p, k, valid ? state : RTN_STATE_NONE, x), nullptr);
+    }
+}
+
+// The two-trap pixels (tt_pos: their RTN pixel positions, n_two of them) with the temporal rule.
+template <typename T, int W>
+__device__ void rtn_temporal_two_trap_body(const T* ring, const int* window_slots, int window_run, int slot, rtn_i64 n,
+                                           double g, double k_var, const double* rn2_e2, const RtnPixels& p,
+                                           const RtnTwoTrap& w, const rtn_i64* tt_pos, const RtnTable& t,
+                                           const RtnOutputs& o) {
+    const rtn_i64 stride = (rtn_i64)blockDim.x * gridDim.x;
+    const int window = W > 0 ? W : window_run;
+    for (rtn_i64 first = (rtn_i64)blockIdx.x * blockDim.x; first < w.n_two; first += stride) {
+        const rtn_i64 j = first + threadIdx.x;
+        const bool valid = j < w.n_two;
+        const rtn_i64 k = valid ? tt_pos[j] : 0;
+        int state = RTN_STATE_NONE;
+        T value = 0;
+        unsigned* level_count = nullptr;
+        if (valid) {
+            double v[W > 0 ? W : RTN_MAX_VALUES];
+            double median, spread_e;
+            const double lam = rtn_temporal_reference<T, W>(ring, window_slots, window, n, k, g, p.mu_adu[k], v,
+                                                            &median, &spread_e);
+            const T x = ring[(rtn_i64)slot * n + k];
+            const int level = rtn_two_trap_temporal<T, W>(ring, window_slots, window, n, k, (int)j, median, lam, g,
+                                                          k_var, rn2_e2[k], p, w, t, rtn_to_double<T>(x), &state);
+            value = rtn_two_trap_corrected<T>(x, level, p.delta_adu_int[k], w.delta2_adu_int[j], p.delta_adu_float[k],
+                                              w.delta2_adu_float[j]);
+            if (level >= 1 && level <= RTN_TT_LEVELS) level_count = &o.n_level[(rtn_i64)RTN_TT_LEVELS * j + level - 1];
+        }
+        rtn_finish<T>(p, o, k, valid, state, value, level_count);
     }
 }
 
 // ---- spatial reference ----------------------------------------------------------------------------------
 
 // frame: (ny, nx) whole frame; meanbias_adu: (ny * nx,). Neighbours in a size x size box, centre excluded,
-// only those inside the frame (pixels.neighbour_indices).
+// only those inside the frame (pixels.neighbour_indices). Pixel `centre`'s lambda (electron); v: room for
+// RTN_MAX_VALUES values.
+template <typename T>
+__device__ double rtn_spatial_reference(const T* frame, const double* meanbias_adu, int ny, int nx, int half,
+                                        rtn_i64 centre, double g, double* v) {
+    const rtn_i64 y0 = centre / nx;
+    const rtn_i64 x0 = centre - y0 * nx;
+    int c = 0;
+    for (int dy = -half; dy <= half; ++dy) {
+        const rtn_i64 yy = y0 + dy;
+        if (yy < 0 || yy >= ny) continue;
+        for (int dx = -half; dx <= half; ++dx) {
+            const rtn_i64 xx = x0 + dx;
+            if ((dy == 0 && dx == 0) || xx < 0 || xx >= nx) continue;
+            const rtn_i64 q = yy * nx + xx;
+            v[c++] = rtn_to_double<T>(frame[q]) - meanbias_adu[q];
+        }
+    }
+    return rtn_clamp_lambda(rtn_neighbour_median(v, c) * g);
+}
+
 template <typename T>
 __device__ void rtn_spatial_body(const T* frame, const double* meanbias_adu, int ny, int nx, int size,
                                  rtn_i64 n, double g, const RtnPixels& p, const RtnTwoTrap& w,
@@ -397,35 +463,45 @@ __device__ void rtn_spatial_body(const T* frame, const double* meanbias_adu, int
     const int half = size / 2;
     for (rtn_i64 first = (rtn_i64)blockIdx.x * blockDim.x; first < n; first += stride) {
         const rtn_i64 k = first + threadIdx.x;
-        const bool valid = k < n;
+        const bool valid = k < n && !rtn_is_two_trap(w, k);
         int state = RTN_STATE_NONE;
-        int tt = -1;  // two-trap slot of pixel k (-1: one trap)
-        int level = RTN_TT_NONE;
         T x = 0;
         if (valid) {
             const rtn_i64 centre = p.index[k];
-            const rtn_i64 y0 = centre / nx;
-            const rtn_i64 x0 = centre - y0 * nx;
             double v[RTN_MAX_VALUES];
-            int c = 0;
-            for (int dy = -half; dy <= half; ++dy) {
-                const rtn_i64 yy = y0 + dy;
-                if (yy < 0 || yy >= ny) continue;
-                for (int dx = -half; dx <= half; ++dx) {
-                    const rtn_i64 xx = x0 + dx;
-                    if ((dy == 0 && dx == 0) || xx < 0 || xx >= nx) continue;
-                    const rtn_i64 q = yy * nx + xx;
-                    v[c++] = rtn_to_double<T>(frame[q]) - meanbias_adu[q];
-                }
-            }
-            const double lam = rtn_clamp_lambda(rtn_neighbour_median(v, c) * g);
+            const double lam = rtn_spatial_reference<T>(frame, meanbias_adu, ny, nx, half, centre, g, v);
             x = frame[centre];
             state = rtn_decide(p, t, k, rtn_to_double<T>(x), lam, g);
-            if (RTN_TWO_TRAP && w.n_two > 0 && (tt = w.tt_slot[k]) >= 0) {
-                level = rtn_two_trap_level(p, w, t, k, tt, rtn_to_double<T>(x), lam, g, false, &state);
-            }
         }
-        rtn_finish<T>(p, w, o, k, valid, state, x, tt, level);
+        rtn_finish<T>(p, o, k, valid, state, rtn_one_trap_value<T>(p, k, valid ? state : RTN_STATE_NONE, x), nullptr);
+    }
+}
+
+// The two-trap pixels (tt_pos: their RTN pixel positions) at the neighbour median's lambda.
+template <typename T>
+__device__ void rtn_spatial_two_trap_body(const T* frame, const double* meanbias_adu, int ny, int nx, int size,
+                                          rtn_i64 /* n: the launch covers n_two */, double g, const RtnPixels& p, const RtnTwoTrap& w,
+                                          const rtn_i64* tt_pos, const RtnTable& t, const RtnOutputs& o) {
+    const rtn_i64 stride = (rtn_i64)blockDim.x * gridDim.x;
+    const int half = size / 2;
+    for (rtn_i64 first = (rtn_i64)blockIdx.x * blockDim.x; first < w.n_two; first += stride) {
+        const rtn_i64 j = first + threadIdx.x;
+        const bool valid = j < w.n_two;
+        const rtn_i64 k = valid ? tt_pos[j] : 0;
+        int state = RTN_STATE_NONE;
+        T value = 0;
+        unsigned* level_count = nullptr;
+        if (valid) {
+            const rtn_i64 centre = p.index[k];
+            double v[RTN_MAX_VALUES];
+            const double lam = rtn_spatial_reference<T>(frame, meanbias_adu, ny, nx, half, centre, g, v);
+            const T x = frame[centre];
+            const int level = rtn_two_trap_level(p, w, t, k, (int)j, rtn_to_double<T>(x), lam, g, false, &state);
+            value = rtn_two_trap_corrected<T>(x, level, p.delta_adu_int[k], w.delta2_adu_int[j], p.delta_adu_float[k],
+                                              w.delta2_adu_float[j]);
+            if (level >= 1 && level <= RTN_TT_LEVELS) level_count = &o.n_level[(rtn_i64)RTN_TT_LEVELS * j + level - 1];
+        }
+        rtn_finish<T>(p, o, k, valid, state, value, level_count);
     }
 }
 
@@ -463,6 +539,20 @@ __device__ void rtn_spatial_body(const T* frame, const double* meanbias_adu, int
         RTN_PIXEL_PARAMS, RTN_TWO_TRAP_PARAMS, RTN_TABLE_PARAMS, RTN_OUTPUT_PARAMS) {                        \
         RTN_STRUCTS                                                                                          \
         rtn_spatial_body<T>(frame, meanbias_adu, ny, nx, size, n, gain, p, w, t, o);                         \
+    }                                                                                                        \
+    extern "C" __global__ void rtn_temporal_two_trap_##SUFFIX(                                               \
+        const T *ring, const int *window_slots, int window, int slot, rtn_i64 n, double gain, double k_var,  \
+        const double *rn2_e2, RTN_PIXEL_PARAMS, RTN_TWO_TRAP_PARAMS, RTN_TABLE_PARAMS, RTN_OUTPUT_PARAMS,    \
+        const rtn_i64 *tt_pos) {                                                                             \
+        RTN_STRUCTS                                                                                          \
+        rtn_temporal_two_trap_body<T, RTN_WINDOW>(ring, window_slots, window, slot, n, gain, k_var, rn2_e2, p, w, \
+                                                  tt_pos, t, o);                                             \
+    }                                                                                                        \
+    extern "C" __global__ void rtn_spatial_two_trap_##SUFFIX(                                                \
+        const T *frame, const double *meanbias_adu, int ny, int nx, int size, rtn_i64 n, double gain,        \
+        RTN_PIXEL_PARAMS, RTN_TWO_TRAP_PARAMS, RTN_TABLE_PARAMS, RTN_OUTPUT_PARAMS, const rtn_i64 *tt_pos) { \
+        RTN_STRUCTS                                                                                          \
+        rtn_spatial_two_trap_body<T>(frame, meanbias_adu, ny, nx, size, n, gain, p, w, tt_pos, t, o);        \
     }
 
 RTN_WRAPPERS(u8, unsigned char)

@@ -61,22 +61,18 @@ def find_cxx() -> str | None:
     return None
 
 
-def build_host_library(cxx: str, out_dir: Path, source: str = _cuda.CUDA_SOURCES[0], window: int = 0,
-                       two_trap: bool = True) -> Path:
+def build_host_library(cxx: str, out_dir: Path, source: str = _cuda.CUDA_SOURCES[0], window: int = 0) -> Path:
     """Compile ``kernels/<source>`` for the host into a shared library in ``out_dir``.
 
-    ``window`` > 0 fixes the temporal window at compile time (``-DRTN_WINDOW``), as the CuPy backend does;
-    ``two_trap=False`` compiles the two-trap code out (``-DRTN_TWO_TRAP=0``, the CuPy backend's build for
-    cubes without two-trap pixels).
+    ``window`` > 0 fixes the temporal window at compile time (``-DRTN_WINDOW``), as the CuPy backend does.
 
     Raises
     ------
     RuntimeError
         The compiler failed (its messages included).
     """
-    lib = out_dir / f"{Path(source).stem}_w{window}_tt{int(two_trap)}_host.so"
-    cmd = [cxx, *HOST_FLAGS, f"-DRTN_WINDOW={window}", f"-DRTN_TWO_TRAP={int(two_trap)}", "-include", str(SHIM),
-           "-x", "c++",
+    lib = out_dir / f"{Path(source).stem}_w{window}_host.so"
+    cmd = [cxx, *HOST_FLAGS, f"-DRTN_WINDOW={window}", "-include", str(SHIM), "-x", "c++",
            str(_cuda.SOURCE_DIR / source), "-o", str(lib)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -90,7 +86,7 @@ class HostKernels:
     def __init__(self, path: Path) -> None:
         self._lib = ctypes.CDLL(str(path))
         self._fns: dict[str, Callable] = {}
-        for spec in (_cuda.TEMPORAL, _cuda.SPATIAL):
+        for spec in _cuda.KERNELS:
             argtypes = [_CTYPES.get(kind, ctypes.c_void_p) for _name, kind in spec.params]
             for dtype in _cuda.DTYPE_SUFFIX:
                 fn = getattr(self._lib, spec.kernel_name(dtype))
@@ -136,7 +132,7 @@ class HostKernelBackend(KernelBackend):
     def _clear(self, array: np.ndarray) -> None:
         array.fill(0)
 
-    def _launch(self, kernel_name: str, args: tuple) -> None:
+    def _launch(self, kernel_name: str, args: tuple, n_threads: int) -> None:
         self._kernels.launch(kernel_name, args)
 
     def _queue_counts(self, buf: int) -> None:

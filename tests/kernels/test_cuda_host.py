@@ -223,25 +223,6 @@ def test_window_fixed_at_compile_time_matches(tmp_path, dtype):
         assert sum(f.counts.low + f.counts.high for f in expected[0]) > 0
 
 
-@pytest.mark.parametrize("window", [0, 10])
-def test_build_without_two_trap_code_matches(tmp_path, window):
-    """The build the CuPy backend runs for cubes without two-trap pixels (-DRTN_TWO_TRAP=0) gives the NumPy
-    engine's output on them."""
-    one_trap = HostKernels(build_host_library(CXX, tmp_path, window=window, two_trap=False))
-    for dtype in ("uint16", "float32"):
-        series = simulated_series(dtype, "varying", 500.0, n_frames=23, seed=6)
-        assert series.cube.rtn.two_trap.sum() == 0
-        for reference in REFERENCES if window == 0 else ("temporal", "causal"):
-            settings = EngineSettings(reference=reference, window=window or 6)
-            expected, got = _both(one_trap, series.cube, settings, series.frames)
-            assert_same_run(expected, got, f"{series.label} RTN_TWO_TRAP=0 W={window} {reference}")
-
-
-def test_nvrtc_options():
-    assert _cuda.nvrtc_options(10)[-2:] == ("-DRTN_WINDOW=10", "-DRTN_TWO_TRAP=1")
-    assert _cuda.nvrtc_options(0, two_trap=False)[-1] == "-DRTN_TWO_TRAP=0"
-
-
 def _backends(kernels, cube, table, n_slots, spatial_size=5):
     from rtnstream.kernels.pixels import PixelParams
 
@@ -366,7 +347,6 @@ def test_source_constants_match_python():
         "RTN_STATE_VETO": STATE_VETO, "RTN_STATE_OUT_OF_TABLE": STATE_OUT_OF_TABLE,
         "RTN_COUNT_CHANGED": _cuda.COUNT_CHANGED, "RTN_MAX_VALUES": _cuda.MAX_VALUES,
         "RTN_WINDOW": 0,  # the default: W a run-time argument (nvrtc_options(W) fixes it at compile time)
-        "RTN_TWO_TRAP": 1,  # the default: two-trap pixels compiled in (nvrtc_options(two_trap=False): out)
     }
     assert _cuda.N_COUNTS == _cuda.COUNT_CHANGED + 1
 

@@ -1,10 +1,10 @@
-"""The two builds of ``kernels/rtn_correct.cu`` the CuPy backend compiles (two-trap code in or out), under NVRTC
-with CuPy's options: no FTZ, no FMA, every kernel, and the one-trap build without the two-trap code.
+"""The two-trap pixels have kernels of their own: the main kernels carry none of their code (NVRTC, CuPy's options).
 
-``test_cuda_nvrtc.py`` checks the default build (two-trap pixels compiled in); the CuPy backend compiles
-``-DRTN_TWO_TRAP=0`` for cubes without two-trap pixels, so that their kernels need the registers of
-one-trap pixels alone (ptxas for sm_90: temporal W = 10 52 registers, spatial 40; with the two-trap code
-128 and 58).
+A kernel's registers are the most any of its paths needs, so the two-trap rule inside the main kernels would
+lower the occupancy of every pixel (ptxas for sm_90, W = 10: the temporal kernel went from 52 registers to
+128). With the two-trap pixels in ``rtn_temporal_two_trap_*`` / ``rtn_spatial_two_trap_*`` the main kernels
+only test ``tt_slot`` (ptxas: 50 and 40 registers, as without two-trap pixels). ``test_cuda_nvrtc.py`` checks
+every kernel for FTZ, FMA and presence.
 """
 
 from __future__ import annotations
@@ -19,31 +19,26 @@ from tests.kernels.test_cuda_nvrtc import CUPY_APPENDED, NVRTC, nvrtc_ptx
 pytestmark = pytest.mark.skipif(NVRTC is None, reason="libnvrtc not loadable (pip install nvidia-cuda-nvrtc-cu12)")
 
 
-@pytest.fixture(scope="module")
-def ptx() -> dict[bool, str]:
-    source = _cuda.source_text(_cuda.CUDA_SOURCES[0])
-    return {two_trap: nvrtc_ptx(source, (*_cuda.nvrtc_options(10, two_trap), *CUPY_APPENDED))
-            for two_trap in (True, False)}
+@pytest.fixture(scope="module", params=[10, 0], ids=["window10", "window-run-time"])
+def entries(request) -> dict[str, str]:
+    """PTX body of every kernel, by name."""
+    ptx = nvrtc_ptx(_cuda.source_text(_cuda.CUDA_SOURCES[0]), (*_cuda.nvrtc_options(request.param), *CUPY_APPENDED))
+    return {m[1]: m[2] for m in re.finditer(r"\.entry (\w+)\((.*?)\n}\n", ptx, re.S)}
 
 
-@pytest.mark.parametrize("two_trap", [True, False])
-def test_both_builds_keep_ieee_and_every_kernel(ptx, two_trap):
-    text = ptx[two_trap]
-    assert not re.search(r"\.ftz\b", text)
-    assert not re.search(r"\bfma\.", text)
-    names = set(re.findall(r"\.entry (\w+)\(", text))
-    assert names == {spec.kernel_name(d) for spec in (_cuda.TEMPORAL, _cuda.SPATIAL) for d in _cuda.DTYPE_SUFFIX}
-
-
-def test_one_trap_build_has_no_two_trap_code(ptx):
-    """The two-trap code takes square roots (rtn_two_trap_decide's width, the six of rtn_tt_log) and reads
-    tt_slot: the one-trap build has the square roots of the variability veto and the spread only, and no
-    load through tt_slot (its parameter stays, unread)."""
-    sqrt = {k: len(re.findall(r"\bsqrt\.rn\.f64\b", text)) for k, text in ptx.items()}
-    assert sqrt[False] < sqrt[True] / 4, sqrt
-    per_kernel = {k: re.split(r"\.entry ", text)[1:] for k, text in ptx.items()}
-    tt_index = [name for name, _kind in _cuda.TEMPORAL.params].index("tt_slot")
-    for body in per_kernel[False]:
-        if body.startswith("rtn_temporal"):
-            assert f"_param_{tt_index}]" not in body  # tt_slot never loaded
-    assert any(f"_param_{tt_index}]" in body for body in per_kernel[True] if body.startswith("rtn_temporal"))
+def test_main_kernels_leave_two_trap_pixels_to_their_kernels(entries):
+    """Per frame dtype: the main kernels take two square roots per pixel (temporal: spread and veto bound;
+    spatial: none) and read tt_slot; the two-trap kernels take the two-trap decision's (its width, the
+    temporal rule's logarithms by roots) and read tt_pos."""
+    assert len(entries) == 4 * len(_cuda.DTYPE_SUFFIX)
+    for dtype in _cuda.DTYPE_SUFFIX:
+        sqrt = {spec.name: len(re.findall(r"\bsqrt\.rn\.f64\b", entries[spec.kernel_name(dtype)]))
+                for spec in _cuda.KERNELS}
+        assert sqrt["rtn_temporal"] <= 2 and sqrt["rtn_spatial"] == 0, (dtype, sqrt)
+        assert sqrt["rtn_temporal_two_trap"] > 8 and sqrt["rtn_spatial_two_trap"] >= 1, (dtype, sqrt)
+        for spec in _cuda.KERNELS:
+            names = [name for name, _kind in spec.params]
+            body = entries[spec.kernel_name(dtype)]
+            loads = {name: f"_param_{names.index(name)}]" in body for name in ("tt_slot", "tt_pos") if name in names}
+            two = spec in _cuda.TWO_TRAP_KERNEL.values()
+            assert loads == ({"tt_slot": False, "tt_pos": True} if two else {"tt_slot": True}), (spec.name, loads)
