@@ -408,13 +408,12 @@ class KernelBackend:
         if self._busy[buf]:
             raise RuntimeError(f"{self.N_BUFFERS} frames are submitted and not collected: collect one first")
         outputs = {name: self._dev[name][buf] for name in ("changed_index", "changed_value", "counts")}
-        args = spec.arguments({**self._dev, **self._scalars, **scalars, **outputs}, self._dtype)
+        values = {**self._dev, **self._scalars, **scalars, **outputs}
         self._clear(outputs["counts"])
-        self._launch(spec.kernel_name(self._dtype), args, self.params.n)
+        self._launch(spec.kernel_name(self._dtype), spec.arguments(values, self._dtype), self.params.n)
         if self.params.n_two_trap:  # then the two-trap pixels, which the kernel above left alone
             two = _cuda.TWO_TRAP_KERNEL[spec.name]
-            self._launch(two.kernel_name(self._dtype), two.arguments(
-                {**self._dev, **self._scalars, **scalars, **outputs}, self._dtype), self.params.n_two_trap)
+            self._launch(two.kernel_name(self._dtype), two.arguments(values, self._dtype), self.params.n_two_trap)
         self._queue_counts(buf)
         self._busy[buf] = True
         self._turn = (buf + 1) % self.N_BUFFERS
