@@ -4,7 +4,8 @@ A drop-in twin of :class:`~rtnstream.kernels.numpy_backend.NumpyBackend` (same c
 bit-identical output, docs/cuda.md). Per frame, only the RTN pixels travel to the device (gathered on the
 host, on several threads, into pinned memory, copied asynchronously into the device ring buffer of W + 1
 slots); one fused kernel (compiled when the backend is made, with W fixed at compile time) computes the
-reference, veto, decision and correction and writes the corrected pixels compacted; the host then scatters
+reference, veto, decision and correction and writes the corrected pixels compacted (a second one does the
+same for the two-trap pixels, when the cube has any, with their rules); the host then scatters
 those few pixels into the frame (in place) or into a copy. The spatial reference needs every neighbour, so
 there the whole frame goes to the device. The threshold table and the per-pixel parameters stay on the
 device for the life of the backend.
