@@ -264,3 +264,27 @@ def test_pixel_params_of_two_trap_pixels(table):
         np.testing.assert_allclose(two.log_prior, np.log(p1[:, LEVEL_I + 1] * p2[:, LEVEL_J + 1]), rtol=1e-6)
     plain = RTNEngine(_one_trap_view(st.cube)).params
     assert plain.n_two_trap == 0 and plain.two_trap is None
+
+
+@pytest.mark.parametrize("reference", ["temporal", "spatial"])
+def test_dq_flags_of_corrected_two_trap_pixels(reference):
+    """rtnstream.products: a corrected two-trap pixel gets DQF_LOW where its correction went up and DQF_HIGH
+    where it went down (the per-frame flags' meaning for one-trap pixels), DQF_VETOED where vetoed, and
+    DQF_TWO_TRAP always."""
+    from rtnstream.products import DQF_HIGH, DQF_LOW, DQF_TWO_TRAP, DQF_VETOED, FrameModel
+
+    st = _stack(shape=(60, 80), n_frames=40, two_trap_fraction=0.02, scene="varying")
+    engine, got, out, _maps = _run(st.cube, st.data, reference, track_states=True)
+    model = FrameModel(st.cube, engine.params)
+    n_up = n_down = n_veto = 0
+    for t, frame in enumerate(out):
+        dq, _unc, _mask = model.products(frame.data, frame.states, True, "correct", True, False)
+        flags = dq.reshape(-1)[st.flat2]
+        moved = got[t].reshape(-1)[st.flat2].astype(np.int64) - st.data[t].reshape(-1)[st.flat2]
+        assert np.all(flags & DQF_TWO_TRAP)
+        np.testing.assert_array_equal((flags & DQF_LOW) != 0, moved > 0)
+        np.testing.assert_array_equal((flags & DQF_HIGH) != 0, moved < 0)
+        vetoed = frame.states[engine.params.two_trap_pos] == STATE_VETO
+        np.testing.assert_array_equal((flags & DQF_VETOED) != 0, vetoed)
+        n_up, n_down, n_veto = n_up + (moved > 0).sum(), n_down + (moved < 0).sum(), n_veto + vetoed.sum()
+    assert n_up > 0 and n_down > 0 and (n_veto > 0) == (reference == "temporal")
