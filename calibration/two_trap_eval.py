@@ -6,8 +6,10 @@ a calibration bias stack fitted as ``fit_bias_stack`` does (candidates by the An
 three-level fit and its rules, then :func:`~rtnstream.calibration.two_trap.fit_two_trap_candidates`), and a
 held-out bias stack corrected with the fitted parameters: two-trap pixels by
 :func:`~rtnstream.kernels.two_trap.decide_two_trap`, accepted one-trap pixels by the same function with
-``D2 = 0`` (which is the section 3 decision), everything against the temporal median reference of
-ALGORITHM.md section 2 (W = 10, sliding at the ends).
+``D2 = 0`` (which is the section 3 decision), against the spatial or the temporal reference of ALGORITHM.md
+section 2 (W = 10, sliding at the ends); with the temporal one the fitted two-trap pixels take the rule of
+docs/algorithm.md section 9 ("Temporal reference": :func:`~rtnstream.kernels.two_trap.temporal_lambda_two_trap`
+and the centre rule), or phase 1's window median, and optionally the engine's variability veto.
 """
 
 from __future__ import annotations
@@ -325,11 +327,15 @@ def evaluate(truth: TwoTrapTruth, fit: dict[str, np.ndarray], held_out: tuple[np
     levels = reference == "temporal" and two_trap_temporal == "levels"
     if reference == "temporal":
         lam = temporal_lambda(values, params.mu_adu, g, window)
-        spread = values[window_rows(n_frames, window)].astype(np.float64).std(axis=1) * g
+        if k_var is not None:  # (n_frames, n) electron
+            spread = values[window_rows(n_frames, window)].astype(np.float64).std(axis=1) * g
         if levels and found.any():
             sub = replace(params, **{f.name: getattr(params, f.name)[found] for f in fields(params)
                                      if f.name != "gain_e_per_adu"})
-            lam[:, found], spread[:, found] = temporal_lambda_two_trap_series(values[:, found], sub, window)
+            lam_two, spread_two = temporal_lambda_two_trap_series(values[:, found], sub, window)
+            lam[:, found] = lam_two
+            if k_var is not None:
+                spread[:, found] = spread_two
     elif reference == "spatial":
         if k_var is not None:
             raise ValueError("k_var (the variability veto) applies to the temporal reference only")

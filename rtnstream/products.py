@@ -44,7 +44,7 @@ DQF_LOW = 2  # low-state jump found in this frame (corrected: +D_adu; masking mo
 DQF_HIGH = 4  # high-state jump found in this frame (corrected: -D_adu; masking mode: flagged only)
 DQF_VETOED = 8  # left alone in this frame: the reference window varies (variable source)
 DQF_NOT_CORRECTABLE = 16  # positive jumps unresolvable here: sigma outside the table or signal >= lambda_max
-DQF_TWO_TRAP = 32  # the cube flags this pixel as two-trap (corrected by its combined levels, LOW/HIGH by sign)
+DQF_TWO_TRAP = 32  # the cube flags this pixel as two-trap (two independent traps, docs/algorithm.md section 9)
 DQF_ANOMALOUS = 64  # the cube flags an anomalous mean or standard deviation
 DQF_HOT = 128  # the cube flags a hot pixel
 
