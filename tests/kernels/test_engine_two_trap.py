@@ -14,7 +14,7 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from rtnstream.kernels.cube import RTNCube, RTNPixels
+from rtnstream.kernels.cube import DQ_TWO_TRAP, RTNCube, RTNPixels
 from rtnstream.kernels.engine import EngineSettings, RTNEngine, window_start
 from rtnstream.kernels.lut import get_table
 from rtnstream.kernels.numpy_backend import STATE_HIGH, STATE_LOW, STATE_NONE, STATE_VETO, NumpyBackend
@@ -104,11 +104,12 @@ def test_two_trap_pixels_reach_their_read_noise(reference):
 
 
 def _one_trap_view(cube: RTNCube) -> RTNCube:
-    """``cube`` without its second traps (every pixel with one trap, the same first-trap columns)."""
+    """``cube`` without its second traps (every pixel with one trap, the same first-trap columns, no
+    DQ_TWO_TRAP)."""
     rtn = cube.rtn
     first = {name: getattr(rtn, name) for name in ("index", "mu_adu", "delta_e", "sigma_e", "frac_c", "frac_lo",
                                                    "frac_hi", "lammax_e")}
-    return dataclasses.replace(cube, rtn=RTNPixels(**first))
+    return dataclasses.replace(cube, rtn=RTNPixels(**first), dq=cube.dq & np.uint16(~DQ_TWO_TRAP & 0xFFFF))
 
 
 @pytest.mark.parametrize("reference", REFERENCES)
