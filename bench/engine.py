@@ -43,15 +43,21 @@ def measure(args, serve: bool = False) -> dict:
     import numpy as np
 
     from rtnstream.kernels.engine import EngineSettings, RTNEngine
-    from rtnstream.kernels.simulate import SensorModel
+    from rtnstream.kernels.simulate import SecondTraps, SensorModel, two_trap_frames, two_trap_true_cube
 
     shape = tuple(args.shape)
     t0 = time.perf_counter()
     sensor = SensorModel.random(shape, rtn_fraction=args.rtn_fraction, seed=0)
-    pristine = [f.data for f in sensor.frames(args.distinct, seed=1)]
+    if args.two_trap_fraction:  # that fraction of all pixels, among the RTN pixels, gets a second trap
+        traps = SecondTraps.random(sensor, args.two_trap_fraction, seed=2)
+        pristine = [f.data for f in two_trap_frames(sensor, traps, args.distinct, seed=1)]
+        cube = two_trap_true_cube(sensor, traps)
+    else:
+        pristine = [f.data for f in sensor.frames(args.distinct, seed=1)]
+        cube = sensor.true_cube()
     in_place = args.in_place and "in_place" in inspect.signature(RTNEngine).parameters
     extra = {"in_place": True} if in_place else {}
-    engine = RTNEngine(sensor.true_cube(), EngineSettings(reference=args.reference, window=args.window),
+    engine = RTNEngine(cube, EngineSettings(reference=args.reference, window=args.window),
                        backend=args.backend, **extra)
     del sensor  # the engine keeps what it needs: the simulated planes can go
     n_pool = max(args.distinct, args.window + 3)  # more buffers than the engine holds at once
@@ -105,6 +111,7 @@ def measure(args, serve: bool = False) -> dict:
     return {
         "bench": "engine", "backend": engine.backend.name, "device": getattr(engine.backend, "device", "cpu"),
         "shape": list(shape), "rtn_fraction": args.rtn_fraction, "n_rtn": engine.n_rtn,
+        "two_trap_fraction": args.two_trap_fraction,
         "window": args.window, "reference": args.reference, "in_place": in_place, "frames": n_frames,
         "frames_out": n_out, "elapsed_s": round(elapsed, 3), "frames_per_s": round(fps, 3),
         "mpix_per_s": round(mpix, 1), "cpu_count": os.cpu_count(),
@@ -167,6 +174,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", type=int, nargs=2, default=(6388, 9576), metavar=("NY", "NX"))
     ap.add_argument("--rtn-fraction", type=float, default=0.05)
+    ap.add_argument("--two-trap-fraction", type=float, default=0.0,
+                    help="fraction of all pixels, taken among the RTN pixels, with a second trap")
     ap.add_argument("--window", type=int, default=10)
     ap.add_argument("--reference", choices=("temporal", "causal", "spatial"), default="temporal")
     ap.add_argument("--frames", type=int, default=30, help="frames pushed and timed (after warm-up)")

@@ -1,9 +1,11 @@
 """The one loader of the CUDA C sources in ``kernels/`` and the description of their kernels' parameters.
 
-The sources are files beside this module (``rtn_correct.cu``), never Python strings. :func:`load_module`
-compiles one with ``cupy.RawModule`` (NVRTC) under explicit options (:data:`NVRTC_OPTIONS`, FMA contraction
-off so float64 results match the NumPy backend bit for bit), after prepending ``#line 1 "<file>"`` so that
-compiler messages point at the real file and line, and caches the module per device. CuPy is imported
+The sources are files beside this module (``rtn_correct.cu`` and the header it includes,
+``rtn_two_trap.cuh``), never Python strings. :func:`load_module` compiles one with ``cupy.RawModule`` (NVRTC)
+under explicit options (:data:`NVRTC_OPTIONS`, FMA contraction off so float64 results match the NumPy backend
+bit for bit), after :func:`source_text` has inlined the included headers (NVRTC has no include path here) with
+``#line`` directives so that compiler messages point at the real file and line, and caches the module per
+device. CuPy is imported
 inside :func:`load_module` only; everything else here is plain NumPy, shared by the CuPy backend and the
 host build of the same sources that the tests run on the CPU.
 
@@ -14,6 +16,7 @@ build derives its ctypes signatures from it.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ import numpy as np
 __all__ = [
     "SOURCE_DIR",
     "CUDA_SOURCES",
+    "CUDA_HEADERS",
     "NVRTC_OPTIONS",
     "nvrtc_options",
     "MAX_VALUES",
@@ -34,6 +38,10 @@ __all__ = [
     "KernelSpec",
     "TEMPORAL",
     "SPATIAL",
+    "TEMPORAL_TWO_TRAP",
+    "SPATIAL_TWO_TRAP",
+    "KERNELS",
+    "TWO_TRAP_KERNEL",
     "dtype_suffix",
     "source_text",
     "load_module",
@@ -41,6 +49,7 @@ __all__ = [
 
 SOURCE_DIR = Path(__file__).resolve().parent
 CUDA_SOURCES = ("rtn_correct.cu",)
+CUDA_HEADERS = ("rtn_two_trap.cuh",)  # the headers a source may include (``#include "<name>"``), inlined
 # --fmad=false: no multiply-add contraction, so every float64 operation rounds as NumPy's does. (CuPy appends
 # -ftz=true after these; rtn_correct.cu converts float32 in explicit PTX, which FTZ does not touch.)
 NVRTC_OPTIONS = ("--std=c++17", "--fmad=false")
@@ -142,34 +151,68 @@ class KernelSpec:
 
 _PIXEL_PARAMS = (("index", "i64*"), ("mu_adu", "f64*"), ("delta_e", "f64*"), ("delta_adu_int", "i64*"),
                  ("delta_adu_float", "f64*"), ("sigma_j", "i32*"), ("sigma_w", "f64*"), ("sigma_ok", "u8*"))
+_TWO_TRAP_PARAMS = (("n_two", "i64"), ("tt_slot", "i32*"), ("delta2_e", "f64*"), ("delta2_adu_int", "i64*"),
+                    ("delta2_adu_float", "f64*"), ("tt_sigma_e", "f64*"), ("tt_log_prior", "f64*"),
+                    ("tt_log_prior_centre", "f64*"))
 _TABLE_PARAMS = (("lambda_nodes", "f64*"), ("n_lambda", "i32"), ("q_lo", "f64*"), ("q_hi", "f64*"),
                  ("n_sigma", "i32"))
 _OUTPUT_PARAMS = (("changed_index", "i64*"), ("changed_value", "T*"), ("counts", "u32*"), ("n_lo", "u32*"),
-                  ("n_hi", "u32*"), ("n_veto", "u32*"), ("n_frames", "u32*"))
+                  ("n_hi", "u32*"), ("n_veto", "u32*"), ("n_frames", "u32*"), ("n_level", "u32*"))
 
 TEMPORAL = KernelSpec("rtn_temporal", (
     ("ring", "T*"), ("window_slots", "i32*"), ("window", "i32"), ("slot", "i32"), ("n", "i64"),
     ("gain", "f64"), ("k_var", "f64"), ("rn2_e2", "f64*"),
-) + _PIXEL_PARAMS + _TABLE_PARAMS + _OUTPUT_PARAMS)
+) + _PIXEL_PARAMS + _TWO_TRAP_PARAMS + _TABLE_PARAMS + _OUTPUT_PARAMS)
 
 SPATIAL = KernelSpec("rtn_spatial", (
     ("frame", "T*"), ("meanbias_adu", "f64*"), ("ny", "i32"), ("nx", "i32"), ("size", "i32"), ("n", "i64"),
     ("gain", "f64"),
-) + _PIXEL_PARAMS + _TABLE_PARAMS + _OUTPUT_PARAMS)
+) + _PIXEL_PARAMS + _TWO_TRAP_PARAMS + _TABLE_PARAMS + _OUTPUT_PARAMS)
+
+# The two-trap pixels' kernels (one thread each, tt_pos: their positions among the RTN pixels), launched
+# after the main kernel of the reference when the cube has two-trap pixels.
+TEMPORAL_TWO_TRAP = KernelSpec("rtn_temporal_two_trap", TEMPORAL.params + (("tt_pos", "i64*"),))
+SPATIAL_TWO_TRAP = KernelSpec("rtn_spatial_two_trap", SPATIAL.params + (("tt_pos", "i64*"),))
+KERNELS = (TEMPORAL, SPATIAL, TEMPORAL_TWO_TRAP, SPATIAL_TWO_TRAP)
+TWO_TRAP_KERNEL = {TEMPORAL.name: TEMPORAL_TWO_TRAP, SPATIAL.name: SPATIAL_TWO_TRAP}
+
+
+_INCLUDE = re.compile(r'^#include "([^"]+)"[ \t]*$')
 
 
 def source_text(filename: str) -> str:
-    """The CUDA source ``kernels/<filename>`` preceded by ``#line 1 "<path>"`` (messages name the file).
+    """The CUDA source ``kernels/<filename>`` as NVRTC compiles it, every ``#include "<header>"`` inlined.
+
+    The text starts with ``#line 1 "<path>"``; an included header (one of :data:`CUDA_HEADERS`) is put in
+    place of its ``#include`` line between ``#line 1 "<header path>"`` and ``#line <next line> "<path>"``
+    (its ``#pragma once`` blanked), so compiler messages name the real file and line everywhere.
 
     Raises
     ------
     ValueError
-        ``filename`` is not one of :data:`CUDA_SOURCES`.
+        ``filename`` is not one of :data:`CUDA_SOURCES`, or it includes a file that is not one of
+        :data:`CUDA_HEADERS`.
     """
     if filename not in CUDA_SOURCES:
         raise ValueError(f"filename must be one of {CUDA_SOURCES}, got {filename!r}")
     path = SOURCE_DIR / filename
-    return f'#line 1 "{path.as_posix()}"\n' + path.read_text(encoding="utf-8")
+    out = [f'#line 1 "{path.as_posix()}"\n']
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(keepends=True), start=1):
+        match = _INCLUDE.match(line.rstrip("\n"))
+        if match is None:
+            out.append(line)
+            continue
+        header = match[1]
+        if header not in CUDA_HEADERS:
+            raise ValueError(f"{filename} line {number} includes {header!r}, which is not one of {CUDA_HEADERS}")
+        header_path = SOURCE_DIR / header
+        # inlined once, it needs no include guard (and a compiler warns of one in its main file): blanked
+        lines = ["\n" if h.strip() == "#pragma once" else h
+                 for h in header_path.read_text(encoding="utf-8").splitlines(keepends=True)]
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        out += [f'#line 1 "{header_path.as_posix()}"\n', *lines, f'#line {number + 1} "{path.as_posix()}"\n']
+    return "".join(out)
 
 
 def nvrtc_options(window: int = 0) -> tuple[str, ...]:

@@ -4,7 +4,8 @@ A drop-in twin of :class:`~rtnstream.kernels.numpy_backend.NumpyBackend` (same c
 bit-identical output, docs/cuda.md). Per frame, only the RTN pixels travel to the device (gathered on the
 host, on several threads, into pinned memory, copied asynchronously into the device ring buffer of W + 1
 slots); one fused kernel (compiled when the backend is made, with W fixed at compile time) computes the
-reference, veto, decision and correction and writes the corrected pixels compacted; the host then scatters
+reference, veto, decision and correction and writes the corrected pixels compacted (a second one does the
+same for the two-trap pixels, when the cube has any, with their rules); the host then scatters
 those few pixels into the frame (in place) or into a copy. The spatial reference needs every neighbour, so
 there the whole frame goes to the device. The threshold table and the per-pixel parameters stay on the
 device for the life of the backend.
@@ -48,6 +49,7 @@ from rtnstream.kernels.numpy_backend import (
     scatter,
 )
 from rtnstream.kernels.pixels import PixelParams
+from rtnstream.kernels.two_trap import N_LEVELS
 
 __all__ = ["INSTALL_HINT", "KernelBackend", "CupyBackend", "StageTimer", "Ticket", "gpu_available"]
 
@@ -110,6 +112,29 @@ def _check_window_slots(slot: int, window_slots: Sequence[int], n_slots: int) ->
         raise ValueError(f"window_slots must be distinct slots in [0, {n_slots}) other than slot {slot}, "
                          f"got {window.tolist()}")
     return window.astype(np.int32)
+
+
+def _two_trap_arrays(params: PixelParams) -> dict[str, tuple[np.ndarray, Any]]:
+    """The kernels' two-trap arguments (``_cuda._TWO_TRAP_PARAMS``) as (host array, dtype).
+
+    ``tt_slot`` (n,) holds each RTN pixel's position among the two-trap pixels (-1: one trap), ``tt_pos``
+    (n_two,) their positions among the RTN pixels; without two-trap pixels the kernels read none of these,
+    and each is one element.
+    """
+    n_two = params.n_two_trap
+    if n_two == 0:
+        return {name: (np.zeros(1), dtype) for name, dtype in (
+            ("tt_slot", np.int32), ("tt_pos", np.int64), ("delta2_e", np.float64), ("delta2_adu_int", np.int64),
+            ("delta2_adu_float", np.float64), ("tt_sigma_e", np.float64), ("tt_log_prior", np.float64),
+            ("tt_log_prior_centre", np.float64))}
+    two = params.two_trap
+    slot = np.full(params.n, -1, dtype=np.int32)
+    slot[params.two_trap_pos] = np.arange(n_two, dtype=np.int32)
+    return {"tt_slot": (slot, np.int32), "tt_pos": (params.two_trap_pos, np.int64),
+            "delta2_e": (two.delta2_e, np.float64),
+            "delta2_adu_int": (two.delta2_adu_int, np.int64), "delta2_adu_float": (two.delta2_adu_float, np.float64),
+            "tt_sigma_e": (two.sigma_e, np.float64), "tt_log_prior": (two.log_prior, np.float64),
+            "tt_log_prior_centre": (two.log_prior_centre, np.float64)}
 
 
 @dataclass(eq=False)
@@ -175,7 +200,7 @@ class KernelBackend:
         self._busy = [False] * self.N_BUFFERS
         self._turn = 0
         ny, nx = params.shape
-        self._scalars = {"n": params.n, "gain": params.gain_e_per_adu, "k_var": self.k_var,
+        self._scalars = {"n": params.n, "n_two": params.n_two_trap, "gain": params.gain_e_per_adu, "k_var": self.k_var,
                          "n_lambda": table.lambda_nodes.size, "n_sigma": table.sigma_nodes.size,
                          "window": window, "ny": ny, "nx": nx, "size": spatial_size}
         host = {
@@ -186,6 +211,7 @@ class KernelBackend:
             "lambda_nodes": (table.lambda_nodes, np.float64), "q_lo": (table.q_lo, np.float64),
             "q_hi": (table.q_hi, np.float64),
         }
+        host.update(_two_trap_arrays(params))
         if n_slots:
             host["rn2_e2"] = (params.rn2_e2, np.float64)
             host["window_slots"] = (np.zeros(window), np.int32)
@@ -199,6 +225,7 @@ class KernelBackend:
         self._dev["counts"] = self._zeros((self.N_BUFFERS, _cuda.N_COUNTS), np.uint32)
         for name in _COUNTER_NAMES:  # uint32: 2^32 frames per series is out of reach
             self._dev[name] = self._zeros((params.n,), np.uint32)
+        self._dev["n_level"] = self._zeros((max(params.n_two_trap, 1), N_LEVELS), np.uint32)
 
     # ---- what an executor provides -------------------------------------------------------------------
 
@@ -227,8 +254,9 @@ class KernelBackend:
         """Zero the device array ``array`` (a buffer or a row of one; in order with the launches)."""
         raise NotImplementedError
 
-    def _launch(self, kernel_name: str, args: tuple) -> None:
-        """Launch ``kernel_name`` over the RTN pixels (may return before done)."""
+    def _launch(self, kernel_name: str, args: tuple, n_threads: int) -> None:
+        """Launch ``kernel_name`` with ``n_threads`` threads (the RTN pixels, or the two-trap pixels; may
+        return before done)."""
         raise NotImplementedError
 
     def _queue_counts(self, buf: int) -> None:
@@ -260,7 +288,10 @@ class KernelBackend:
     @property
     def counters(self) -> PixelCounters:
         """Per-RTN-pixel counts of the current series (a host copy), each of shape (n,), int64."""
-        return PixelCounters(*(a.astype(np.int64) for a in self._download(_COUNTER_NAMES, self.params.n)))
+        counters = [a.astype(np.int64) for a in self._download(_COUNTER_NAMES, self.params.n)]
+        n_two = self.params.n_two_trap
+        n_level = self._download(("n_level",), n_two * N_LEVELS)[0].astype(np.int64).reshape(n_two, N_LEVELS)
+        return PixelCounters(*counters, n_level=n_level)
 
     def reset(self, dtype: Any) -> None:
         """Start a series of frames of ``dtype``: empty ring, zero per-pixel counters.
@@ -272,8 +303,8 @@ class KernelBackend:
         ValueError
             ``dtype`` is not one of the supported frame dtypes.
         """
-        spec = _cuda.TEMPORAL if self.n_slots else _cuda.SPATIAL
-        self._prepare(spec.kernel_name(dtype))
+        for spec in self._specs():
+            self._prepare(spec.kernel_name(dtype))
         dtype = np.dtype(dtype)
         n = self.params.n
         self._dev["changed_value"] = self._zeros((self.N_BUFFERS, n), dtype)
@@ -281,7 +312,7 @@ class KernelBackend:
             self._dev["ring"] = self._zeros((self.n_slots, n), dtype)
         else:
             self._dev["frame"] = self._zeros(self.params.shape, dtype)
-        for name in _COUNTER_NAMES:
+        for name in (*_COUNTER_NAMES, "n_level"):
             self._clear(self._dev[name])
         self._busy = [False] * self.N_BUFFERS
         self._dtype = dtype
@@ -358,6 +389,12 @@ class KernelBackend:
 
     # ---- shared steps ----------------------------------------------------------------------------------
 
+    def _specs(self) -> tuple[_cuda.KernelSpec, ...]:
+        """The kernels this backend launches: its reference's, and its two-trap kernel if it has two-trap
+        pixels."""
+        spec = _cuda.TEMPORAL if self.n_slots else _cuda.SPATIAL
+        return (spec, _cuda.TWO_TRAP_KERNEL[spec.name]) if self.params.n_two_trap else (spec,)
+
     def _check_frame(self, frame: np.ndarray) -> None:
         if self._dtype is None:
             raise RuntimeError("call reset(dtype) before passing frames")
@@ -372,9 +409,12 @@ class KernelBackend:
         if self._busy[buf]:
             raise RuntimeError(f"{self.N_BUFFERS} frames are submitted and not collected: collect one first")
         outputs = {name: self._dev[name][buf] for name in ("changed_index", "changed_value", "counts")}
-        args = spec.arguments({**self._dev, **self._scalars, **scalars, **outputs}, self._dtype)
+        values = {**self._dev, **self._scalars, **scalars, **outputs}
         self._clear(outputs["counts"])
-        self._launch(spec.kernel_name(self._dtype), args)
+        self._launch(spec.kernel_name(self._dtype), spec.arguments(values, self._dtype), self.params.n)
+        if self.params.n_two_trap:  # then the two-trap pixels, which the kernel above left alone
+            two = _cuda.TWO_TRAP_KERNEL[spec.name]
+            self._launch(two.kernel_name(self._dtype), two.arguments(values, self._dtype), self.params.n_two_trap)
         self._queue_counts(buf)
         self._busy[buf] = True
         self._turn = (buf + 1) % self.N_BUFFERS
@@ -483,8 +523,7 @@ class CupyBackend(KernelBackend):
             self.timer: StageTimer | None = None
             with self._stream:
                 super().__init__(params, table, k_var, spatial_size, n_slots)
-            spec = _cuda.TEMPORAL if n_slots else _cuda.SPATIAL
-            names = tuple(spec.kernel_name(dtype) for dtype in _cuda.DTYPE_SUFFIX)
+            names = tuple(spec.kernel_name(dtype) for spec in self._specs() for dtype in _cuda.DTYPE_SUFFIX)
             module = _cuda.load_module(_cuda.CUDA_SOURCES[0], self.window, names)
             self._kernels = {name: module.get_function(name) for name in names}
             self._stream.synchronize()
@@ -568,8 +607,8 @@ class CupyBackend(KernelBackend):
         if array.nbytes:
             self._cupy.cuda.runtime.memsetAsync(array.data.ptr, 0, array.nbytes, self._stream.ptr)
 
-    def _launch(self, kernel_name: str, args: tuple) -> None:
-        blocks = -(-self.params.n // BLOCK_THREADS)
+    def _launch(self, kernel_name: str, args: tuple, n_threads: int) -> None:
+        blocks = -(-n_threads // BLOCK_THREADS)
         with self._device_stage("kernel"), self._stream:
             self._kernels[kernel_name]((blocks,), (BLOCK_THREADS,), args)
 

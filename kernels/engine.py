@@ -31,6 +31,7 @@ from rtnstream.kernels.exceptions import BackendUnavailableError, FrameError, Se
 from rtnstream.kernels.lut import ThresholdTable, get_table
 from rtnstream.kernels.numpy_backend import STATE_HIGH, STATE_LOW, STATE_NONE, STATE_VETO, FrameCounts, NumpyBackend
 from rtnstream.kernels.pixels import PixelParams
+from rtnstream.kernels.two_trap import two_trap_offset_map
 
 __all__ = [
     "SUPPORTED_DTYPES",
@@ -119,7 +120,8 @@ class CorrectedFrame:
         With ``RTNEngine(track_states=True)``: the decision for each RTN pixel (in the order of
         ``engine.params.index``) in this frame, ``STATE_LOW``, ``STATE_HIGH``, ``STATE_VETO`` or
         ``STATE_NONE``, taken from the change of the per-pixel series counters (so every backend gives
-        them); None otherwise and for frames that went out uncorrected.
+        them; a two-trap pixel's ``STATE_LOW`` / ``STATE_HIGH``: corrected upward / downward, by its
+        level's offset); None otherwise and for frames that went out uncorrected.
     """
 
     index: int
@@ -446,20 +448,38 @@ class RTNEngine:
     def bias_offset_map(self) -> np.ndarray:
         """Bias offset map of the current series, ``O = D_adu (n_lo - n_hi) / n_frames`` (ALGORITHM.md s. 5).
 
+        Two-trap pixels: ``O = -sum_k n_k (i_k D1_adu + j_k D2_adu) / n_frames`` over their levels
+        (:func:`~rtnstream.kernels.two_trap.two_trap_offset_map`).
+
         Returns
         -------
         numpy.ndarray, shape (ny, nx), float64, adu
             Zero outside RTN pixels and before any frame was corrected.
         """
         c = self.backend.counters
+        p = self.params
         dtype = self._series.dtype if self._series else None
         integer = dtype is None or np.issubdtype(dtype, np.integer)
-        d_adu = self.params.delta_adu_int if integer else self.params.delta_adu_float
+        d_adu = p.delta_adu_int if integer else p.delta_adu_float
         out = np.zeros(self.shape[0] * self.shape[1])
         with np.errstate(invalid="ignore", divide="ignore"):
             offset = d_adu * (c.n_lo - c.n_hi) / c.n_frames
-        out[self.params.index] = np.where(c.n_frames > 0, offset, 0.0)
+        out[p.index] = np.where(c.n_frames > 0, offset, 0.0)
+        if p.n_two_trap:
+            pos = p.two_trap_pos
+            out[p.index[pos]] = two_trap_offset_map(c.n_level, c.n_frames[pos], p.two_trap, integer)
         return out.reshape(self.shape)
+
+    def two_trap_level_counts(self) -> np.ndarray:
+        """Corrections of the two-trap pixels per level over the current series (docs/algorithm.md s. 9).
+
+        Returns
+        -------
+        numpy.ndarray, shape (n_two_trap, 8), int64
+            Rows in the order of ``params.two_trap_pos`` (their flat indices: ``params.index[two_trap_pos]``),
+            columns in the level order of :data:`~rtnstream.kernels.two_trap.LEVEL_I` / ``LEVEL_J``.
+        """
+        return self.backend.counters.n_level
 
     def pixel_counters(self) -> dict[str, np.ndarray]:
         """Per-pixel counters of the current series as (ny, nx) int64 maps: n_lo, n_hi, n_veto, n_frames."""

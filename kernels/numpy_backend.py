@@ -4,7 +4,10 @@ Each step is written as the fixed sequence of float64 operations the CUDA kernel
 window order, median as ``(a + b) * 0.5`` of the two middle values, no fused multiply-add), so integer
 output is bit-identical across backends. The decision (ALGORITHM.md sections 2-3) lives in
 :func:`decide`; the temporal and spatial references in :meth:`NumpyBackend.correct_temporal` and
-:meth:`NumpyBackend.correct_spatial`.
+:meth:`NumpyBackend.correct_spatial`. Two-trap pixels (docs/algorithm.md section 9) are then re-decided by
+:func:`~rtnstream.kernels.two_trap.decide_two_trap` and corrected by their level: at the neighbour median's
+lambda (spatial), or at :func:`~rtnstream.kernels.two_trap.temporal_lambda_two_trap`'s with its de-jumped
+spread for the veto and the centre rule (temporal references).
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
+from rtnstream.kernels import two_trap as tt
 from rtnstream.kernels.lut import ThresholdTable
 from rtnstream.kernels.pixels import PixelParams, neighbour_indices
 
@@ -29,6 +33,7 @@ __all__ = [
     "PixelCounters",
     "NumpyBackend",
     "decide",
+    "two_trap_states",
     "apply_corrections",
     "gather",
     "scatter",
@@ -60,16 +65,23 @@ class FrameCounts:
 
 @dataclass
 class PixelCounters:
-    """Per-RTN-pixel counts over a series (ALGORITHM.md section 5); arrays of shape (n,), int64."""
+    """Per-RTN-pixel counts over a series (ALGORITHM.md section 5); arrays of shape (n,), int64.
+
+    ``n_lo`` / ``n_hi`` count corrections upward / downward (a two-trap pixel's by the sign of its level's
+    offset); ``n_level``, shape (n_two_trap, 8), int64, the two-trap pixels' corrections per level (in the
+    order of ``PixelParams.two_trap_pos`` and :data:`~rtnstream.kernels.two_trap.LEVEL_I`).
+    """
 
     n_lo: np.ndarray
     n_hi: np.ndarray
     n_veto: np.ndarray
     n_frames: np.ndarray
+    n_level: np.ndarray = field(default_factory=lambda: np.zeros((0, tt.N_LEVELS), dtype=np.int64))
 
     @classmethod
-    def zeros(cls, n: int) -> PixelCounters:
-        return cls(*(np.zeros(n, dtype=np.int64) for _ in range(4)))
+    def zeros(cls, n: int, n_two_trap: int = 0) -> PixelCounters:
+        return cls(*(np.zeros(n, dtype=np.int64) for _ in range(4)),
+                   n_level=np.zeros((n_two_trap, tt.N_LEVELS), dtype=np.int64))
 
 
 def decide(
@@ -263,6 +275,57 @@ def _median_pair(vals: np.ndarray, network: list[tuple[int, int, bool, bool]]) -
     return rows[w // 2 - 1], rows[w // 2]
 
 
+def two_trap_states(level: np.ndarray, level_low: np.ndarray) -> np.ndarray:
+    """The STATE_* code of each two-trap decision: its correction's direction, for the counters.
+
+    Parameters
+    ----------
+    level : numpy.ndarray, shape (m,), uint8
+        From :func:`~rtnstream.kernels.two_trap.decide_two_trap`.
+    level_low : numpy.ndarray, shape (m, 8), bool
+        Where a level's offset ``i D1 + j D2`` is negative (its correction goes up).
+
+    Returns
+    -------
+    numpy.ndarray, shape (m,), uint8
+        ``STATE_LOW`` (corrected upward), ``STATE_HIGH`` (downward), ``STATE_NONE`` or ``STATE_OUT_OF_TABLE``.
+    """
+    jumped = (level >= 1) & (level <= tt.N_LEVELS)
+    k = np.where(jumped, level.astype(np.int64) - 1, 0)
+    low = level_low[np.arange(level.size), k]
+    state = np.where(low, STATE_LOW, STATE_HIGH).astype(np.uint8)
+    state[~jumped] = STATE_NONE
+    state[level == tt.TT_OUT_OF_TABLE] = STATE_OUT_OF_TABLE
+    return state
+
+
+@dataclass(frozen=True, eq=False)
+class _TwoTrapBlock:
+    """The two-trap pixels of one block of RTN pixels: their range in ``two_trap_pos``, their positions in
+    the block, their parameters and their levels' directions."""
+
+    first: int
+    local: np.ndarray
+    params: tt.TwoTrapParams
+    level_low: np.ndarray
+
+
+def _two_trap_blocks(params: PixelParams, blocks: list[slice]) -> list[_TwoTrapBlock | None]:
+    """Per block of RTN pixels, its two-trap pixels (None where it has none)."""
+    out: list[_TwoTrapBlock | None] = []
+    pos = params.two_trap_pos
+    for sl in blocks:
+        a, b = np.searchsorted(pos, [sl.start, sl.stop])
+        if a == b:
+            out.append(None)
+            continue
+        sub = replace(params.two_trap, **{f.name: getattr(params.two_trap, f.name)[a:b]
+                                          for f in fields(params.two_trap) if f.name != "gain_e_per_adu"})
+        low = tt.level_offsets_e(sub.delta1_e, sub.delta2_e) < 0
+        out.append(_TwoTrapBlock(int(a), pos[a:b] - sl.start, sub, low))
+    return out
+
+
 class NumpyBackend:
     """Ring buffer of the RTN pixels and the per-frame correction, on the host.
 
@@ -299,16 +362,19 @@ class NumpyBackend:
         self._neighbours = neighbour_indices(params.shape, params.index, spatial_size) if n_slots == 0 else None
         self._ring: np.ndarray | None = None
         self._blocks = [slice(a, min(a + block, params.n)) for a in range(0, params.n, block)]
+        self._block_size = block
         self._threads = threads or os.cpu_count() or 1
         self._pool: ThreadPoolExecutor | None = None
-        self.counters = PixelCounters.zeros(params.n)
+        self.counters = PixelCounters.zeros(params.n, params.n_two_trap)
+        self._two_trap_blocks = _two_trap_blocks(params, self._blocks)
+        self._levels = np.zeros(params.n_two_trap, dtype=np.uint8)  # this frame's two-trap decisions
         self._networks = {n_slots - 1: median_pair_network(n_slots - 1)} if n_slots > 2 else {}
 
     def reset(self, dtype: np.dtype) -> None:
         """Start a series of frames of ``dtype``: empty ring, zero per-pixel counters."""
         if self.n_slots:
             self._ring = np.zeros((self.n_slots, self.params.n), dtype=dtype)
-        self.counters = PixelCounters.zeros(self.params.n)
+        self.counters = PixelCounters.zeros(self.params.n, self.params.n_two_trap)
 
     def store(self, slot: int, frame: np.ndarray) -> None:
         """Gather the RTN pixels of ``frame`` (shape (ny, nx)) into ring slot ``slot``."""
@@ -362,6 +428,7 @@ class NumpyBackend:
         veto = spread_e > bound
         state = decide(x[sl].astype(np.float64), lam, p, self.table, sl)
         np.copyto(state, STATE_VETO, where=veto)
+        self._decide_two_trap(x, lam, state, sl, rows)
         return self._count(state, sl)
 
     def _median_network(self, w: int) -> list[tuple[int, int, bool, bool]]:
@@ -394,7 +461,52 @@ class NumpyBackend:
         upper = vals[rows, count // 2]
         lower = vals[rows, (count - 1) // 2]
         lam = np.maximum(((lower + upper) * 0.5) * p.gain_e_per_adu, 0.0)
-        return self._count(decide(x[sl].astype(np.float64), lam, p, self.table, sl), sl)
+        state = decide(x[sl].astype(np.float64), lam, p, self.table, sl)
+        self._decide_two_trap(x, lam, state, sl)
+        return self._count(state, sl)
+
+    def _two_trap_reference(self, lam_e: np.ndarray, block: _TwoTrapBlock, sl: slice, rows: list[int] | None
+                            ) -> tuple[np.ndarray, np.ndarray]:
+        """Lambda (electron) and variability veto of the block's two-trap pixels (docs/algorithm.md s. 9).
+
+        Spatial reference (``rows`` None): the neighbour median's lambda, no veto. Temporal references
+        (``rows``: the W window slots in time order): :func:`~rtnstream.kernels.two_trap.temporal_lambda_two_trap`
+        on their window values, and the veto ``spread > k_var sqrt(lambda + RN^2)`` on its de-jumped
+        spread; where the window median's lambda is NaN (a NaN in the window, or +inf and -inf at its
+        middle) it stays NaN (out of table, as for one-trap pixels) and nothing is vetoed.
+        """
+        lam = lam_e[block.local]
+        if rows is None:
+            return lam, np.zeros(lam.size, dtype=bool)
+        window = self._ring[np.ix_(rows, sl.start + block.local)]
+        lam_tt, spread_e = tt.temporal_lambda_two_trap(window, block.params)
+        lam = np.where(np.isnan(lam), lam, lam_tt)
+        bound = np.add(lam, self.params.rn2_e2[sl][block.local])
+        np.sqrt(bound, out=bound)
+        bound *= self.k_var
+        return lam, spread_e > bound
+
+    def _decide_two_trap(self, x: np.ndarray, lam_e: np.ndarray, state: np.ndarray, sl: slice,
+                         rows: list[int] | None = None) -> None:
+        """Re-decide the block's two-trap pixels by their combined levels (docs/algorithm.md section 9).
+
+        ``lam_e`` is the block's lambda, ``rows`` the window slots (temporal references) or None (spatial);
+        ``state`` (the block's one-trap decisions) gets the two-trap pixels' STATE_* codes; their level
+        codes go to this frame's levels and the per-level counters (a vetoed pixel is left uncorrected).
+        Blocks are disjoint: safe across threads.
+        """
+        block = self._two_trap_blocks[sl.start // self._block_size]
+        if block is None:
+            return
+        local = block.local
+        lam, vetoed = self._two_trap_reference(lam_e, block, sl, rows)
+        level = tt.decide_two_trap(x[sl][local].astype(np.float64), lam, block.params, self.table,
+                                   beat_centre=rows is not None)
+        level[vetoed] = tt.TT_NONE
+        state[local] = np.where(vetoed, STATE_VETO, two_trap_states(level, block.level_low))
+        self._levels[block.first:block.first + local.size] = level
+        moved = np.flatnonzero((level >= 1) & (level <= tt.N_LEVELS))  # one level per pixel: no repeats
+        self.counters.n_level[block.first + moved, level[moved].astype(np.int64) - 1] += 1
 
     def _count(self, state: np.ndarray, sl: slice) -> np.ndarray:
         """Add a block's decisions to the per-pixel counters (blocks are disjoint: safe across threads)."""
@@ -422,4 +534,11 @@ class NumpyBackend:
 
     def _finish(self, frame: np.ndarray, x: np.ndarray, state: np.ndarray, in_place: bool
                 ) -> tuple[np.ndarray, FrameCounts]:
-        return apply_corrections(frame, x, state, self.params, in_place), FrameCounts.from_states(state)
+        out = apply_corrections(frame, x, state, self.params, in_place)
+        p = self.params
+        if p.n_two_trap:  # their one-trap correction above is replaced by their level's
+            moved = np.flatnonzero((self._levels >= 1) & (self._levels <= tt.N_LEVELS))
+            pos = p.two_trap_pos
+            values = tt.apply_two_trap(x[pos], self._levels, p.two_trap)
+            out.reshape(-1)[p.index[pos[moved]]] = values[moved]
+        return out, FrameCounts.from_states(state)

@@ -3,16 +3,19 @@
 Everything here is computed on the host with NumPy, so both backends start from the same bits: the flat
 indices of the RTN pixels, their model parameters in float64, the integer jump size ``D_adu``, the sigma
 coordinates in the threshold table, and (spatial reference) the flat indices of each pixel's neighbours.
+The two-trap pixels among them (docs/algorithm.md section 9) also get a :class:`TwoTrapParams` of their
+own: trap 1 from the cube's RTN columns, trap 2 from its second-trap columns.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from rtnstream.kernels.cube import RTNCube
 from rtnstream.kernels.lut import ThresholdTable
+from rtnstream.kernels.two_trap import TwoTrapParams
 
 __all__ = ["PixelParams", "neighbour_indices"]
 
@@ -42,6 +45,11 @@ class PixelParams:
         Sigma coordinates in the table (:meth:`ThresholdTable.sigma_coords`).
     meanbias_adu : numpy.ndarray, shape (ny * nx,), float32, adu
         Mean bias of every pixel (spatial reference): the cube's map itself, not a copy.
+    two_trap_pos : numpy.ndarray, shape (n_two_trap,), int64
+        Positions among the n RTN pixels (ascending) of the two-trap pixels; empty for a cube without.
+    two_trap : TwoTrapParams or None
+        Their parameters (trap 1: ``delta_e``, ``frac_lo``, ``frac_hi``; trap 2: ``delta2_e``,
+        ``frac2_lo``, ``frac2_hi``, each trap's log priors from its fractions); None without two-trap pixels.
     """
 
     shape: tuple[int, int]
@@ -56,11 +64,18 @@ class PixelParams:
     sigma_w: np.ndarray
     sigma_ok: np.ndarray
     meanbias_adu: np.ndarray
+    two_trap_pos: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    two_trap: TwoTrapParams | None = None
 
     @property
     def n(self) -> int:
         """Number of RTN pixels."""
         return int(self.index.size)
+
+    @property
+    def n_two_trap(self) -> int:
+        """Number of two-trap pixels among them."""
+        return int(self.two_trap_pos.size)
 
     @classmethod
     def from_cube(cls, cube: RTNCube, table: ThresholdTable) -> PixelParams:
@@ -69,6 +84,13 @@ class PixelParams:
         index = rtn.index
         g = float(cube.gain_e_per_adu)
         j, w, ok = table.sigma_coords(rtn.sigma_e)
+        pos = np.flatnonzero(rtn.two_trap).astype(np.int64)
+        two_trap = None
+        if pos.size:
+            two_trap = TwoTrapParams.from_arrays(
+                rtn.mu_adu[pos], rtn.delta_e[pos], rtn.delta2_e[pos], rtn.sigma_e[pos], g, table,
+                frac_lo=rtn.frac_lo[pos], frac_hi=rtn.frac_hi[pos], frac2_lo=rtn.frac2_lo[pos],
+                frac2_hi=rtn.frac2_hi[pos])
         return cls(
             shape=cube.shape,
             index=index,
@@ -82,6 +104,8 @@ class PixelParams:
             sigma_w=w,
             sigma_ok=ok,
             meanbias_adu=np.ascontiguousarray(cube.meanbias_adu).ravel(),
+            two_trap_pos=pos,
+            two_trap=two_trap,
         )
 
 

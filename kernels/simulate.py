@@ -480,21 +480,47 @@ def two_trap_frames(sensor: SensorModel, traps: SecondTraps, n_frames: int, scen
 
 def two_trap_true_cube(sensor: SensorModel, traps: SecondTraps, alpha: float = 0.003,
                        table: ThresholdTable | None = None) -> RTNCube:
-    """:meth:`SensorModel.true_cube` with the two-trap pixels flagged ``DQ_TWO_TRAP``.
+    """:meth:`SensorModel.true_cube` with the two-trap pixels flagged ``DQ_TWO_TRAP`` and both traps filled in.
 
-    The cube's RTN columns keep each pixel's first trap (version-2 columns for the second trap come with
-    phase 2 of issue 19); the mean bias and read-noise maps of the two-trap pixels include both traps.
+    Each two-trap pixel's traps are stored in the cube's convention (docs/algorithm.md section 9): trap 1,
+    the larger jump, in the RTN columns (``delta_e``, ``frac_*``, ``lammax_e``), trap 2 in the second-trap
+    columns (``delta2_e``, ``frac2_*``; ``lammax2_e`` for the smallest positive level ``min(D2, D1 - D2)``);
+    the mean bias and read-noise maps of the two-trap pixels include both traps. One-trap pixels are as
+    :meth:`SensorModel.true_cube` gives them.
     """
+    table = table or get_table(alpha)
     cube = sensor.true_cube(alpha, table)
-    flat = sensor.rtn_index[traps.rtn_pos]
+    pos = traps.rtn_pos
+    flat = sensor.rtn_index[pos]
     g = sensor.gain_e_per_adu
-    d1, d2 = sensor.delta_e[traps.rtn_pos], traps.delta_e
-    lo1, hi1 = sensor.frac_lo[traps.rtn_pos], sensor.frac_hi[traps.rtn_pos]
+    d1, d2 = sensor.delta_e[pos], traps.delta_e
+    lo1, hi1 = sensor.frac_lo[pos], sensor.frac_hi[pos]
     lo2, hi2 = traps.frac_lo, traps.frac_hi
     mean_e = d1 * (hi1 - lo1) + d2 * (hi2 - lo2)
-    var_e2 = (sensor.sigma_e.ravel()[flat] ** 2 + d1 * d1 * (lo1 + hi1) - (d1 * (hi1 - lo1)) ** 2
+    sigma = sensor.sigma_e.ravel()[flat]
+    var_e2 = (sigma**2 + d1 * d1 * (lo1 + hi1) - (d1 * (hi1 - lo1)) ** 2
               + d2 * d2 * (lo2 + hi2) - (d2 * (hi2 - lo2)) ** 2)
     cube.meanbias_adu.reshape(-1)[flat] = sensor.bias_adu.ravel()[flat] + mean_e / g
     cube.readnoise_e.reshape(-1)[flat] = np.sqrt(var_e2)
     cube.dq.reshape(-1)[flat] |= DQ_TWO_TRAP
+    first = d1 >= d2  # the sensor's trap is trap 1 (the larger jump)
+    rtn = cube.rtn
+    n = rtn.n
+    big = {"delta_e": np.where(first, d1, d2), "frac_lo": np.where(first, lo1, lo2),
+           "frac_hi": np.where(first, hi1, hi2)}
+    small = {"delta_e": np.where(first, d2, d1), "frac_lo": np.where(first, lo2, lo1),
+             "frac_hi": np.where(first, hi2, hi1)}
+    second = {name: np.zeros(n) for name in ("delta2_e", "frac2_c", "frac2_lo", "frac2_hi", "lammax2_e")}
+    second["delta2_e"][pos] = small["delta_e"]
+    second["frac2_lo"][pos] = small["frac_lo"]
+    second["frac2_hi"][pos] = small["frac_hi"]
+    second["frac2_c"][pos] = 1.0 - small["frac_lo"] - small["frac_hi"]
+    second["lammax2_e"][pos] = table.lambda_max(np.minimum(small["delta_e"], big["delta_e"] - small["delta_e"]),
+                                                sigma)
+    first_trap = {name: getattr(rtn, name).copy() for name in ("delta_e", "frac_c", "frac_lo", "frac_hi", "lammax_e")}
+    for name in ("delta_e", "frac_lo", "frac_hi"):
+        first_trap[name][pos] = big[name]
+    first_trap["frac_c"][pos] = 1.0 - big["frac_lo"] - big["frac_hi"]
+    first_trap["lammax_e"][pos] = table.lambda_max(big["delta_e"], sigma)
+    cube.rtn = RTNPixels(index=rtn.index, mu_adu=rtn.mu_adu, sigma_e=rtn.sigma_e, **first_trap, **second)
     return cube

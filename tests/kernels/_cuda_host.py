@@ -26,7 +26,7 @@ from rtnstream.kernels.engine import CorrectedFrame, EngineSettings, RTNEngine
 from rtnstream.kernels.lut import ThresholdTable
 from rtnstream.kernels.numpy_backend import gather
 from rtnstream.kernels.pixels import PixelParams
-from rtnstream.kernels.simulate import Scene, SensorModel
+from rtnstream.kernels.simulate import Scene, SecondTraps, SensorModel, two_trap_frames, two_trap_true_cube
 
 __all__ = [
     "HOST_FLAGS",
@@ -86,7 +86,7 @@ class HostKernels:
     def __init__(self, path: Path) -> None:
         self._lib = ctypes.CDLL(str(path))
         self._fns: dict[str, Callable] = {}
-        for spec in (_cuda.TEMPORAL, _cuda.SPATIAL):
+        for spec in _cuda.KERNELS:
             argtypes = [_CTYPES.get(kind, ctypes.c_void_p) for _name, kind in spec.params]
             for dtype in _cuda.DTYPE_SUFFIX:
                 fn = getattr(self._lib, spec.kernel_name(dtype))
@@ -132,7 +132,7 @@ class HostKernelBackend(KernelBackend):
     def _clear(self, array: np.ndarray) -> None:
         array.fill(0)
 
-    def _launch(self, kernel_name: str, args: tuple) -> None:
+    def _launch(self, kernel_name: str, args: tuple, n_threads: int) -> None:
         self._kernels.launch(kernel_name, args)
 
     def _queue_counts(self, buf: int) -> None:
@@ -148,9 +148,10 @@ class HostKernelBackend(KernelBackend):
         return [self._dev[name].reshape(-1)[:count] for name in names]
 
 
-def host_engine(kernels: HostKernels, cube: RTNCube, settings: EngineSettings) -> RTNEngine:
+def host_engine(kernels: HostKernels, cube: RTNCube, settings: EngineSettings, track_states: bool = False
+                ) -> RTNEngine:
     """An RTNEngine whose backend is the host build of the kernels."""
-    engine = RTNEngine(cube, settings, backend="numpy")
+    engine = RTNEngine(cube, settings, backend="numpy", track_states=track_states)
     n_slots = settings.window + 1 if settings.temporal else 0
     engine.backend = HostKernelBackend(kernels, engine.params, engine.table, settings.k_var,
                                        settings.spatial_size, n_slots)
@@ -177,23 +178,33 @@ def _to_dtype(frames: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def simulated_series(dtype, scene: str, bias_level_adu: float, n_frames: int, shape=(30, 36),
-                     seed: int = 0, specials: tuple[float, ...] = (np.inf, -np.inf)) -> Series:
+                     seed: int = 0, specials: tuple[float, ...] = (np.inf, -np.inf),
+                     two_trap_fraction: float = 0.0) -> Series:
     """Frames of a simulated sensor (10 % RTN pixels) converted to ``dtype`` (saturating at its range).
 
     A bias level near the top or the bottom of the dtype's range makes corrections saturate there.
     Float series also get the ``specials`` values at a few RTN pixels of three frames.
+    ``two_trap_fraction`` > 0: that fraction of all pixels (taken among the RTN pixels) has a second trap
+    (:class:`~rtnstream.kernels.simulate.SecondTraps`, in the frames and in the cube).
     """
     dtype = np.dtype(dtype)
     sensor = SensorModel.random(shape, rtn_fraction=0.1, bias_level_adu=bias_level_adu, seed=seed)
     sc = Scene.make(scene, shape, sky_e=2.0, n_stars=3, star_flux_e=(500.0, 30000.0), seed=seed)
-    data, _states, _clean = sensor.stack(n_frames, sc, seed=seed + 1)
+    if two_trap_fraction:
+        traps = SecondTraps.random(sensor, two_trap_fraction, seed=seed + 3)
+        data = np.stack([f.data for f in two_trap_frames(sensor, traps, n_frames, sc, seed=seed + 1)])
+        cube = two_trap_true_cube(sensor, traps)
+    else:
+        data, _states, _clean = sensor.stack(n_frames, sc, seed=seed + 1)
+        cube = sensor.true_cube()
     frames = _to_dtype(data.astype(np.float64), dtype)
     if np.issubdtype(dtype, np.floating):
         rng = np.random.default_rng(seed + 2)
         flat = frames.reshape(n_frames, -1)
         for t in rng.choice(n_frames, 3, replace=False):
             flat[t, rng.choice(sensor.rtn_index, len(specials), replace=False)] = specials
-    return Series(f"{dtype}-{scene}-bias{bias_level_adu:g}", sensor.true_cube(), frames)
+    label = f"{dtype}-{scene}-bias{bias_level_adu:g}" + (f"-2trap{two_trap_fraction:g}" if two_trap_fraction else "")
+    return Series(label, cube, frames)
 
 
 def threshold_series(make_cube: Callable[..., RTNCube], table: ThresholdTable, window: int, n_frames: int,
@@ -275,7 +286,8 @@ def assert_one_push_later(want: list[list[int]], got: list[list[int]], corrected
 
 
 def run_engine(engine: RTNEngine, frames: np.ndarray) -> tuple[list[CorrectedFrame], dict[str, np.ndarray]]:
-    """Push every frame and finish; returns the frames out (in order) and the per-pixel counter maps."""
+    """Push every frame and finish; returns the frames out (in order) and the per-pixel counter maps (with
+    the bias offset map and the two-trap pixels' per-level counts, ``n_level``)."""
     engine.start_series()
     out: list[CorrectedFrame] = []
     for frame in frames:
@@ -283,11 +295,13 @@ def run_engine(engine: RTNEngine, frames: np.ndarray) -> tuple[list[CorrectedFra
     out.extend(engine.finish())
     maps = engine.pixel_counters()
     maps["bias_offset"] = engine.bias_offset_map()
+    maps["n_level"] = engine.two_trap_level_counts()
     return out, maps
 
 
 def assert_same_run(expected: tuple, got: tuple, label: str) -> None:
-    """Frames (bit for bit, NaN included), per-frame counts and per-pixel counters identical."""
+    """Frames (bit for bit, NaN included), per-frame counts, per-frame states (where tracked) and per-pixel
+    counters identical."""
     exp_frames, exp_maps = expected
     got_frames, got_maps = got
     assert [f.index for f in got_frames] == [f.index for f in exp_frames], label
@@ -297,5 +311,8 @@ def assert_same_run(expected: tuple, got: tuple, label: str) -> None:
         assert diff.size == 0, f"{label}: frame {e.index} differs at {diff.size} bytes"
         assert g.counts == e.counts, f"{label}: frame {e.index} counts {g.counts} != {e.counts}"
         assert g.corrected == e.corrected, label
+        assert (g.states is None) == (e.states is None), label
+        if e.states is not None:
+            np.testing.assert_array_equal(g.states, e.states, err_msg=f"{label}: frame {e.index} states")
     for name, exp in exp_maps.items():
         np.testing.assert_array_equal(got_maps[name], exp, err_msg=f"{label}: {name}")

@@ -45,7 +45,7 @@ def ptx(tmp_path_factory) -> dict[str, str]:
 def test_every_kernel_compiled_with_its_spec(ptx):
     entries = _entries(ptx["rtn_correct.cu"])
     expected = {spec.kernel_name(dtype): [_PTX_TYPE.get(kind, ".u64") for _name, kind in spec.params]
-                for spec in (_cuda.TEMPORAL, _cuda.SPATIAL) for dtype in _cuda.DTYPE_SUFFIX}
+                for spec in _cuda.KERNELS for dtype in _cuda.DTYPE_SUFFIX}
     assert entries == expected
 
 

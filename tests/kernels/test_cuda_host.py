@@ -7,6 +7,7 @@ per-pixel counter must equal RTNEngine(backend='numpy')'s for all three referenc
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 
@@ -98,21 +99,53 @@ def test_kernels_match_numpy_engine(kernels, dtype, scene, bias):
         assert totals["temporal"]["out_of_table"] > 0, totals
 
 
+def _without_states(run):
+    frames, maps = run
+    return [dataclasses.replace(f, states=None) for f in frames], maps
+
+
+@pytest.mark.parametrize(("dtype", "scene", "bias"), CASES)
+def test_two_trap_pixels_match(kernels, dtype, scene, bias):
+    """A cube whose RTN pixels are a third two-trap pixels (docs/algorithm.md section 9): frames, per-frame
+    states and counts, per-pixel and per-level counters and the bias offset map identical, on every
+    reference; and the series correct two-trap pixels at trap 2's levels and at combined ones."""
+    series = simulated_series(dtype, scene, bias, n_frames=17, seed=len(scene) + int(bias) % 5,
+                              two_trap_fraction=0.03)
+    assert series.cube.rtn.two_trap.sum() == 32
+    per_level = 0
+    for reference in REFERENCES:
+        settings = EngineSettings(reference=reference, window=6)
+        expected = run_engine(RTNEngine(series.cube, settings, backend="numpy", track_states=True), series.frames)
+        got = run_engine(host_engine(kernels, series.cube, settings, track_states=True), series.frames)
+        assert_same_run(expected, got, f"{series.label} {reference}")
+        pipelined = run_engine(host_engine(kernels, series.cube, settings, track_states=False), series.frames)
+        assert_same_run(_without_states(expected), pipelined, f"{series.label} {reference} pipelined")
+        per_level = per_level + expected[1]["n_level"].sum(axis=0)
+    trap2_alone, combined = per_level[[3, 4]].sum(), per_level[[0, 2, 5, 7]].sum()
+    assert trap2_alone > 0 and combined > 0 and per_level[[1, 6]].sum() > 0, per_level
+
+
+@pytest.mark.parametrize("two_trap_fraction", [0.0, 0.03])
 @pytest.mark.parametrize("reference", ["temporal", "causal", "spatial"])
-def test_nan_pixels_match(kernels, reference):
-    """Float frames with NaN pixels: NaN propagates through the references as in NumPy (no correction)."""
-    series = simulated_series("float32", "flat", 500.0, n_frames=15, seed=4, specials=(np.nan, np.nan))
+def test_nan_pixels_match(kernels, reference, two_trap_fraction):
+    """Float frames with NaN pixels: NaN propagates through the references as in NumPy (no correction);
+    with two-trap pixels too (a NaN window median's lambda stays NaN under their temporal rule)."""
+    series = simulated_series("float32", "flat", 500.0, n_frames=15, seed=4, specials=(np.nan, np.nan),
+                              two_trap_fraction=two_trap_fraction)
     settings = EngineSettings(reference=reference, window=6)
     expected, got = _both(kernels, series.cube, settings, series.frames)
     assert_same_run(expected, got, f"{series.label} {reference}")
 
 
+@pytest.mark.parametrize("two_trap_fraction", [0.0, 0.05])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_nan_and_infinite_windows_match_at_window_10(kernels, dtype):
+def test_nan_and_infinite_windows_match_at_window_10(kernels, dtype, two_trap_fraction):
     """W = 10 (the pruned selection network on the NumPy side, the full sort in the kernel): windows with
-    NaN, +inf and -inf pixels, mixed, give the same decisions, counts and corrected frames."""
+    NaN, +inf and -inf pixels, mixed, give the same decisions, counts and corrected frames (one-trap
+    cubes, and cubes where half the RTN pixels have two traps)."""
     specials = (np.nan, np.inf, -np.inf, np.nan, np.inf, np.nan, -np.inf, np.nan)
-    series = simulated_series(dtype, "flat", 500.0, n_frames=23, seed=6, specials=specials)
+    series = simulated_series(dtype, "flat", 500.0, n_frames=23, seed=6, specials=specials,
+                              two_trap_fraction=two_trap_fraction)
     assert np.isnan(series.frames).any() and np.isinf(series.frames).any()
     for reference in ("temporal", "causal"):
         settings = EngineSettings(reference=reference, window=10)
@@ -183,7 +216,7 @@ def test_float32_subnormals_match(kernels, table, make_cube):
 def test_window_fixed_at_compile_time_matches(tmp_path, dtype):
     """The build the CuPy backend runs (-DRTN_WINDOW=W, W in the registers) gives the NumPy engine's output."""
     fixed = HostKernels(build_host_library(CXX, tmp_path, window=10))
-    series = simulated_series(dtype, "varying", 500.0, n_frames=23, seed=6)
+    series = simulated_series(dtype, "varying", 500.0, n_frames=23, seed=6, two_trap_fraction=0.02)
     for reference in ("temporal", "causal"):
         expected, got = _both(fixed, series.cube, EngineSettings(reference=reference, window=10), series.frames)
         assert_same_run(expected, got, f"{series.label} RTN_WINDOW=10 {reference}")
@@ -318,16 +351,30 @@ def test_source_constants_match_python():
     assert _cuda.N_COUNTS == _cuda.COUNT_CHANGED + 1
 
 
-def test_line_directive_names_the_source(tmp_path):
-    """source_text() starts with #line 1 "<file>": a compiler error points at the real file and line."""
-    text = _cuda.source_text("rtn_correct.cu")
-    assert text.startswith(f'#line 1 "{(_cuda.SOURCE_DIR / "rtn_correct.cu").as_posix()}"\n')
+def _syntax_errors(tmp_path, text: str) -> str:
     broken = tmp_path / "elsewhere.cu"
-    broken.write_text(text + "this_is_not_a_type broken_line;\n")
-    n_lines = text.count("\n")  # the #line directive plus the file's lines
+    broken.write_text(text)
     proc = subprocess.run([CXX, *HOST_FLAGS[:1], "-fsyntax-only", "-include", str(SHIM), "-x", "c++",
                            str(broken)], capture_output=True, text=True, check=False)
     assert proc.returncode != 0
-    assert f"rtn_correct.cu:{n_lines}:" in proc.stderr
+    return proc.stderr
+
+
+def test_line_directive_names_the_source(tmp_path):
+    """source_text() starts with #line 1 "<file>" and inlines rtn_two_trap.cuh between #line directives
+    (NVRTC has no include path): a compiler error points at the real file and line, in either file."""
+    text = _cuda.source_text("rtn_correct.cu")
+    source = _cuda.SOURCE_DIR / "rtn_correct.cu"
+    header = _cuda.SOURCE_DIR / "rtn_two_trap.cuh"
+    assert text.startswith(f'#line 1 "{source.as_posix()}"\n')
+    assert "#include" not in text and f'#line 1 "{header.as_posix()}"\n' in text
+    assert "rtn_two_trap_decide(double s" in text
+    n_lines = source.read_text().count("\n") + 1  # the file's lines, then the broken one
+    stderr = _syntax_errors(tmp_path, text + "this_is_not_a_type broken_line;\n")
+    assert f"rtn_correct.cu:{n_lines}:" in stderr and "warning" not in stderr
+    header_lines = header.read_text().splitlines()
+    at = next(i + 1 for i, line in enumerate(header_lines) if "const bool outside_centre" in line)
+    inside = text.replace("const bool outside_centre", "this_is_not_a_type outside_centre", 1)
+    assert f"rtn_two_trap.cuh:{at}:" in _syntax_errors(tmp_path, inside)
     with pytest.raises(ValueError, match="filename must be one of"):
         _cuda.source_text("other.cu")

@@ -94,7 +94,7 @@ def test_no_fused_multiply_add_under_cupy_options(cupy_ptx):
 
 def test_every_kernel_present_under_cupy_options(cupy_ptx):
     names = set(re.findall(r"\.entry (\w+)\(", cupy_ptx))
-    assert names == {spec.kernel_name(d) for spec in (_cuda.TEMPORAL, _cuda.SPATIAL) for d in _cuda.DTYPE_SUFFIX}
+    assert names == {spec.kernel_name(d) for spec in _cuda.KERNELS for d in _cuda.DTYPE_SUFFIX}
 
 
 def test_the_checks_can_fail():

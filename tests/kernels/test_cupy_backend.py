@@ -65,6 +65,29 @@ def test_cupy_engine_at_thresholds_and_window_10(table, make_cube, reference):
 
 @pytest.mark.gpu
 @needs_gpu
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf pixels, NumPy side
+@pytest.mark.parametrize(("dtype", "scene", "bias"), [
+    ("uint16", "varying", 500.0), ("uint8", "bias", 250.0), ("int16", "stars", 32762.0), ("uint32", "flat", 3.0),
+    ("int32", "varying", 800.0), ("float32", "varying", 500.0), ("float64", "stars", 500.0),
+])
+@pytest.mark.parametrize("reference", REFERENCES)
+def test_cupy_two_trap_pixels_match_numpy(reference, dtype, scene, bias):
+    """Cubes with two-trap pixels: the same frames, counts, per-level counters and offset maps (pipelined),
+    and the same per-frame states (track_states); W = 10 compiled in on a larger sensor."""
+    series = simulated_series(dtype, scene, bias, n_frames=17, seed=3, two_trap_fraction=0.03)
+    settings = EngineSettings(reference=reference, window=6)
+    expected = _same(series.cube, settings, series.frames, series.label)
+    assert expected[1]["n_level"].sum() > 0
+    assert_same_run(run_engine(RTNEngine(series.cube, settings, backend="numpy", track_states=True), series.frames),
+                    run_engine(RTNEngine(series.cube, settings, backend="cupy", track_states=True), series.frames),
+                    f"{series.label} states")
+    if dtype == "uint16":
+        big = simulated_series(dtype, scene, bias, n_frames=31, shape=(96, 128), seed=9, two_trap_fraction=0.01)
+        _same(big.cube, EngineSettings(reference=reference, window=10), big.frames, big.label)
+
+
+@pytest.mark.gpu
+@needs_gpu
 @pytest.mark.parametrize("reference", REFERENCES)
 def test_cupy_keeps_float32_subnormals(table, make_cube, reference):
     """CuPy compiles with -ftz=true; the kernels' explicit conversions keep float32 subnormals, which
