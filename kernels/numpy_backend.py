@@ -67,10 +67,6 @@ class PixelCounters:
     n_veto: np.ndarray
     n_frames: np.ndarray
 
-    @classmethod
-    def zeros(cls, n: int) -> PixelCounters:
-        return cls(*(np.zeros(n, dtype=np.int64) for _ in range(4)))
-
 
 _TALLY_CODES = (STATE_LOW, STATE_HIGH, STATE_VETO)  # the decisions counted per pixel: n_lo, n_hi, n_veto
 
