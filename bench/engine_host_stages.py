@@ -6,6 +6,7 @@ simulated bias frames. Each stage is timed on its own with the host clock (media
 NumPy backend (everything happens on the host)
     gather     ``store``: the frame's RTN pixels into the ring (``numpy_backend.gather``, threaded)
     math       ``correct_temporal``'s per-pixel work: median, veto, decision, counters (threaded blocks)
+    math 1 thread  the same on the calling thread alone (the work the threads share)
     scatter    ``apply_corrections(in_place=True)``: the corrected pixels written into the frame
     copy       the frame-sized copy ``in_place=False`` adds
     push       ``RTNEngine.push`` as a whole (in_place=True), steady state: the rest is Python
@@ -96,6 +97,10 @@ def main() -> None:
     stages["numpy gather"] = timed(lambda: backend.store(slot, frame), args.repeat)
     state = backend._map(lambda sl: backend._temporal_block(x, rows, sl))
     stages["numpy math"] = timed(lambda: backend._map(lambda sl: backend._temporal_block(x, rows, sl)), args.repeat)
+    threads, backend._threads, backend._pool = backend._threads, 1, None  # no pool: _map runs every block here
+    stages["numpy math 1 thread"] = timed(lambda: backend._map(lambda sl: backend._temporal_block(x, rows, sl)),
+                                          args.repeat)
+    backend._threads, backend._pool = threads, pool
     stages["numpy counts"] = timed(lambda: FrameCounts.from_states(state), args.repeat)
     stages["numpy scatter"] = timed(lambda: apply_corrections(frame, x, state, params, in_place=True), args.repeat)
     stages["numpy copy"] = timed(frame.copy, args.repeat)

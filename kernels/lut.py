@@ -51,6 +51,18 @@ SIGMA_MAX_E = 20.0
 _GUIDE_BUCKETS = 1 << 14
 
 
+@functools.lru_cache(maxsize=16)
+def constant_row(value: float, n: int) -> np.ndarray:
+    """A read-only float64 array of ``n`` copies of ``value``, made once per (value, n).
+
+    An operand for the element-wise minimum / maximum: NumPy runs ``np.fmin(a, row)`` about three times as
+    fast as ``np.fmin(a, value)`` (the same results).
+    """
+    row = np.full(n, float(value))
+    row.flags.writeable = False
+    return row
+
+
 def default_lambda_nodes(lambda_top_e: float = LAMBDA_TOP_E) -> np.ndarray:
     """Lambda grid (electron): quadratic spacing on [0, 1] (400 steps), then 0.025 e- steps to the top.
 
@@ -253,19 +265,64 @@ class ThresholdTable:
         w = np.where(valid, (s - nodes[j]) / (nodes[j + 1] - nodes[j]), 0.0)
         return j.astype(np.int32), w, valid
 
+    def _bucket(self, lam_e: np.ndarray) -> np.ndarray:
+        """Guide bucket of each lambda: ``int(sqrt(float32(min(lam, top))) * (B / sqrt(top)))``, in
+        ``[0, B]`` for ``lam >= 0`` (NaN -> the top's bucket). Non-decreasing in lambda (every operation is,
+        rounding included), which is all :attr:`_guide` relies on; float32 because its square root is
+        three times as fast, and a guess needs no more."""
+        u = np.fmin(lam_e, constant_row(self.lambda_top_e, lam_e.size)).astype(np.float32)
+        np.sqrt(u, out=u)
+        u *= np.float32(_GUIDE_BUCKETS / np.sqrt(self.lambda_top_e))
+        return u.astype(np.intp)
+
     @functools.cached_property
-    def _lambda_guide(self) -> np.ndarray:
-        """Interval of the lambda grid at the start of each of 2^14 buckets uniform in sqrt(lambda)."""
-        start = (np.arange(_GUIDE_BUCKETS) / _GUIDE_BUCKETS) ** 2 * self.lambda_top_e
-        return np.clip(np.searchsorted(self.lambda_nodes, start, side="right") - 1, 0,
-                       self.lambda_nodes.size - 2)
+    def _guide(self) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Per guide bucket (:meth:`_bucket`): the interval of its smallest lambda, the node at which the
+        interval goes up by one, and whether one step is exact everywhere.
+
+        The lambdas of bucket k are the doubles from ``a_k`` (the smallest with bucket >= k, found by
+        bisection on the bit patterns of non-negative doubles, which are ordered as the values) to just
+        below ``a_{k+1}``; the top bucket also holds everything above the table and NaN. The interval is
+        non-decreasing in lambda, so where no bucket holds more than one node (and the top bucket lies in
+        the last interval, NaN's), ``first[k] + (lam >= step[k])`` is the interval of every lambda.
+
+        Returns
+        -------
+        first : numpy.ndarray, shape (k_top + 1,), intp
+        step : numpy.ndarray, shape (k_top + 1,), float64, electron
+            ``L[first + 1]``, NaN where ``first`` is the last interval (no step).
+        exact : bool
+        """
+        nodes, top = self.lambda_nodes, self.lambda_top_e
+        k_top = int(self._bucket(np.array([top]))[0])
+        k = np.arange(1, k_top + 1)
+        lo = np.zeros(k.size, dtype=np.int64)  # bucket(0.0) = 0 < k
+        hi = np.full(k.size, np.float64(top).view(np.int64))  # bucket(top) = k_top >= k
+        while np.any(hi - lo > 1):
+            mid = lo + (hi - lo) // 2
+            up = self._bucket(mid.view(np.float64)) >= k
+            hi = np.where(up, mid, hi)
+            lo = np.where(up, lo, mid)
+        start = np.concatenate([[0.0], hi.view(np.float64)])  # a_k, k = 0..k_top
+        last = np.concatenate([lo.view(np.float64), [np.inf]])  # largest lambda of bucket k
+        interval = self._interval_of
+        first, final = interval(start), interval(last)
+        exact = bool(np.all(final - first <= 1)) and first[-1] == nodes.size - 2
+        step = np.append(nodes, np.nan)[first + 1]
+        step[first == nodes.size - 2] = np.nan
+        return first, step, exact
+
+    def _interval_of(self, lam_e: np.ndarray) -> np.ndarray:
+        """The lambda interval by plain binary search (the definition :meth:`lambda_interval` meets)."""
+        return np.clip(np.searchsorted(self.lambda_nodes, lam_e, side="right") - 1, 0, self.lambda_nodes.size - 2)
 
     def lambda_interval(self, lam_e: np.ndarray) -> np.ndarray:
         """Index i of the lambda interval holding each value: ``nodes[i] <= lam < nodes[i+1]``.
 
         Exactly ``searchsorted(nodes, lam, side='right') - 1`` clamped to ``[0, n_lam - 2]`` (the CUDA
-        kernel does a binary search and gets the same i), found faster: a guess from a bucket table
-        uniform in sqrt(lambda), corrected by comparisons with the nodes until it is exact.
+        kernel does a binary search and gets the same i), found faster: from a bucket table uniform in
+        sqrt(lambda) (:attr:`_guide`), one comparison with a node where no bucket holds two nodes (the
+        default grid), else corrected by comparisons with the nodes until it is exact.
 
         Parameters
         ----------
@@ -273,16 +330,15 @@ class ThresholdTable:
 
         Returns
         -------
-        numpy.ndarray, shape (n,), int64
+        numpy.ndarray, shape (n,), intp
         """
+        first, step, exact = self._guide
+        k = self._bucket(lam_e)
+        i = first.take(k)
+        i += step.take(k) <= lam_e
+        if exact:
+            return i
         floor, ceiling = self._interval_bounds
-        u = np.fmin(lam_e, self.lambda_top_e)
-        u /= self.lambda_top_e
-        np.sqrt(u, out=u)
-        u *= _GUIDE_BUCKETS  # NaN -> top
-        k = u.astype(np.int64)
-        np.minimum(k, _GUIDE_BUCKETS - 1, out=k)
-        i = self._lambda_guide.take(k)
         while True:
             up = ceiling.take(i) <= lam_e  # at or past the interval's top (never past the last interval)
             down = floor.take(i) > lam_e  # below its bottom (never below the first interval)
@@ -322,24 +378,25 @@ class ThresholdTable:
         # f = (lam - L[i]) / (L[i+1] - L[i]); per table T: r0 = T[i,j] (1-w) + T[i,j+1] w, r1 likewise
         # at i+1, q = r0 (1-f) + r1 f. The same operations written in place, with the four corner values
         # of both tables fetched by two row gathers of _corners (identical bits, fewer passes).
-        nodes = self.lambda_nodes
+        nodes, n_sig = self.lambda_nodes, self.sigma_nodes.size
         in_table = lam_e <= nodes[-1]
         i = self.lambda_interval(lam_e)
         f = np.subtract(lam_e, nodes.take(i))
         f /= self._lambda_width.take(i)
         one_f = np.subtract(1.0, f)
         one_w = np.subtract(1.0, w)
-        base = i * self.sigma_nodes.size
+        base = np.multiply(i, n_sig, out=i)
         base += j  # flat index of node (i, j)
         lower = self._corners.take(base, axis=0)  # (n, 4): q_lo[i, j], q_lo[i, j+1], q_hi[i, j], q_hi[i, j+1]
-        base += self.sigma_nodes.size
+        base += n_sig
         upper = self._corners.take(base, axis=0)  # the same at i + 1
+        scratch = np.empty_like(f)
         out = []
         for c in (0, 2):
-            r0 = lower[:, c] * one_w
-            r0 += lower[:, c + 1] * w
-            r1 = upper[:, c] * one_w
-            r1 += upper[:, c + 1] * w
+            r0 = np.multiply(lower[:, c], one_w)
+            r0 += np.multiply(lower[:, c + 1], w, out=scratch)
+            r1 = np.multiply(upper[:, c], one_w)
+            r1 += np.multiply(upper[:, c + 1], w, out=scratch)
             r0 *= one_f
             r1 *= f
             r0 += r1

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields, replace
 import numpy as np
 
 from rtnstream.kernels import two_trap as tt
-from rtnstream.kernels.lut import ThresholdTable
+from rtnstream.kernels.lut import ThresholdTable, constant_row
 from rtnstream.kernels.pixels import PixelParams, neighbour_indices
 
 __all__ = [
@@ -78,10 +78,47 @@ class PixelCounters:
     n_frames: np.ndarray
     n_level: np.ndarray = field(default_factory=lambda: np.zeros((0, tt.N_LEVELS), dtype=np.int64))
 
-    @classmethod
-    def zeros(cls, n: int, n_two_trap: int = 0) -> PixelCounters:
-        return cls(*(np.zeros(n, dtype=np.int64) for _ in range(4)),
-                   n_level=np.zeros((n_two_trap, tt.N_LEVELS), dtype=np.int64))
+
+_TALLY_CODES = (STATE_LOW, STATE_HIGH, STATE_VETO)  # the decisions counted per pixel: n_lo, n_hi, n_veto
+
+
+class _Tally:
+    """Per-pixel decision counts of a series, kept per block of pixels as uint8 counts of the latest frames
+    (one byte-wide addition per decision code and frame) folded into int64 totals every 255 frames.
+
+    Parameters
+    ----------
+    blocks : list of slice
+        Disjoint blocks covering the n pixels, in order; each block is counted by one thread at a time.
+    """
+
+    def __init__(self, blocks: list[slice]) -> None:
+        self._blocks = blocks
+        n = blocks[-1].stop if blocks else 0
+        self._total = np.zeros((len(_TALLY_CODES), n), dtype=np.int64)
+        self._recent = np.zeros((len(_TALLY_CODES), n), dtype=np.uint8)
+        self._frames = [0] * len(blocks)  # frames counted, per block
+        self._unfolded = [0] * len(blocks)  # frames in _recent, per block (< 256)
+
+    def add(self, block: int, state: np.ndarray) -> None:
+        """Count the decisions ``state`` (shape of the block, uint8) of one frame in block ``block``."""
+        sl = self._blocks[block]
+        hit = np.empty(state.shape, dtype=bool)
+        for recent, code in zip(self._recent[:, sl], _TALLY_CODES, strict=True):
+            recent += np.equal(state, code, out=hit).view(np.uint8)
+        self._frames[block] += 1
+        self._unfolded[block] += 1
+        if self._unfolded[block] == 255:  # the next frame could wrap a uint8 count: fold into the totals
+            self._total[:, sl] += self._recent[:, sl]
+            self._recent[:, sl] = 0
+            self._unfolded[block] = 0
+
+    def counters(self, n_level: np.ndarray) -> PixelCounters:
+        """The counts so far, as new int64 arrays, with a copy of the two-trap pixels' ``n_level``."""
+        n_lo, n_hi, n_veto = self._total + self._recent
+        sizes = [sl.stop - sl.start for sl in self._blocks]
+        return PixelCounters(n_lo, n_hi, n_veto, np.repeat(np.array(self._frames, dtype=np.int64), sizes),
+                             n_level=n_level.copy())
 
 
 def decide(
@@ -92,8 +129,8 @@ def decide(
 
     Parameters
     ----------
-    x_adu : numpy.ndarray, shape (n,), float64, adu
-        Pixel values in this frame.
+    x_adu : numpy.ndarray, shape (n,), adu
+        Pixel values in this frame: float64, or a frame dtype (converted exactly, as the kernel does).
     lam_e : numpy.ndarray, shape (n,), float64, electron, >= 0
         Expected photo-electrons from the reference.
     params : PixelParams
@@ -125,7 +162,8 @@ def decide(
     state = high.view(np.uint8) << 1  # STATE_HIGH = 2; low and high exclude each other (q_lo <= q_hi)
     state |= low.view(np.uint8)  # STATE_LOW = 1
     in_table &= params.sigma_ok[sl]
-    np.copyto(state, STATE_OUT_OF_TABLE, where=~in_table)
+    if not in_table.all():
+        np.copyto(state, STATE_OUT_OF_TABLE, where=~in_table)
     return state
 
 
@@ -361,20 +399,28 @@ class NumpyBackend:
         self.n_slots = n_slots
         self._neighbours = neighbour_indices(params.shape, params.index, spatial_size) if n_slots == 0 else None
         self._ring: np.ndarray | None = None
+        self._block = block
         self._blocks = [slice(a, min(a + block, params.n)) for a in range(0, params.n, block)]
-        self._block_size = block
         self._threads = threads or os.cpu_count() or 1
         self._pool: ThreadPoolExecutor | None = None
-        self.counters = PixelCounters.zeros(params.n, params.n_two_trap)
+        self._tally = _Tally(self._blocks)
         self._two_trap_blocks = _two_trap_blocks(params, self._blocks)
         self._levels = np.zeros(params.n_two_trap, dtype=np.uint8)  # this frame's two-trap decisions
+        self._n_level = np.zeros((params.n_two_trap, tt.N_LEVELS), dtype=np.int64)  # corrections per level
         self._networks = {n_slots - 1: median_pair_network(n_slots - 1)} if n_slots > 2 else {}
 
     def reset(self, dtype: np.dtype) -> None:
         """Start a series of frames of ``dtype``: empty ring, zero per-pixel counters."""
         if self.n_slots:
             self._ring = np.zeros((self.n_slots, self.params.n), dtype=dtype)
-        self.counters = PixelCounters.zeros(self.params.n, self.params.n_two_trap)
+        self._tally = _Tally(self._blocks)
+        self._n_level[:] = 0
+
+    @property
+    def counters(self) -> PixelCounters:
+        """Per-RTN-pixel counts of the current series (new arrays, each of shape (n,), int64; ``n_level``
+        (n_two_trap, 8))."""
+        return self._tally.counters(self._n_level)
 
     def store(self, slot: int, frame: np.ndarray) -> None:
         """Gather the RTN pixels of ``frame`` (shape (ny, nx)) into ring slot ``slot``."""
@@ -403,12 +449,11 @@ class NumpyBackend:
         w = len(rows)
         vals = self._ring[rows, sl]
         lower, upper = _median_pair(vals, self._median_network(w))
-        lam = lower.astype(np.float64)
-        lam += upper
+        lam = np.add(lower, upper, dtype=np.float64)
         lam *= 0.5
         lam -= p.mu_adu[sl]
         lam *= g
-        np.maximum(lam, 0.0, out=lam)
+        np.maximum(lam, constant_row(0.0, lam.size), out=lam)
         vf = vals.astype(np.float64)
         mean = vf[0].copy()
         for r in range(1, w):
@@ -426,7 +471,7 @@ class NumpyBackend:
         np.sqrt(bound, out=bound)
         bound *= self.k_var
         veto = spread_e > bound
-        state = decide(x[sl].astype(np.float64), lam, p, self.table, sl)
+        state = decide(x[sl], lam, p, self.table, sl)
         np.copyto(state, STATE_VETO, where=veto)
         self._decide_two_trap(x, lam, state, sl, rows)
         return self._count(state, sl)
@@ -461,7 +506,7 @@ class NumpyBackend:
         upper = vals[rows, count // 2]
         lower = vals[rows, (count - 1) // 2]
         lam = np.maximum(((lower + upper) * 0.5) * p.gain_e_per_adu, 0.0)
-        state = decide(x[sl].astype(np.float64), lam, p, self.table, sl)
+        state = decide(x[sl], lam, p, self.table, sl)
         self._decide_two_trap(x, lam, state, sl)
         return self._count(state, sl)
 
@@ -495,7 +540,7 @@ class NumpyBackend:
         codes go to this frame's levels and the per-level counters (a vetoed pixel is left uncorrected).
         Blocks are disjoint: safe across threads.
         """
-        block = self._two_trap_blocks[sl.start // self._block_size]
+        block = self._two_trap_blocks[sl.start // self._block]
         if block is None:
             return
         local = block.local
@@ -506,15 +551,11 @@ class NumpyBackend:
         state[local] = np.where(vetoed, STATE_VETO, two_trap_states(level, block.level_low))
         self._levels[block.first:block.first + local.size] = level
         moved = np.flatnonzero((level >= 1) & (level <= tt.N_LEVELS))  # one level per pixel: no repeats
-        self.counters.n_level[block.first + moved, level[moved].astype(np.int64) - 1] += 1
+        self._n_level[block.first + moved, level[moved].astype(np.int64) - 1] += 1
 
     def _count(self, state: np.ndarray, sl: slice) -> np.ndarray:
         """Add a block's decisions to the per-pixel counters (blocks are disjoint: safe across threads)."""
-        c = self.counters
-        c.n_lo[sl] += state == STATE_LOW
-        c.n_hi[sl] += state == STATE_HIGH
-        c.n_veto[sl] += state == STATE_VETO
-        c.n_frames[sl] += 1
+        self._tally.add(sl.start // self._block, state)
         return state
 
     def _executor(self) -> ThreadPoolExecutor | None:
