@@ -113,12 +113,14 @@ class _Tally:
             self._recent[:, sl] = 0
             self._unfolded[block] = 0
 
-    def counters(self, n_level: np.ndarray) -> PixelCounters:
-        """The counts so far, as new int64 arrays, with a copy of the two-trap pixels' ``n_level``."""
+    def counters(self, n_level: np.ndarray | None = None) -> PixelCounters:
+        """The counts so far, as new int64 arrays, with a copy of the two-trap pixels' ``n_level`` if given."""
         n_lo, n_hi, n_veto = self._total + self._recent
         sizes = [sl.stop - sl.start for sl in self._blocks]
-        return PixelCounters(n_lo, n_hi, n_veto, np.repeat(np.array(self._frames, dtype=np.int64), sizes),
-                             n_level=n_level.copy())
+        frames = np.repeat(np.array(self._frames, dtype=np.int64), sizes)
+        if n_level is None:
+            return PixelCounters(n_lo, n_hi, n_veto, frames)
+        return PixelCounters(n_lo, n_hi, n_veto, frames, n_level=n_level.copy())
 
 
 def decide(
