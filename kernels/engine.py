@@ -423,15 +423,18 @@ class RTNEngine:
         return out
 
     def _counter_snapshot(self) -> tuple[np.ndarray, ...] | None:
-        if not self.track_states:
+        if not self.track_states or hasattr(self.backend, "frame_states"):
             return None
         c = self.backend.counters
         return c.n_lo.copy(), c.n_hi.copy(), c.n_veto.copy()
 
     def _states_since(self, before: tuple[np.ndarray, ...] | None) -> np.ndarray | None:
-        """Per-pixel decisions of the frame just corrected: which counter each pixel's decision raised."""
-        if before is None:
+        """Per-pixel decisions of the frame just corrected: which counter each pixel's decision raised (the
+        backend's ``frame_states()`` where it has one, else the change of its counters since ``before``)."""
+        if not self.track_states:
             return None
+        if hasattr(self.backend, "frame_states"):
+            return self.backend.frame_states()
         c = self.backend.counters
         states = np.full(self.params.n, STATE_NONE, dtype=np.uint8)
         for code, now, then in ((STATE_LOW, c.n_lo, before[0]), (STATE_HIGH, c.n_hi, before[1]),

@@ -409,6 +409,7 @@ class NumpyBackend:
         self._two_trap_blocks = _two_trap_blocks(params, self._blocks)
         self._levels = np.zeros(params.n_two_trap, dtype=np.uint8)  # this frame's two-trap decisions
         self._n_level = np.zeros((params.n_two_trap, tt.N_LEVELS), dtype=np.int64)  # corrections per level
+        self._state = np.zeros(params.n, dtype=np.uint8)  # the last frame's decisions
         self._networks = {n_slots - 1: median_pair_network(n_slots - 1)} if n_slots > 2 else {}
 
     def reset(self, dtype: np.dtype) -> None:
@@ -584,4 +585,12 @@ class NumpyBackend:
             pos = p.two_trap_pos
             values = tt.apply_two_trap(x[pos], self._levels, p.two_trap)
             out.reshape(-1)[p.index[pos[moved]]] = values[moved]
+        self._state = state
         return out, FrameCounts.from_states(state)
+
+    def frame_states(self) -> np.ndarray:
+        """Decisions of the frame corrected last, shape (n,), uint8: ``STATE_LOW``, ``STATE_HIGH``,
+        ``STATE_VETO`` or ``STATE_NONE`` (out of table included): the counter each pixel's decision raised."""
+        state = self._state.copy()
+        state[state == STATE_OUT_OF_TABLE] = STATE_NONE
+        return state
