@@ -44,6 +44,7 @@ DQF_LOW = 2  # low-state jump found in this frame (corrected: +D_adu; masking mo
 DQF_HIGH = 4  # high-state jump found in this frame (corrected: -D_adu; masking mode: flagged only)
 DQF_VETOED = 8  # left alone in this frame: the reference window varies (variable source)
 DQF_NOT_CORRECTABLE = 16  # positive jumps unresolvable here: sigma outside the table or signal >= lambda_max
+#                            (a two-trap pixel's: LAMMAX2, that of its smallest level, docs/algorithm.md s. 9)
 DQF_TWO_TRAP = 32  # the cube flags this pixel as two-trap (two independent traps, docs/algorithm.md section 9)
 DQF_ANOMALOUS = 64  # the cube flags an anomalous mean or standard deviation
 DQF_HOT = 128  # the cube flags a hot pixel
@@ -186,7 +187,8 @@ class FrameModel:
         self._rn2_e2 = readnoise.astype(np.float32) ** 2
         self._rn_rtn_e = readnoise[params.index].astype(np.float64)
         self._sigma_e = cube.rtn.sigma_e
-        self._lammax_e = cube.rtn.lammax_e
+        # where jumps stop being resolvable: a two-trap pixel's smallest level min(D2, D1 - D2) goes first
+        self._lammax_e = np.where(cube.rtn.two_trap, cube.rtn.lammax2_e, cube.rtn.lammax_e)
 
     def products(self, data: np.ndarray, states: np.ndarray | None, corrected: bool, mode: Mode, dq: bool,
                  uncertainty: bool) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:

@@ -168,15 +168,20 @@ def test_uncertainty_follows_the_read_noise_model(cube, cube_path, frames, tmp_p
         # plain pixels: total read noise and shot noise
         want_plain = np.sqrt(cube.readnoise_e**2 + signal) / g
         np.testing.assert_allclose(ccd.uncertainty.array[~rtn], want_plain[~rtn], rtol=2e-5)
-        # corrected RTN pixels (not vetoed): sigma at no signal, rising to RN at lambda_max
-        frac = np.minimum(np.divide(signal, cube.lammax_e, out=np.ones(SHAPE), where=rtn & (cube.lammax_e > 0)), 1)
+        # corrected RTN pixels (not vetoed): sigma at no signal, rising to RN at lambda_max (a two-trap
+        # pixel's: that of its smallest level, LAMMAX2)
+        lammax = cube.lammax_e.reshape(-1)
+        lammax[cube.rtn.index] = np.where(cube.rtn.two_trap, cube.rtn.lammax2_e, cube.rtn.lammax_e)
+        lammax = lammax.reshape(SHAPE)
+        assert np.count_nonzero(lammax[rtn] != cube.lammax_e[rtn]) == 1  # the two-trap pixel
+        frac = np.minimum(np.divide(signal, lammax, out=np.ones(SHAPE), where=rtn & (lammax > 0)), 1)
         rn_eff = cube.sigma_e + (cube.readnoise_e - cube.sigma_e) * frac
         sel = rtn & ((dq & DQF_VETOED) == 0)
         np.testing.assert_allclose(ccd.uncertainty.array[sel], (np.sqrt(rn_eff**2 + signal) / g)[sel], rtol=2e-5)
         vetoed = (dq & DQF_VETOED) != 0
         np.testing.assert_allclose(ccd.uncertainty.array[vetoed], want_plain[vetoed], rtol=2e-5)
         # positive jumps are unresolvable where the signal reaches lambda_max
-        np.testing.assert_array_equal((dq & DQF_NOT_CORRECTABLE) != 0, rtn & (signal >= cube.lammax_e))
+        np.testing.assert_array_equal((dq & DQF_NOT_CORRECTABLE) != 0, rtn & (signal >= lammax))
 
 
 def test_ccdproc_combines_outputs_and_the_offset_map_is_not_a_frame(cube, cube_path, frames, tmp_path):
