@@ -43,12 +43,15 @@ def measure(args, serve: bool = False) -> dict:
     import numpy as np
 
     from rtnstream.kernels.engine import EngineSettings, RTNEngine
-    from rtnstream.kernels.simulate import SecondTraps, SensorModel, two_trap_frames, two_trap_true_cube
+    from rtnstream.kernels.simulate import SensorModel
 
     shape = tuple(args.shape)
     t0 = time.perf_counter()
     sensor = SensorModel.random(shape, rtn_fraction=args.rtn_fraction, seed=0)
     if args.two_trap_fraction:  # that fraction of all pixels, among the RTN pixels, gets a second trap
+        # (imported here: --against runs this script in checkouts older than two-trap pixels too)
+        from rtnstream.kernels.simulate import SecondTraps, two_trap_frames, two_trap_true_cube
+
         traps = SecondTraps.random(sensor, args.two_trap_fraction, seed=2)
         pristine = [f.data for f in two_trap_frames(sensor, traps, args.distinct, seed=1)]
         cube = two_trap_true_cube(sensor, traps)
