@@ -253,8 +253,8 @@ def log_by_roots(x: np.ndarray) -> np.ndarray:
     -------
     numpy.ndarray, float64, same shape
     """
-    r = np.sqrt(np.asarray(x, dtype=np.float64))
-    for _ in range(5):
+    r = np.array(x, dtype=np.float64, ndmin=1)  # a copy: worked on in place
+    for _ in range(6):
         np.sqrt(r, out=r)
     y = r - 1.0
     np.divide(y, np.add(r, 1.0, out=r), out=y)
@@ -266,7 +266,7 @@ def log_by_roots(x: np.ndarray) -> np.ndarray:
     acc += 1.0
     acc *= y
     acc *= 128.0
-    return acc
+    return acc.reshape(np.shape(x))
 
 
 def _best_levels(r_e: np.ndarray, pix: np.ndarray | None, lam_e: np.ndarray, var_e2: np.ndarray, offs9: np.ndarray,
@@ -300,6 +300,7 @@ def _best_levels(r_e: np.ndarray, pix: np.ndarray | None, lam_e: np.ndarray, var
         k = b - a
         res_c, best_c, score_c, better_c = (x[:w * k].reshape(w, k) for x in (res, best, score, better))
         var = var_e2[a:b]
+        offs, lps = (x[:, c] if pix is None else np.take(x, c, axis=1) for x in (offs9, lp9))  # (9, k), C order
         if pix is None:
             np.subtract(r_e[:, c], lam_e[a:b], out=res_c)
         else:
@@ -308,7 +309,7 @@ def _best_levels(r_e: np.ndarray, pix: np.ndarray | None, lam_e: np.ndarray, var
         np.multiply(res_c, res_c, out=best_c)  # the centre: res - 0 is res
         np.divide(best_c, var, out=best_c)
         np.multiply(best_c, 0.5, out=best_c)
-        np.subtract(lp9[0, c], best_c, out=best_c)
+        np.subtract(lps[0], best_c, out=best_c)
         if floor is not None:
             np.maximum(best_c, floor[a:b], out=best_c)
         else:
@@ -318,22 +319,23 @@ def _best_levels(r_e: np.ndarray, pix: np.ndarray | None, lam_e: np.ndarray, var
                 index, step = (x[:w * k].reshape(w, k) for x in level)
                 index.fill(0)
             for lv in range(1, N_LEVELS + 1):
-                np.subtract(res_c, offs9[lv, c], out=score_c)
+                np.subtract(res_c, offs[lv], out=score_c)
                 np.multiply(score_c, score_c, out=score_c)
                 np.divide(score_c, var, out=score_c)
                 np.multiply(score_c, 0.5, out=score_c)
-                np.subtract(lp9[lv, c], score_c, out=score_c)
+                np.subtract(lps[lv], score_c, out=score_c)
                 if with_offsets:  # levels rise: the last one better than all before it is the index
                     np.greater(score_c, best_c, out=better_c)
                     np.multiply(better_c.view(np.uint8), lv, out=step)
                     np.maximum(index, step, out=index)
                 np.fmax(best_c, score_c, out=best_c)
-            if centre is not None:
+            if centre is not None:  # the other levels' scores are then -inf or NaN: the index stays 0
                 best_c[nan_centre] = centre
-                if with_offsets:
-                    index[nan_centre] = 0
             if with_offsets:
-                offsets[:, a:b] = np.take_along_axis(offs9[:, c], index.astype(np.intp), axis=0)
+                flat = index.astype(np.intp)  # into offs9's level-major values
+                flat *= offs9.shape[1]
+                flat += np.arange(a, b) if pix is None else c
+                np.take(offs9.ravel(), flat, out=offsets[:, a:b])
         tot = total[a:b]
         np.copyto(tot, best_c[0])
         for t in range(1, w):
@@ -341,7 +343,7 @@ def _best_levels(r_e: np.ndarray, pix: np.ndarray | None, lam_e: np.ndarray, var
     return total, offsets
 
 
-def temporal_lambda_two_trap(window_adu: np.ndarray, params: TwoTrapParams, chunk_values: int = 1 << 14
+def temporal_lambda_two_trap(window_adu: np.ndarray, params: TwoTrapParams, chunk_values: int = 1 << 16
                              ) -> tuple[np.ndarray, np.ndarray]:
     """Expected photo-electrons of two-trap pixels from a temporal window, and the window's de-jumped spread.
 
