@@ -304,7 +304,7 @@ def _best_levels(r_e: np.ndarray, pix: np.ndarray | None, lam_e: np.ndarray, var
         if pix is None:
             np.subtract(r_e[:, c], lam_e[a:b], out=res_c)
         else:
-            np.take(r_e, c, axis=1, out=res_c)
+            np.take(r_e, c, axis=1, out=res_c, mode="clip")  # valid indices: "clip" writes out directly
             np.subtract(res_c, lam_e[a:b], out=res_c)
         np.multiply(res_c, res_c, out=best_c)  # the centre: res - 0 is res
         np.divide(best_c, var, out=best_c)
@@ -335,7 +335,7 @@ def _best_levels(r_e: np.ndarray, pix: np.ndarray | None, lam_e: np.ndarray, var
                 flat = index.astype(np.intp)  # into offs9's level-major values
                 flat *= offs9.shape[1]
                 flat += np.arange(a, b) if pix is None else c
-                np.take(offs9.ravel(), flat, out=offsets[:, a:b])
+                np.take(offs9.ravel(), flat, out=offsets[:, a:b], mode="clip")
         tot = total[a:b]
         np.copyto(tot, best_c[0])
         for t in range(1, w):
