@@ -370,7 +370,8 @@ def temporal_lambda_two_trap(window_adu: np.ndarray, params: TwoTrapParams, chun
         The reference window's values (W >= 2 frames, the frame being corrected excluded).
     params : TwoTrapParams
     chunk_values : int, >= 1
-        Window values scored at once (a few float64 arrays of this size should stay in the cache).
+        Window values scored at once: larger chunks take fewer NumPy calls, smaller ones less memory
+        (a few float64 arrays of this size); the results do not depend on it.
 
     Returns
     -------
