@@ -253,35 +253,98 @@ def log_by_roots(x: np.ndarray) -> np.ndarray:
     -------
     numpy.ndarray, float64, same shape
     """
-    r = np.asarray(x, dtype=np.float64)
+    r = np.array(x, dtype=np.float64, ndmin=1)  # a copy: worked on in place
     for _ in range(6):
-        r = np.sqrt(r)
-    y = (r - 1.0) / (r + 1.0)
-    y2 = y * y
-    return 128.0 * (y * (1.0 + y2 * (1.0 / 3.0 + y2 * (1.0 / 5.0 + y2 * (1.0 / 7.0)))))
+        np.sqrt(r, out=r)
+    y = r - 1.0
+    np.divide(y, np.add(r, 1.0, out=r), out=y)
+    y2 = np.multiply(y, y, out=r)
+    acc = y2 * (1.0 / 7.0)  # Horner form, innermost first
+    for c in (1.0 / 5.0, 1.0 / 3.0):
+        acc += c
+        acc *= y2
+    acc += 1.0
+    acc *= y
+    acc *= 128.0
+    return acc.reshape(np.shape(x))
 
 
-def _best_levels(r_e: np.ndarray, lam_e: np.ndarray, var_e2: np.ndarray, offs9: np.ndarray, lp9: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each window value's most probable level (centre first, strict > in level order) under ``lam_e``.
+def _best_levels(r_e: np.ndarray, pix: np.ndarray | None, lam_e: np.ndarray, var_e2: np.ndarray, offs9: np.ndarray,
+                 lp9: np.ndarray, chunk_values: int, with_offsets: bool = False, floor: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Each window value's most probable level (centre first, strict > in level order) in m columns.
 
-    ``r_e`` (W, n): ``(v - mu) g``; ``lam_e``, ``var_e2`` (n,); ``offs9``, ``lp9`` (n, 9): the centre and the
-    eight levels' offsets (electron) and log priors. Returns the best score and that level's offset, (W, n).
+    Column c is pixel ``pix[c]`` (all n pixels in order where ``pix`` is None) under ``lam_e[c]``,
+    ``var_e2[c]`` (m,). ``r_e`` (W, n): ``(v - mu) g``; ``offs9``, ``lp9`` (9, n): the centre's (offset 0)
+    and the eight levels' offsets (electron) and log priors. A value's level score is
+    ``lp_k - 0.5 (((r - lambda) - L_k)^2 / var)``. Returns each column's sum of its best scores over the
+    window, in window order, (m,), and with ``with_offsets`` the best levels' offsets (W, m), else None.
+    With ``floor`` (m,), at least the largest log prior of the eight levels, only the centre is scored and
+    the sums are of ``max(centre score, floor)``: at least the sums of the best scores, rounding being
+    monotonic (NaN where the centre's score is). Columns go in chunks of about ``chunk_values`` values.
+
+    The running maximum is ``numpy.fmax``, the strict-> chain's value (a NaN score never wins) except where
+    the centre's score is NaN, which nothing beats: the centre is put back there.
     """
-    res = r_e - lam_e
-    d = res - offs9[:, 0]
-    best = lp9[:, 0] - 0.5 * ((d * d) / var_e2)
-    off = np.broadcast_to(offs9[:, 0], res.shape).copy()
-    for k in range(1, N_LEVELS + 1):
-        d = res - offs9[:, k]
-        sc = lp9[:, k] - 0.5 * ((d * d) / var_e2)
-        better = sc > best
-        best = np.where(better, sc, best)
-        off = np.where(better, offs9[:, k], off)
-    return best, off
+    w = r_e.shape[0]
+    m = r_e.shape[1] if pix is None else pix.size
+    cols = max(1, min(chunk_values // w, m))
+    res, best, score = (np.empty(w * cols) for _ in range(3))
+    better = np.empty(w * cols, dtype=bool)
+    level = np.empty((2, w * cols), dtype=np.uint8)
+    total = np.empty(m)
+    offsets = np.empty((w, m)) if with_offsets else None
+    for a in range(0, m, cols):
+        b = min(a + cols, m)
+        c = slice(a, b) if pix is None else pix[a:b]
+        k = b - a
+        res_c, best_c, score_c, better_c = (x[:w * k].reshape(w, k) for x in (res, best, score, better))
+        var = var_e2[a:b]
+        offs, lps = (x[:, c] if pix is None else np.take(x, c, axis=1) for x in (offs9, lp9))  # (9, k), C order
+        if pix is None:
+            np.subtract(r_e[:, c], lam_e[a:b], out=res_c)
+        else:
+            np.take(r_e, c, axis=1, out=res_c, mode="clip")  # valid indices: "clip" writes out directly
+            np.subtract(res_c, lam_e[a:b], out=res_c)
+        np.multiply(res_c, res_c, out=best_c)  # the centre: res - 0 is res
+        np.divide(best_c, var, out=best_c)
+        np.multiply(best_c, 0.5, out=best_c)
+        np.subtract(lps[0], best_c, out=best_c)
+        if floor is not None:
+            np.maximum(best_c, floor[a:b], out=best_c)
+        else:
+            nan_centre = np.isnan(best_c)
+            centre = best_c[nan_centre] if nan_centre.any() else None
+            if with_offsets:
+                index, step = (x[:w * k].reshape(w, k) for x in level)
+                index.fill(0)
+            for lv in range(1, N_LEVELS + 1):
+                np.subtract(res_c, offs[lv], out=score_c)
+                np.multiply(score_c, score_c, out=score_c)
+                np.divide(score_c, var, out=score_c)
+                np.multiply(score_c, 0.5, out=score_c)
+                np.subtract(lps[lv], score_c, out=score_c)
+                if with_offsets:  # levels rise: the last one better than all before it is the index
+                    np.greater(score_c, best_c, out=better_c)
+                    np.multiply(better_c.view(np.uint8), lv, out=step)
+                    np.maximum(index, step, out=index)
+                np.fmax(best_c, score_c, out=best_c)
+            if centre is not None:  # the other levels' scores are then -inf or NaN: the index stays 0
+                best_c[nan_centre] = centre
+            if with_offsets:
+                flat = index.astype(np.intp)  # into offs9's level-major values
+                flat *= offs9.shape[1]
+                flat += np.arange(a, b) if pix is None else c
+                np.take(offs9.ravel(), flat, out=offsets[:, a:b], mode="clip")
+        tot = total[a:b]
+        np.copyto(tot, best_c[0])
+        for t in range(1, w):
+            tot += best_c[t]
+    return total, offsets
 
 
-def temporal_lambda_two_trap(window_adu: np.ndarray, params: TwoTrapParams) -> tuple[np.ndarray, np.ndarray]:
+def temporal_lambda_two_trap(window_adu: np.ndarray, params: TwoTrapParams, chunk_values: int = 1 << 16
+                             ) -> tuple[np.ndarray, np.ndarray]:
     """Expected photo-electrons of two-trap pixels from a temporal window, and the window's de-jumped spread.
 
     The window median ``m = (median - mu) g`` may sit at any of the nine levels ``L_h`` (the centre
@@ -294,11 +357,21 @@ def temporal_lambda_two_trap(window_adu: np.ndarray, params: TwoTrapParams) -> t
     ``u = (v - mu) g - L_k``, for the variability veto (``spread > k_var sqrt(lambda + RN^2)``; the raw
     window's spread counts the trap's own jumps as variability). Sums run in window order.
 
+    Hypotheses that cannot win are not scored in full: one whose ``lambda_h`` equals an earlier one's (its
+    score, a function of ``lambda_h`` alone, is the same; every level at or above the median gives 0), and
+    one whose upper bound is not above the centre hypothesis's score. The bounds take each value's score
+    at most its level's log prior, then at most the larger of its centre score and the largest other log
+    prior (rounding is monotonic). Results are those of scoring all nine, bit for bit, whatever
+    ``chunk_values``.
+
     Parameters
     ----------
     window_adu : numpy.ndarray, shape (W, n), adu, finite
         The reference window's values (W >= 2 frames, the frame being corrected excluded).
     params : TwoTrapParams
+    chunk_values : int, >= 1
+        Window values scored at once: larger chunks take fewer NumPy calls, smaller ones less memory
+        (a few float64 arrays of this size); the results do not depend on it.
 
     Returns
     -------
@@ -308,37 +381,60 @@ def temporal_lambda_two_trap(window_adu: np.ndarray, params: TwoTrapParams) -> t
     Raises
     ------
     ValueError
-        ``window_adu`` not of shape (W, n) with W >= 2.
+        ``window_adu`` not of shape (W, n) with W >= 2, or ``chunk_values`` < 1.
     """
     v = np.asarray(window_adu, dtype=np.float64)
     if v.ndim != 2 or v.shape[1] != params.n or v.shape[0] < 2:
         raise ValueError(f"window_adu must have shape (W, {params.n}) with W >= 2, got {v.shape}")
-    w = v.shape[0]
+    if chunk_values < 1:
+        raise ValueError(f"chunk_values must be >= 1, got {chunk_values!r}")
+    w, n = v.shape
     ordered = np.sort(v, axis=0)
     median = (ordered[(w - 1) // 2] + ordered[w // 2]) * 0.5
     g = params.gain_e_per_adu
     m = (median - params.mu_adu) * g
     r = (v - params.mu_adu) * g
-    offs9 = np.concatenate([np.zeros((params.n, 1)), level_offsets_e(params.delta1_e, params.delta2_e)], axis=1)
-    lp9 = np.concatenate([params.log_prior_centre[:, None], params.log_prior], axis=1)
+    offs9, lp9 = np.empty((N_LEVELS + 1, n)), np.empty((N_LEVELS + 1, n))  # C order: rows are levels
+    offs9[0] = 0.0
+    offs9[1:] = level_offsets_e(params.delta1_e, params.delta2_e).T
+    lp9[0] = params.log_prior_centre
+    lp9[1:] = params.log_prior.T
     s2 = params.sigma_e * params.sigma_e
-    half_w = 0.5 * w
-    lam = best = None
-    for h in range(N_LEVELS + 1):
-        shifted = m - offs9[:, h]
-        lam_h = np.where(shifted > 0.0, shifted, 0.0)
-        var = s2 + lam_h
-        per_value, _ = _best_levels(r, lam_h, var, offs9, lp9)
-        total = per_value[0].copy()
-        for t in range(1, w):
-            total += per_value[t]
-        score = total - half_w * log_by_roots(var)
-        if h == 0:
-            lam, best = lam_h, score
-        else:
-            better = score > best
-            lam, best = np.where(better, lam_h, lam), np.where(better, score, best)
-    _, off = _best_levels(r, lam, s2 + lam, offs9, lp9)
+    lam9 = m - offs9
+    lam9 = np.where(lam9 > 0.0, lam9, 0.0)  # never NaN, never -0.0: == is bitwise equality
+    var0 = s2 + lam9[0]
+    scores = np.full((N_LEVELS + 1, n), -np.inf)  # a hypothesis not scored cannot win: -inf never does
+    total0, off = _best_levels(r, None, lam9[0], var0, offs9, lp9, chunk_values, with_offsets=True)
+    scores[0] = total0 - (0.5 * w) * log_by_roots(var0)
+    fresh = np.empty((N_LEVELS, n), dtype=bool)
+    for h in range(1, N_LEVELS + 1):
+        np.any(lam9[h] == lam9[:h], axis=0, out=fresh[h - 1])
+    hyp, pix = np.nonzero(~fresh)  # (hypothesis - 1, pixel) pairs of new lambdas
+    hyp += 1
+    lam_p = lam9[hyp, pix]
+    var_p = s2[pix] + lam_p
+    log_term = (0.5 * w) * log_by_roots(var_p)
+    top = lp9.max(axis=0)
+    bound = top.copy()  # each value's best score at its largest, summed as the scores are
+    for _ in range(1, w):
+        bound += top
+    keep = np.flatnonzero(bound[pix] - log_term > scores[0, pix])
+    hyp, pix, lam_p, var_p, log_term = hyp[keep], pix[keep], lam_p[keep], var_p[keep], log_term[keep]
+    bound, _ = _best_levels(r, pix, lam_p, var_p, offs9, lp9, chunk_values, floor=lp9[1:].max(axis=0)[pix])
+    keep = np.flatnonzero(bound - log_term > scores[0, pix])
+    hyp, pix, lam_p, var_p, log_term = hyp[keep], pix[keep], lam_p[keep], var_p[keep], log_term[keep]
+    total, offsets = _best_levels(r, pix, lam_p, var_p, offs9, lp9, chunk_values, with_offsets=True)
+    scores[hyp, pix] = total - log_term
+    column = np.zeros((N_LEVELS + 1, n), dtype=np.intp)
+    column[hyp, pix] = np.arange(pix.size)  # where each scored pair's offsets are
+    won, top = np.zeros(n, dtype=np.intp), scores[0]
+    for h in range(1, N_LEVELS + 1):
+        win = scores[h] > top
+        won[win] = h
+        top = np.where(win, scores[h], top)
+    moved = np.flatnonzero(won)  # a scored hypothesis beat the centre's: its levels
+    off[:, moved] = offsets[:, column[won[moved], moved]]
+    lam = lam9[won, np.arange(n)]
     u = r - off
     mean = u[0].copy()
     for t in range(1, w):

@@ -270,3 +270,102 @@ def test_bad_input_names_the_parameter(table):
         temporal_lambda_two_trap(np.ones((10, 2)), params)
     with pytest.raises(ValueError, match="window_adu"):
         temporal_lambda_two_trap(np.ones((1, 3)), params)
+
+
+def _temporal_lambda_one_pixel(v, mu, g, d1, d2, sigma, log_prior, log_prior_centre):
+    """rtn_two_trap.cuh's ``rtn_two_trap_temporal_lambda`` for one pixel, one float64 operation at a time
+    (NumPy scalars: IEEE division by 0): every hypothesis, every level, strict > in order."""
+    f = np.float64
+    offs = [f(0.0)] + [f(i) * f(d1) + f(j) * f(d2) for i, j in zip(LEVEL_I, LEVEL_J, strict=True)]
+    lps = [f(log_prior_centre)] + [f(p) for p in log_prior]
+    ordered = np.sort(v)
+    w = len(v)
+    m = ((ordered[(w - 1) // 2] + ordered[w // 2]) * f(0.5) - f(mu)) * f(g)
+    s2 = f(sigma) * f(sigma)
+
+    def best_level(r, lam, var):
+        res = r - lam
+        best, off = f(lps[0]) - f(0.5) * (((res - offs[0]) * (res - offs[0])) / var), offs[0]
+        for o, lp in zip(offs[1:], lps[1:], strict=True):
+            sc = lp - f(0.5) * (((res - o) * (res - o)) / var)
+            if sc > best:
+                best, off = sc, o
+        return best, off
+
+    def log_roots(x):
+        r = x
+        for _ in range(6):
+            r = np.sqrt(r)
+        y = (r - f(1.0)) / (r + f(1.0))
+        y2 = y * y
+        return f(128.0) * (y * (f(1.0) + y2 * (f(1.0 / 3.0) + y2 * (f(1.0 / 5.0) + y2 * f(1.0 / 7.0)))))
+
+    rs = [(f(x) - f(mu)) * f(g) for x in v]
+    lam = top = None
+    for h in range(9):
+        shifted = m - offs[h]
+        lam_h = shifted if shifted > 0.0 else f(0.0)
+        var = s2 + lam_h
+        total = best_level(rs[0], lam_h, var)[0]
+        for r in rs[1:]:
+            total = total + best_level(r, lam_h, var)[0]
+        score = total - f(0.5 * w) * log_roots(var)
+        if h == 0 or score > top:
+            lam, top = lam_h, score
+    u = [r - best_level(r, lam, s2 + lam)[1] for r in rs]
+    mean = u[0]
+    for x in u[1:]:
+        mean = mean + x
+    mean = mean / f(w)
+    acc = (u[0] - mean) * (u[0] - mean)
+    for x in u[1:]:
+        acc = acc + (x - mean) * (x - mean)
+    return lam, np.sqrt(acc / f(w))
+
+
+def test_temporal_lambda_is_the_per_pixel_rule_on_edge_windows(table):
+    """Bit for bit the per-pixel rule (every hypothesis and level scored, strict > in order), whatever the
+    chunk size, on windows where skipping hypotheses is delicate: a median far below every level (all nine
+    lambdas 0: only the centre is scored), D2 = 0 and D1 = D2 (equal lambdas), absent side states (-inf
+    priors), sigma 0 with every value at mu (the centre's score 0 / 0 = NaN: nothing beats it) or at a
+    level (that level's score is NaN: it never wins), and windows holding NaN or +-inf; plus ordinary
+    simulated windows."""
+    rng = np.random.default_rng(23)
+    n, w, g = 160, 10, 0.5
+    sigma = rng.uniform(0.5, 3.0, n)
+    d2 = rng.uniform(3.0, 8.0, n) * sigma
+    d1 = d2 + rng.uniform(2.0, 8.0, n) * sigma
+    d2[:16] = 0.0
+    d1[16:32] = d2[16:32]
+    fr = rng.uniform(0.02, 0.2, (4, n))
+    fr[:, 32:48] = 0.0
+    fr[0, 48:64] = 0.0
+    sigma[64:80] = 0.0
+    mu = rng.uniform(500.0, 600.0, n)
+    mu[72:80] = np.rint(mu[72:80])
+    d1[72:80] = np.rint(d1[72:80])
+    params = TwoTrapParams.from_arrays(mu, d1, d2, sigma, g, table, frac_lo=fr[0], frac_hi=fr[1], frac2_lo=fr[2],
+                                       frac2_hi=fr[3])
+    states = rng.choice([-1, 0, 1], (2, w, n), p=[0.15, 0.7, 0.15])
+    e = rng.poisson(rng.uniform(0.0, 30.0, n), (w, n)) + rng.normal(0, 1, (w, n)) * sigma + states[0] * d1 \
+        + states[1] * d2
+    v = np.rint(mu + e / g)
+    v[:, 64:72] = mu[64:72]  # sigma 0, no noise: NaN centre scores
+    v[:, 72:80] = (mu - d1 / g)[72:80]  # sigma 0, every value exactly at -D1: that level's score is NaN
+    v[:, 80:88] = (mu - 3 * (d1 + d2) / g)[80:88]  # the median below every level
+    v[3, 88:96] = np.nan
+    v[5, 96:100] = np.inf
+    v[2, 100:104] = -np.inf
+    v[:, 104:108] = (mu + d1 / g)[104:108]  # every value at a level
+    with np.errstate(all="ignore"):
+        expected = np.array([_temporal_lambda_one_pixel(v[:, k], mu[k], g, d1[k], d2[k], sigma[k],
+                                                        params.log_prior[k], params.log_prior_centre[k])
+                             for k in range(n)])
+        for chunk in (1, 37, 1 << 14):
+            lam, spread = temporal_lambda_two_trap(v, params, chunk_values=chunk)
+            assert np.array_equal(lam.view(np.uint64), expected[:, 0].view(np.uint64)), chunk
+            assert np.array_equal(spread, expected[:, 1], equal_nan=True), chunk
+    assert np.all(lam[80:88] == 0.0) and np.all(lam[64:72] == 0.0)
+    assert np.mean(lam > 0) > 0.3  # hypotheses other than the centre's won too
+    with pytest.raises(ValueError, match="chunk_values"):
+        temporal_lambda_two_trap(v, params, chunk_values=0)
