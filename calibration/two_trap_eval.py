@@ -97,12 +97,12 @@ def fit_stack(data: np.ndarray, gain_e_per_adu: float, table: ThresholdTable, se
     dict of str to numpy.ndarray
         ``index`` (flat indices of the candidates, int64), ``one`` (the three-level fit dict),
         ``one_accepted`` (bool), and the :func:`fit_two_trap_candidates` fields, per candidate; and
-        ``meanbias_adu`` (ny, nx), the mean of the stack, and ``rn_e`` (ny, nx), its standard deviation in
+        ``meanbias_adu`` (ny, nx), the mean of the stack, and ``rn_e`` (ny, nx), its standard deviation (ddof = 1) in
         electron (the cube's RN).
     """
     settings = settings or FitSettings()
     n, ny, nx = data.shape
-    std = data.std(axis=0)
+    std = data.std(axis=0, ddof=1)  # as fit_bias_stack (calibration/fit.py: the cube's READNOISE)
     g = float(gain_e_per_adu)
     a2 = anderson_darling_band(data[: min(settings.ad_frames, n)], 0, seed=settings.dither_seed,
                                clip_sigma=settings.clip_sigma, clip_iterations=settings.clip_iterations)

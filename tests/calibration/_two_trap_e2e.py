@@ -10,6 +10,7 @@ frame) are :func:`~rtnstream.calibration.two_trap_eval.simulate` and ``bias_stac
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -73,12 +74,13 @@ def fit_cube(bias: Path, cube: Path, *options: str) -> Path:
     return cube
 
 
-def correct_frames(cube: Path, frames: list[Path], outdir: Path, reference: str) -> np.ndarray:
-    """``rtnstream correct FRAMES --cube CUBE -o OUTDIR --reference REFERENCE --backend numpy``; the corrected
-    frames read back from OUTDIR, (n_frames, ny, nx) in the order of ``frames``."""
+def correct_frames(cube: Path, frames: list[Path], outdir: Path, reference: str) -> tuple[np.ndarray, dict]:
+    """``rtnstream correct FRAMES --cube CUBE -o OUTDIR --reference REFERENCE --backend numpy``: the corrected
+    frames read back from OUTDIR, (n_frames, ny, nx) in the order of ``frames``, and OUTDIR/summary.json."""
     _cli(["correct", *map(str, frames), "--cube", str(cube), "-o", str(outdir), "--reference", reference,
           "--backend", "numpy", "--no-progress"])
-    return np.stack([fits.getdata(outdir / p.name) for p in frames])
+    summary = json.loads((outdir / "summary.json").read_text())
+    return np.stack([fits.getdata(outdir / p.name) for p in frames]), summary
 
 
 def run_chain(workdir: Path, shape: tuple[int, int] = (100, 100), n_calibration: int = 1000, n_held_out: int = 400,
@@ -108,7 +110,8 @@ def run_chain(workdir: Path, shape: tuple[int, int] = (100, 100), n_calibration:
         pixel), ``two_trap_found`` (those the fit found), ``one_trap`` (every true one-trap pixel) and
         ``one_trap_without_refit`` (the same pixels corrected with the ``--no-two-trap`` cube), and
         ``one_trap_kept_frames_differing``: pixel-frames of the true one-trap pixels the refit left one-trap
-        whose corrected values differ between the two cubes.
+        whose corrected values differ between the two cubes; ``series``: the numbers of series ``correct`` made
+        of the held-out frames (``[1]``: one series, as written).
     """
     timing = {}
     t0 = time.perf_counter()
@@ -149,15 +152,17 @@ def run_chain(workdir: Path, shape: tuple[int, int] = (100, 100), n_calibration:
                                                 sigma[mask], g)
 
     for ref in references:
-        after = {}
+        after, series = {}, set()
         for name, cube in cubes.items():
             t0 = time.perf_counter()
-            corrected = correct_frames(cube, frames, workdir / f"out_{name}_{ref}", ref)
+            corrected, summary = correct_frames(cube, frames, workdir / f"out_{name}_{ref}", ref)
             timing[f"correct_{name}_{ref}"] = time.perf_counter() - t0
             after[name] = corrected.reshape(n, -1)[:, rtn]
+            series.add(len(summary["series"]))
 
         two, one = after["two_trap"], after["one_trap"]
         out[ref] = {"two_trap": figures(two, is_two), "two_trap_found": figures(two, is_two & found),
                     "one_trap": figures(two, ~is_two), "one_trap_without_refit": figures(one, ~is_two),
-                    "one_trap_kept_frames_differing": int((two[:, kept] != one[:, kept]).sum())}
+                    "one_trap_kept_frames_differing": int((two[:, kept] != one[:, kept]).sum()),
+                    "series": sorted(series)}
     return out
