@@ -33,7 +33,7 @@ from rtnstream.kernels.two_trap import (
 )
 
 __all__ = ["TwoTrapTruth", "simulate", "bias_stack", "fit_stack", "temporal_lambda", "window_rows",
-           "temporal_lambda_two_trap_series", "spatial_lambda", "evaluate"]
+           "temporal_lambda_two_trap_series", "spatial_lambda", "correction_figures", "true_offsets_e", "evaluate"]
 
 
 @dataclass
@@ -97,12 +97,12 @@ def fit_stack(data: np.ndarray, gain_e_per_adu: float, table: ThresholdTable, se
     dict of str to numpy.ndarray
         ``index`` (flat indices of the candidates, int64), ``one`` (the three-level fit dict),
         ``one_accepted`` (bool), and the :func:`fit_two_trap_candidates` fields, per candidate; and
-        ``meanbias_adu`` (ny, nx), the mean of the stack, and ``rn_e`` (ny, nx), its standard deviation in
+        ``meanbias_adu`` (ny, nx), the mean of the stack, and ``rn_e`` (ny, nx), its standard deviation (ddof = 1) in
         electron (the cube's RN).
     """
     settings = settings or FitSettings()
     n, ny, nx = data.shape
-    std = data.std(axis=0)
+    std = data.std(axis=0, ddof=1)  # as fit_bias_stack (calibration/fit.py: the cube's READNOISE)
     g = float(gain_e_per_adu)
     a2 = anderson_darling_band(data[: min(settings.ad_frames, n)], 0, seed=settings.dither_seed,
                                clip_sigma=settings.clip_sigma, clip_iterations=settings.clip_iterations)
@@ -234,10 +234,42 @@ def _correct(values: np.ndarray, lam: np.ndarray, params: TwoTrapParams, table: 
 
 def _pixel_figures(raw: np.ndarray, corrected: np.ndarray, states: np.ndarray, true_offset_e: np.ndarray,
                    sigma_e: np.ndarray, g: float, d1_adu: np.ndarray, d2_adu: np.ndarray) -> dict[str, float]:
-    """RMS read noise before and after, and the pixel-frames changed wrongly, of one pixel population."""
+    """:func:`correction_figures` of one pixel population from its level codes (the corrections they make)."""
     changed = (states >= 1) & (states <= 8)
     k = np.maximum(states.astype(np.int64) - 1, 0)
     applied_adu = -(LEVEL_I[k] * d1_adu[None, :] + LEVEL_J[k] * d2_adu[None, :]) * changed
+    return correction_figures(raw, corrected, applied_adu, true_offset_e, sigma_e, g, changed)
+
+
+def correction_figures(raw: np.ndarray, corrected: np.ndarray, applied_adu: np.ndarray, true_offset_e: np.ndarray,
+                       sigma_e: np.ndarray, g: float, changed: np.ndarray | None = None) -> dict[str, float]:
+    """RMS read noise before and after, and the pixel-frames changed wrongly, of one pixel population.
+
+    Parameters
+    ----------
+    raw, corrected : numpy.ndarray, shape (n_frames, n), adu
+        The pixels' values before and after correction.
+    applied_adu : numpy.ndarray, shape (n_frames, n), adu
+        The correction made to each pixel-frame (``corrected - raw`` where nothing saturates).
+    true_offset_e : numpy.ndarray, shape (n_frames, n), electron
+        The true jump of each pixel-frame (:func:`true_offsets_e`).
+    sigma_e : numpy.ndarray, shape (n,), electron
+        The pixels' true read noise.
+    g : float, e-/ADU
+    changed : numpy.ndarray of bool, shape (n_frames, n), optional
+        The pixel-frames corrected (default: ``applied_adu != 0``).
+
+    Returns
+    -------
+    dict of str to float
+        ``rms_before_e``, ``rms_after_e`` (root mean square over the pixels of each pixel's standard
+        deviation over the frames), ``sigma_rms_e``, ``rms_after_over_sigma``, ``changed_fraction``;
+        ``harmful_fraction``: pixel-frames corrected although at the central level, or moved further from it
+        than they were; ``wrong_level_fraction``: corrected to a level more than sigma from the true one;
+        ``jumps_caught_fraction``: jumped pixel-frames corrected to their level.
+    """
+    if changed is None:
+        changed = applied_adu != 0
     true_adu = -true_offset_e / g  # the correction that restores the central level
     err = np.abs(applied_adu - true_adu)
     sigma_adu = sigma_e / g
@@ -259,6 +291,25 @@ def _pixel_figures(raw: np.ndarray, corrected: np.ndarray, states: np.ndarray, t
         "harmful_fraction": float(harmful.mean()),
         "jumps_caught_fraction": float(caught.sum() / max(jumped.sum(), 1)),
     }
+
+
+def true_offsets_e(truth: TwoTrapTruth, states: np.ndarray, states2: np.ndarray) -> np.ndarray:
+    """The true jump of every RTN pixel-frame: the first trap's, plus the second's where there is one.
+
+    Parameters
+    ----------
+    truth : TwoTrapTruth
+    states, states2 : numpy.ndarray, shape (n_frames, n_rtn) and (n_frames, n_two), int8
+        The traps' states (:func:`bias_stack`).
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_frames, n_rtn), float64, electron
+        Columns in the order of ``truth.sensor.rtn_index``.
+    """
+    out = states * truth.sensor.delta_e[None, :]
+    out[:, truth.traps.rtn_pos] += states2 * truth.traps.delta_e[None, :]
+    return out
 
 
 def evaluate(truth: TwoTrapTruth, fit: dict[str, np.ndarray], held_out: tuple[np.ndarray, ...],
@@ -285,7 +336,7 @@ def evaluate(truth: TwoTrapTruth, fit: dict[str, np.ndarray], held_out: tuple[np
         (two-trap pixels the fit missed are corrected as one-trap pixels when the three-level rules
         accepted them, else left).
     """
-    sensor, traps = truth.sensor, truth.traps
+    sensor = truth.sensor
     g = sensor.gain_e_per_adu
     data, states1, states2 = held_out
     n_frames = data.shape[0]
@@ -350,10 +401,7 @@ def evaluate(truth: TwoTrapTruth, fit: dict[str, np.ndarray], held_out: tuple[np
     corrected = np.where(left, values, corrected)
     states[left] = 0
 
-    # the true offset of every pixel-frame: first trap, plus the second where there is one
-    true_off = states1 * sensor.delta_e[None, :]
-    two_cols = traps.rtn_pos
-    true_off[:, two_cols] += states2 * traps.delta_e[None, :]
+    true_off = true_offsets_e(truth, states1, states2)
     sigma_true = sensor.sigma_e.ravel()[flat_all]
 
     def figures(mask):

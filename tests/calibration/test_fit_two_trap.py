@@ -17,6 +17,7 @@ from rtnstream.calibration.two_trap import refit_band
 from rtnstream.cli import main
 from rtnstream.kernels.cube import DQ_RTN, DQ_TWO_TRAP, read_cube
 from rtnstream.kernels.lut import get_table
+from tests.calibration._two_trap_e2e import fit_cube
 
 SECOND = ("delta2_e", "frac2_c", "frac2_lo", "frac2_hi", "lammax2_e")
 FIRST = ("mu_adu", "delta_e", "sigma_e", "frac_c", "frac_lo", "frac_hi", "lammax_e")
@@ -32,10 +33,7 @@ def sim(tmp_path_factory):
 
 def _fit(sim, name, *options):
     out, truth = sim
-    cube = out / name
-    assert main(["fit", str(out / "bias.fits"), "-o", str(cube), "--gain-e-per-adu",
-                 repr(float(truth["gain_e_per_adu"])), "--no-plots", "--no-progress", *options]) == 0
-    return cube
+    return fit_cube(out / "bias.fits", out / name, "--gain-e-per-adu", repr(float(truth["gain_e_per_adu"])), *options)
 
 
 @pytest.fixture(scope="module")
