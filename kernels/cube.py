@@ -542,6 +542,10 @@ def write_cube(cube: RTNCube, path: str | os.PathLike, overwrite: bool = False,
     ValueError
         ``version`` is not a known format version, or is 1 for a cube with two-trap pixels (format 1 has
         no planes for a second trap).
+    FileExistsError
+        ``path`` exists and ``overwrite`` is False.
+    OSError
+        The file cannot be written (e.g. a full disk); a file that was at ``path`` is left as it was.
     """
     from astropy.io import fits
 
@@ -572,7 +576,16 @@ def write_cube(cube: RTNCube, path: str | os.PathLike, overwrite: bool = False,
     dq = hdus[-1]
     for key, (bit, label) in _DQ_KEYS.items():
         dq.header[key] = (bit, f"bit value of the {label} flag")
-    fits.HDUList([primary, *hdus]).writeto(path, overwrite=overwrite, checksum=True)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; give overwrite=True (--overwrite) to replace it")
+    # a hidden temporary name beside it, renamed when complete: a failure (a full disk) leaves the file that
+    # was there, never a half-written cube under its name
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        fits.HDUList([primary, *hdus]).writeto(tmp, overwrite=True, checksum=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -92,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     except RTNStreamError as exc:
         print(f"rtnstream {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM where a command turns it into this): no traceback
+        print(f"rtnstream {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:  # the system refused a read or a write (a full disk, no permission)
+        print(f"rtnstream {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except ModuleNotFoundError as exc:
         extra = _EXTRA_OF_MODULE.get((exc.name or "").partition(".")[0])
         if extra is None:

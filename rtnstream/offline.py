@@ -252,16 +252,21 @@ def correct_files(
                 origin, forced = checks[s.number]
                 results.append(_run_series(s, cube_part(cube, origin, s.files[0].shape), origin, forced, opts,
                                            outdir, bar, summary["bad"]))
-    except Exception as exc:  # a failure mid-run: say in summary.json what was written before it
+    except BaseException as exc:  # a failure or an interrupt mid-run: say in summary.json what was written
         _summarise(summary, results)
         done = {r["number"] for r in results}
         summary["complete"] = False
         summary["error"] = f"{type(exc).__name__}: {exc}"
         summary["unfinished"] = [{"series": s.number, "written": _written_since(outdir, s, started)}
                                  for s in series if s.number not in done]
-        (outdir / "summary.json").write_text(json.dumps(summary, indent=2))
-        log.error("correct stopped after %d of %d series (%s); %s lists the outputs written", len(done),
-                  len(series), exc, outdir / "summary.json")
+        try:
+            _write_summary(outdir, summary)
+        except OSError as write_error:  # a full disk: the run's own error is the one to raise
+            log.error("correct stopped after %d of %d series (%s); summary.json could not be written either: %s",
+                      len(done), len(series), exc or type(exc).__name__, write_error)
+        else:
+            log.error("correct stopped after %d of %d series (%s); %s lists the outputs written", len(done),
+                      len(series), exc or type(exc).__name__, outdir / "summary.json")
         raise
     elapsed = time.perf_counter() - t0
     totals = _summarise(summary, results)
@@ -271,9 +276,9 @@ def correct_files(
         "elapsed_s": round(elapsed, 3),
         "frames_per_s": round(total / elapsed, 3) if elapsed > 0 else None,
     })
-    (outdir / "summary.json").write_text(json.dumps(summary, indent=2))
-    log.info("corrected %d frames in %d series: %d low, %d high, %d vetoed", total, len(series), totals.low,
-             totals.high, totals.vetoed)
+    _write_summary(outdir, summary)
+    log.info("corrected %d frames in %d series: %d low, %d high, %d vetoed", summary["frames"], len(series),
+             totals.low, totals.high, totals.vetoed)
     return summary
 
 
@@ -291,6 +296,17 @@ def _check_length(s: Series, settings: EngineSettings) -> None:
         raise SeriesError(f"series {s.number} ({s.files[0].path.name} .. {s.files[-1].path.name}): window "
                           f"{settings.window} needs a series of at least {settings.window + 1} frames, got "
                           f"{s.n_frames}")
+
+
+def _write_summary(outdir: Path, summary: dict[str, Any]) -> None:
+    """Write ``outdir/summary.json`` through a temporary name: complete or not at all."""
+    path = outdir / "summary.json"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _written_since(outdir: Path, s: Series, started: float) -> list[str]:
@@ -340,6 +356,7 @@ def _run_series(s: Series, cube: RTNCube, origin: tuple[int, int] | None, forced
             del stacks[k]
 
     pushed = 0
+    unread: set[int] = set()  # files passed over (skip_bad): no output
     try:
         for k, f in enumerate(s.files):
             if f.is_stack:
@@ -357,6 +374,7 @@ def _run_series(s: Series, cube: RTNCube, origin: tuple[int, int] | None, forced
                         raise
                     bad.append({"file": str(f.path), "reason": str(exc)})
                     log.debug("skipped bad file: %s", exc)
+                    unread.add(k)
                     continue
                 for out in corrector.push(frame, tag=(k, 0)):
                     write(out)
@@ -380,7 +398,8 @@ def _run_series(s: Series, cube: RTNCube, origin: tuple[int, int] | None, forced
         "first": s.files[0].path.name, "last": s.files[-1].path.name, "origin": origin,
         "bias_offset_map": str(offset_path) if offset_path else None,
         "files": [{"input": str(f.path), "output": str(outdir / f.path.name), "series": s.number,
-                   "frames": f.n_frames, "corrections": asdict(c)} for f, c in zip(s.files, counts, strict=True)],
+                   "frames": f.n_frames, "corrections": asdict(c)}
+                  for k, (f, c) in enumerate(zip(s.files, counts, strict=True)) if k not in unread],
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,11 +215,8 @@ def test_simulate_then_correct_from_the_command_line(tmp_path, capsys):
     assert summary["frames"] == 15 and summary["corrections"]["low"] > 0
 
 
-@pytest.mark.parametrize("reference", ["spatial", "temporal"])
-def test_failure_mid_run_leaves_a_summary_of_what_was_written(sensor, frames, tmp_path, reference):
-    """A file that passes the scan but whose data cannot be read stops the run: summary.json still lists
-    every output written before it (the finished series' and the stopped series' own), and says why."""
-    folder = tmp_path / "in"
+def _two_series_with_an_unreadable_file(folder, frames):
+    """24 frames as two series of 12, an hour apart; f18.fits passes the scan but its data cannot be read."""
     folder.mkdir()
     for k in range(N_FRAMES):  # two series of 12 frames, an hour apart
         t = k if k < 12 else 3600 + k
@@ -232,6 +230,14 @@ def test_failure_mid_run_leaves_a_summary_of_what_was_written(sensor, frames, tm
         raw = bytearray(path.read_bytes())
         raw[len(raw) - 2000:len(raw) - 200] = bytes(1800)
         path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("reference", ["spatial", "temporal"])
+def test_failure_mid_run_leaves_a_summary_of_what_was_written(sensor, frames, tmp_path, reference):
+    """A file that passes the scan but whose data cannot be read stops the run: summary.json still lists
+    every output written before it (the finished series' and the stopped series' own), and says why."""
+    folder = tmp_path / "in"
+    _two_series_with_an_unreadable_file(folder, frames)
     out = tmp_path / "out"
     with pytest.raises(FrameError, match="f18.fits"):
         correct_files(sensor.true_cube(), [folder], out, EngineSettings(reference=reference), backend="numpy")
@@ -246,3 +252,31 @@ def test_failure_mid_run_leaves_a_summary_of_what_was_written(sensor, frames, tm
     expected = [str(out / f"f{k:02d}.fits") for k in range(12, 18)] if reference == "spatial" else []
     assert summary["unfinished"] == [{"series": 2, "written": expected}]
     assert summary["cube_id"] == sensor.true_cube().cube_id
+
+
+def test_skipped_file_is_not_listed_as_an_output(sensor, frames, tmp_path):
+    """--skip-bad passes over the unreadable file: it is listed as bad, not among the outputs."""
+    folder = tmp_path / "in"
+    _two_series_with_an_unreadable_file(folder, frames)
+    out = tmp_path / "out"
+    summary = correct_files(sensor.true_cube(), [folder], out, EngineSettings(reference="spatial"), backend="numpy",
+                            skip_bad=True)
+    assert summary["complete"] is True and summary["frames"] == N_FRAMES - 1
+    assert [b["file"] for b in summary["bad"]] == [str(folder / "f18.fits")]
+    listed = [e["output"] for e in summary["files"]]
+    assert listed == [str(out / f"f{k:02d}.fits") for k in range(N_FRAMES) if k != 18]
+    assert all((out / Path(p).name).exists() for p in listed) and not (out / "f18.fits").exists()
+
+
+def test_sigterm_stops_correct_as_ctrl_c_does():
+    """``rtnstream correct`` turns SIGTERM into KeyboardInterrupt while it runs (so the run writes its
+    summary.json and the command exits 130 with one line), and restores the handler after."""
+    import os
+    import signal
+
+    from rtnstream.commands.correct import _sigterm_interrupts
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), _sigterm_interrupts():
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs before the next statement
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+from collections.abc import Iterator
 
 from rtnstream.kernels.cube import read_cube
 from rtnstream.kernels.engine import EngineSettings
@@ -71,13 +74,14 @@ def run(args: argparse.Namespace) -> int:
             return _fail(f"--{exc}")
     cube = read_cube(args.cube)
     try:
-        summary = correct_files(cube, args.inputs, args.outdir, settings, backend=args.backend,
-                                progress=False if args.no_progress else None, cube_path=args.cube, mode=args.mode,
-                                dq=not args.no_dq, uncertainty=not args.no_uncert, force=args.force,
-                                skip_bad=args.skip_bad, skip_short=args.skip_short, order_key=args.order_key,
-                                max_gap=args.max_gap, origin_keys=tuple(args.origin_keys),
-                                temperature_tolerance_c=args.temp_tolerance, dry_run=args.dry_run,
-                                scheduler=args.scheduler)
+        with _sigterm_interrupts():  # a stopped run still writes summary.json (what was written)
+            summary = correct_files(cube, args.inputs, args.outdir, settings, backend=args.backend,
+                                    progress=False if args.no_progress else None, cube_path=args.cube, mode=args.mode,
+                                    dq=not args.no_dq, uncertainty=not args.no_uncert, force=args.force,
+                                    skip_bad=args.skip_bad, skip_short=args.skip_short, order_key=args.order_key,
+                                    max_gap=args.max_gap, origin_keys=tuple(args.origin_keys),
+                                    temperature_tolerance_c=args.temp_tolerance, dry_run=args.dry_run,
+                                    scheduler=args.scheduler)
     except SchedulerError as exc:  # unreachable, or no workers
         return _fail(f"--{exc}")
     except ImportError as exc:  # --scheduler without dask installed
@@ -98,3 +102,16 @@ def _fail(message: str) -> int:
     """Print ``message`` as the command's error; the exit status of bad input (2)."""
     print(f"rtnstream correct: error: {message}", file=sys.stderr)
     return 2
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt while the block runs (as Ctrl-C: the run stops and says so)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

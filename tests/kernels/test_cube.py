@@ -429,3 +429,30 @@ def test_import_paper_names_the_file_for_invalid_values(paper, tmp_path):
     fits.PrimaryHDU(bad).writeto(tmp_path / "lammax.fits")
     with pytest.raises(CubeFormatError, match=r"lammax.fits: LAMMAX must be >= 0"):
         import_paper(tmp_path / "lammax.fits", G_ADU_PER_E)
+
+
+def test_a_write_that_fails_leaves_the_old_file(cube, cube_file, tmp_path):
+    """A write the system refuses midway (here a file-size limit, as a full disk would) leaves the cube that
+    was there bit for bit and no temporary file; the command says so in one line."""
+    import resource
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "cube.fits"
+    shutil.copy(cube_file, path)
+    before = path.read_bytes()
+    limit = 8 * 2880  # far below the format-1 file being written
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write then fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-m", "rtnstream", "cube", "convert", "--format", "1", str(path),
+                           str(path), "--overwrite"], capture_output=True, text=True, cwd=tmp_path,
+                          preexec_fn=limit_file_size, timeout=120, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("rtnstream cube: error:") and "Traceback" not in proc.stderr, proc.stderr
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cube.fits"]
