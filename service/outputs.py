@@ -100,6 +100,7 @@ class LosslessOutput:
         self._sent = -1  # highest delivery id sent to the current consumer
         self._highest_sent = -1  # highest delivery id sent to any consumer
         self.reconnects = 0
+        self._lost = False  # the consumer was found gone (a send to it failed) and none has come since
 
     @property
     def unacknowledged_frames(self) -> int:
@@ -161,8 +162,9 @@ class LosslessOutput:
 
     def _credit(self, peer: bytes, ack: int, credit: int) -> None:
         if peer != self._peer:  # a new or reconnected consumer: everything after its ack goes again
-            if self._peer is not None:
+            if self._peer is not None or self._lost:  # it replaces one (still known, or found gone)
                 self.reconnects += 1
+                self._lost = False
                 log.info("job %s: lossless consumer reconnected (acknowledged up to %d); resending from %d",
                          self._name, ack, max(ack, self._acked) + 1)
             self._peer = peer
@@ -195,6 +197,7 @@ class LosslessOutput:
                 if exc.errno != zmq.EHOSTUNREACH:
                     raise
                 self._peer = None  # gone: wait for a consumer to ask again
+                self._lost = True
                 break
             self._sent = d.id
             self._highest_sent = max(self._highest_sent, d.id)
