@@ -550,6 +550,7 @@ def write_cube(cube: RTNCube, path: str | os.PathLike, overwrite: bool = False,
     from astropy.io import fits
 
     from rtnstream import __version__
+    from rtnstream.fitsio import write_atomic
 
     if isinstance(version, bool) or version not in CUBE_FORMATS:
         raise ValueError(f"version must be one of {CUBE_FORMATS}, got {version!r}")
@@ -578,15 +579,8 @@ def write_cube(cube: RTNCube, path: str | os.PathLike, overwrite: bool = False,
         dq.header[key] = (bit, f"bit value of the {label} flag")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; give overwrite=True (--overwrite) to replace it")
-    # a hidden temporary name beside it, renamed when complete: a failure (a full disk) leaves the file that
-    # was there, never a half-written cube under its name
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        fits.HDUList([primary, *hdus]).writeto(tmp, overwrite=True, checksum=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    # through a hidden temporary name: a failure (a full disk) leaves the file that was there
+    return write_atomic(fits.HDUList([primary, *hdus]), path, checksum=True)
 
 
 def _v1_hdus(cube: RTNCube) -> list[fits.ImageHDU]:
