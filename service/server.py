@@ -30,11 +30,19 @@ __all__ = ["serve", "BackgroundServer", "free_port", "raise_open_file_limit"]
 log = logging.getLogger(__name__)
 
 
+_GIVEN_PORTS: set[tuple[str, int]] = set()  # the ports free_port has handed out in this process
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A TCP port that was free on ``host`` a moment ago, and not one this function gave before (the system
+    may offer a just-released port again: two endpoints asked for in turn would then be one)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if (host, port) not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add((host, port))
+            return port
 
 
 def raise_open_file_limit() -> int:
